@@ -1,0 +1,60 @@
+// The proxy's view of its nodes: which are in service, which one answers for the cluster (the main node:
+// the lowest-numbered node in service, as in pgpool-II), and the detach events sessions react to.
+
+import { EventEmitter } from 'node:events';
+import type { BackendConfig } from '../config/config';
+import { log } from '../log';
+import { describeNode, type BackendNode } from './backend-node';
+
+export class ClusterState extends EventEmitter {
+  readonly nodes: BackendNode[];
+
+  constructor(backends: readonly BackendConfig[]) {
+    super();
+    this.nodes = backends.map((b) => ({
+      id: b.id,
+      host: b.host,
+      port: b.port,
+      weight: b.weight,
+      dataDirectory: b.dataDirectory,
+      status: 'up',
+      statusChangedAt: new Date(),
+      downReason: null,
+      selectCount: 0,
+    }));
+  }
+
+  upNodes(): BackendNode[] {
+    return this.nodes.filter((n) => n.status === 'up');
+  }
+
+  /** The node whose answers are relayed for writes; null when no node is in service. */
+  mainNode(): BackendNode | null {
+    return this.nodes.find((n) => n.status === 'up') ?? null;
+  }
+
+  /** Takes a node out of service; sessions drop their connections to it before their next statement. */
+  detach(nodeId: number, reason: string): void {
+    const node = this.nodes[nodeId];
+    if (!node || node.status === 'down') return;
+    node.status = 'down';
+    node.statusChangedAt = new Date();
+    node.downReason = reason;
+    log('error', 'node_detached', { node: nodeId, address: `${node.host}:${node.port}`, reason });
+    this.emit('detach', node);
+  }
+
+  attach(nodeId: number): void {
+    const node = this.nodes[nodeId];
+    if (!node || node.status === 'up') return;
+    node.status = 'up';
+    node.statusChangedAt = new Date();
+    node.downReason = null;
+    log('info', 'node_attached', { node: nodeId, address: `${node.host}:${node.port}` });
+    this.emit('attach', node);
+  }
+
+  describe(nodeId: number): string {
+    return describeNode(this.nodes[nodeId]);
+  }
+}

@@ -1,0 +1,93 @@
+// Backend connections kept open between client sessions, per node and per (user, database, start-up options),
+// as pgpool-II's connection cache does. A connection goes back only when it is idle outside a transaction,
+// and only after the reset statements ran (ABORT; DISCARD ALL by default), so no session sees another's state.
+
+import { log } from '../log';
+import { BackendConnection, type BackendStartup } from '../wire/backend-connection';
+
+export interface PoolSettings {
+  readonly enabled: boolean;
+  /** Idle connections kept per node and key. */
+  readonly maxIdlePerKey: number;
+  readonly resetQueries: readonly string[];
+}
+
+/** Start-up parameters that name the session's identity; they must match for a connection to be reused. */
+export function poolKeyOf(parameters: ReadonlyMap<string, string>): string {
+  return [...parameters.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, v]) => `${k}=${v}`)
+    .join('\0');
+}
+
+export class ConnectionPool {
+  private readonly idle = new Map<string, BackendConnection[]>();
+  private closing = false;
+  private readonly watched = new WeakSet<BackendConnection>();
+
+  constructor(private readonly settings: PoolSettings) {}
+
+  /** A started connection to the node for these parameters: a cached one if any, else a new one. */
+  async acquire(startup: BackendStartup): Promise<BackendConnection> {
+    const key = `${startup.node.id}\0${poolKeyOf(startup.parameters)}`;
+    const list = this.idle.get(key);
+    while (list && list.length > 0) {
+      const connection = list.pop()!;
+      if (!connection.closed) return connection;
+    }
+    return BackendConnection.connect(startup, key);
+  }
+
+  /** Returns a connection after its session ended; closes it when it cannot be reused safely. */
+  async release(connection: BackendConnection): Promise<void> {
+    if (this.closing || !this.settings.enabled || connection.closed || connection.busy) {
+      connection.destroy();
+      return;
+    }
+    try {
+      for (const sql of this.settings.resetQueries) await connection.query(sql);
+    } catch (error) {
+      log('warning', 'pool_reset_failed', { node: connection.node.id, error: (error as Error).message });
+      connection.destroy();
+      return;
+    }
+    connection.preparedStatements.clear(); // DISCARD ALL deallocated them
+    if (connection.txStatus !== 'I' || connection.closed) {
+      connection.destroy();
+      return;
+    }
+    const list = this.idle.get(connection.poolKey) ?? [];
+    if (list.length >= this.settings.maxIdlePerKey) {
+      connection.destroy();
+      return;
+    }
+    list.push(connection);
+    this.idle.set(connection.poolKey, list);
+    if (!this.watched.has(connection)) {
+      this.watched.add(connection);
+      connection.onClose(() => {
+        const current = this.idle.get(connection.poolKey);
+        if (current) this.idle.set(connection.poolKey, current.filter((c) => c !== connection));
+      });
+    }
+  }
+
+  /** Closes every idle connection to a node (after it was detached). */
+  dropNode(nodeId: number): void {
+    for (const list of this.idle.values()) {
+      for (const connection of list) if (connection.node.id === nodeId) connection.destroy();
+    }
+  }
+
+  idleCount(): number {
+    let count = 0;
+    for (const list of this.idle.values()) count += list.length;
+    return count;
+  }
+
+  close(): void {
+    this.closing = true;
+    for (const list of this.idle.values()) for (const connection of list) connection.destroy();
+    this.idle.clear();
+  }
+}

@@ -1,0 +1,71 @@
+// A whole cluster on this machine: N local PostgreSQL nodes on free loopback ports, a parapool.conf naming
+// them, and the proxy in front. `parapool sandbox` and the test suites both stand on this.
+
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { configToText, defaultConfig, loadConfigFile, type ProxyConfig } from '../config/config';
+import { log } from '../log';
+import { ProxyServer } from '../wire/proxy-server';
+import { freePort, LocalPostgres } from './local-postgres';
+import { findPostgresBinDir } from './postgres-install';
+
+export interface SandboxOptions {
+  readonly nodes: number;
+  /** Proxy port; 0 lets the system choose. */
+  readonly port: number;
+  readonly dir: string;
+  readonly fast?: boolean;
+  /** Adjusts the generated configuration before it is written. */
+  readonly configure?: (config: ProxyConfig) => void;
+}
+
+export interface Sandbox {
+  readonly nodes: LocalPostgres[];
+  readonly proxy: ProxyServer;
+  readonly configPath: string;
+  stop(): Promise<void>;
+}
+
+/** Starts the nodes (creating them when new), writes the config and starts the proxy. */
+export async function startNodes(count: number, dir: string, fast = false): Promise<LocalPostgres[]> {
+  const binDir = findPostgresBinDir();
+  mkdirSync(dir, { recursive: true });
+  const nodes: LocalPostgres[] = [];
+  for (let i = 0; i < count; i++) {
+    nodes.push(new LocalPostgres({ binDir, dataDir: join(dir, `node${i}`), port: await freePort(), fast }));
+  }
+  await Promise.all(nodes.map(async (node) => {
+    await node.init();
+    await node.start();
+  }));
+  return nodes;
+}
+
+export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
+  const dir = resolve(options.dir);
+  const nodes = await startNodes(options.nodes, dir, options.fast);
+  const config = defaultConfig();
+  config.port = options.port;
+  config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  options.configure?.(config);
+  const configPath = join(dir, 'parapool.conf');
+  writeFileSync(configPath, configToText(config));
+  let proxy: ProxyServer;
+  try {
+    proxy = new ProxyServer(loadConfigFile(configPath));
+    await proxy.start();
+  } catch (error) {
+    await Promise.all(nodes.map((node) => node.stop()));
+    throw error;
+  }
+  log('info', 'sandbox_ready', { dir, config: configPath, proxy_port: proxy.port, node_ports: nodes.map((n) => n.port).join(',') });
+  return {
+    nodes,
+    proxy,
+    configPath,
+    async stop() {
+      await proxy.stop();
+      await Promise.all(nodes.map((node) => node.stop()));
+    },
+  };
+}

@@ -1,0 +1,266 @@
+// parapool's configuration: pgpool.conf syntax and pgpool-II's parameter names where the meaning is the same.
+// Every key is known here; an unknown key or a bad value stops start-up with the file and line named, because
+// a silently ignored setting is a production incident waiting to happen.
+
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { isLogLevel, type LogLevel } from '../log';
+import { confError, parseConfFile, type ConfEntry } from './conf-file-parser';
+
+export interface BackendConfig {
+  readonly id: number;
+  readonly host: string;
+  readonly port: number;
+  readonly weight: number;
+  readonly dataDirectory: string | null;
+}
+
+export type ClientAuthentication = 'trust' | 'md5' | 'scram-sha-256';
+
+export interface ProxyConfig {
+  listenAddresses: string[];
+  port: number;
+  backends: BackendConfig[];
+  /** Most client sessions served at once (pgpool: one child process per session). */
+  numInitChildren: number;
+  /** Idle backend connections kept per node for each (user, database, options) key. */
+  maxPool: number;
+  connectionCache: boolean;
+  /** SQL sent to a backend connection before it returns to the pool. */
+  resetQueryList: string[];
+  loadBalanceMode: boolean;
+  /** Choose the read node per statement rather than once per session. */
+  statementLevelLoadBalance: boolean;
+  /** Functions whose call makes a SELECT a write (matched as anchored, case-insensitive regexes). */
+  writeFunctionList: string[];
+  clientAuthentication: ClientAuthentication;
+  /** Password file in pool_passwd or userlist.txt format; credentials for clients and for the nodes. */
+  poolPasswd: string | null;
+  /** Seconds to wait for a node to accept a connection. */
+  connectTimeout: number;
+  /** Largest message accepted from a client, in bytes. */
+  clientMaxMessageSize: number;
+  logMinMessages: LogLevel;
+  logConnections: boolean;
+  logDisconnections: boolean;
+  logStatement: boolean;
+  logPerNodeStatement: boolean;
+}
+
+export function defaultConfig(): ProxyConfig {
+  return {
+    listenAddresses: ['127.0.0.1'],
+    port: 9999,
+    backends: [],
+    numInitChildren: 256,
+    maxPool: 4,
+    connectionCache: true,
+    resetQueryList: ['ABORT', 'DISCARD ALL'],
+    loadBalanceMode: true,
+    statementLevelLoadBalance: false,
+    writeFunctionList: ['nextval', 'setval'],
+    clientAuthentication: 'trust',
+    poolPasswd: null,
+    connectTimeout: 10,
+    clientMaxMessageSize: 256 * 1024 * 1024,
+    logMinMessages: 'info',
+    logConnections: false,
+    logDisconnections: false,
+    logStatement: false,
+    logPerNodeStatement: false,
+  };
+}
+
+type Setter = (config: ProxyConfig, value: string, fail: (message: string) => never, baseDir: string) => void;
+
+function parseBool(value: string, fail: (message: string) => never): boolean {
+  const v = value.toLowerCase();
+  if (['on', 'true', 'yes', '1'].includes(v)) return true;
+  if (['off', 'false', 'no', '0'].includes(v)) return false;
+  return fail(`invalid boolean "${value}"`);
+}
+
+function parseInteger(value: string, fail: (message: string) => never, min: number, max: number): number {
+  if (!/^-?\d+$/.test(value)) fail(`invalid integer "${value}"`);
+  const n = Number(value);
+  if (n < min || n > max) fail(`value ${n} is outside the valid range ${min}..${max}`);
+  return n;
+}
+
+function parseList(value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+}
+
+const settings: Record<string, Setter> = {
+  listen_addresses: (c, v) => {
+    c.listenAddresses = parseList(v).map((a) => (a === '*' ? '0.0.0.0' : a));
+  },
+  port: (c, v, fail) => {
+    c.port = parseInteger(v, fail, 1, 65535);
+  },
+  num_init_children: (c, v, fail) => {
+    c.numInitChildren = parseInteger(v, fail, 1, 100000);
+  },
+  max_pool: (c, v, fail) => {
+    c.maxPool = parseInteger(v, fail, 0, 10000);
+  },
+  connection_cache: (c, v, fail) => {
+    c.connectionCache = parseBool(v, fail);
+  },
+  reset_query_list: (c, v) => {
+    c.resetQueryList = v.split(';').map((s) => s.trim()).filter((s) => s !== '');
+  },
+  load_balance_mode: (c, v, fail) => {
+    c.loadBalanceMode = parseBool(v, fail);
+  },
+  statement_level_load_balance: (c, v, fail) => {
+    c.statementLevelLoadBalance = parseBool(v, fail);
+  },
+  write_function_list: (c, v, fail) => {
+    const list = parseList(v);
+    for (const pattern of list) {
+      try {
+        new RegExp(pattern);
+      } catch {
+        fail(`invalid regular expression "${pattern}"`);
+      }
+    }
+    c.writeFunctionList = list;
+  },
+  client_authentication: (c, v, fail) => {
+    const method = v.toLowerCase();
+    if (method !== 'trust' && method !== 'md5' && method !== 'scram-sha-256') {
+      return fail(`invalid authentication method "${v}" (expected trust, md5 or scram-sha-256)`);
+    }
+    c.clientAuthentication = method;
+  },
+  pool_passwd: (c, v, _fail, baseDir) => {
+    c.poolPasswd = v === '' ? null : resolve(baseDir, v);
+  },
+  connect_timeout: (c, v, fail) => {
+    c.connectTimeout = parseInteger(v, fail, 1, 3600);
+  },
+  client_max_message_size: (c, v, fail) => {
+    c.clientMaxMessageSize = parseInteger(v, fail, 1024, 1024 * 1024 * 1024);
+  },
+  log_min_messages: (c, v, fail) => {
+    const level = v.toLowerCase();
+    if (!isLogLevel(level)) return fail(`invalid log level "${v}" (expected debug, info, warning, error or fatal)`);
+    c.logMinMessages = level;
+  },
+  log_connections: (c, v, fail) => {
+    c.logConnections = parseBool(v, fail);
+  },
+  log_disconnections: (c, v, fail) => {
+    c.logDisconnections = parseBool(v, fail);
+  },
+  log_statement: (c, v, fail) => {
+    c.logStatement = parseBool(v, fail);
+  },
+  log_per_node_statement: (c, v, fail) => {
+    c.logPerNodeStatement = parseBool(v, fail);
+  },
+};
+
+const backendKey = /^backend_(hostname|port|weight|data_directory)(\d+)$/;
+
+/** Builds a config from pgpool.conf text; throws PgError F0000 naming the file and line on any problem. */
+export function configFromText(text: string, fileName: string, baseDir = '.'): ProxyConfig {
+  const config = defaultConfig();
+  const backends = new Map<number, { host?: string; port?: number; weight?: number; dataDirectory?: string; line: number }>();
+  const seen = new Map<string, number>();
+  for (const entry of parseConfFile(text, fileName)) {
+    const fail = (message: string): never => {
+      throw confError(fileName, entry.line, `${message} for parameter "${entry.name}"`);
+    };
+    const previous = seen.get(entry.name);
+    if (previous !== undefined) {
+      throw confError(fileName, entry.line, `parameter "${entry.name}" is set twice (first on line ${previous})`);
+    }
+    seen.set(entry.name, entry.line);
+    const match = backendKey.exec(entry.name);
+    if (match) {
+      applyBackendEntry(backends, match[1], Number(match[2]), entry, fail);
+      continue;
+    }
+    const setter = settings[entry.name];
+    if (!setter) throw confError(fileName, entry.line, `unrecognized configuration parameter "${entry.name}"`);
+    setter(config, entry.value, fail, baseDir);
+  }
+  const ids = [...backends.keys()].sort((a, b) => a - b);
+  ids.forEach((id, index) => {
+    const b = backends.get(id)!;
+    if (id !== index) throw confError(fileName, b.line, `backend ${id} is defined but backend ${index} is not (backends are numbered from 0 without gaps)`);
+    if (!b.host) throw confError(fileName, b.line, `backend_hostname${id} is missing`);
+  });
+  config.backends = ids.map((id) => {
+    const b = backends.get(id)!;
+    return { id, host: b.host!, port: b.port ?? 5432, weight: b.weight ?? 1, dataDirectory: b.dataDirectory ?? null };
+  });
+  if (config.backends.length === 0) throw confError(fileName, 1, 'no backend is configured (set backend_hostname0)');
+  return config;
+}
+
+function applyBackendEntry(
+  backends: Map<number, { host?: string; port?: number; weight?: number; dataDirectory?: string; line: number }>,
+  field: string,
+  id: number,
+  entry: ConfEntry,
+  fail: (message: string) => never,
+): void {
+  const b = backends.get(id) ?? { line: entry.line };
+  backends.set(id, b);
+  switch (field) {
+    case 'hostname':
+      if (entry.value === '') fail('empty host name');
+      b.host = entry.value;
+      break;
+    case 'port':
+      b.port = parseInteger(entry.value, fail, 1, 65535);
+      break;
+    case 'weight': {
+      const weight = Number(entry.value);
+      if (!/^\d+(\.\d+)?$/.test(entry.value) || !Number.isFinite(weight)) fail(`invalid weight "${entry.value}"`);
+      b.weight = weight;
+      break;
+    }
+    case 'data_directory':
+      b.dataDirectory = entry.value;
+      break;
+  }
+}
+
+export function loadConfigFile(path: string): ProxyConfig {
+  return configFromText(readFileSync(path, 'utf8'), path, dirname(resolve(path)));
+}
+
+/** pgpool.conf text for a config: what the sandbox writes, and what configFromText reads back. */
+export function configToText(config: ProxyConfig): string {
+  const quote = (v: string | number | boolean) =>
+    typeof v === 'string' ? `'${v.replace(/'/g, "''")}'` : typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
+  const lines = [
+    `listen_addresses = ${quote(config.listenAddresses.join(','))}`,
+    `port = ${config.port}`,
+    `num_init_children = ${config.numInitChildren}`,
+    `max_pool = ${config.maxPool}`,
+    `connection_cache = ${quote(config.connectionCache)}`,
+    `reset_query_list = ${quote(config.resetQueryList.join('; '))}`,
+    `load_balance_mode = ${quote(config.loadBalanceMode)}`,
+    `statement_level_load_balance = ${quote(config.statementLevelLoadBalance)}`,
+    `write_function_list = ${quote(config.writeFunctionList.join(','))}`,
+    `client_authentication = ${quote(config.clientAuthentication)}`,
+    `pool_passwd = ${quote(config.poolPasswd ?? '')}`,
+    `connect_timeout = ${config.connectTimeout}`,
+    `client_max_message_size = ${config.clientMaxMessageSize}`,
+    `log_min_messages = ${quote(config.logMinMessages)}`,
+    `log_connections = ${quote(config.logConnections)}`,
+    `log_disconnections = ${quote(config.logDisconnections)}`,
+    `log_statement = ${quote(config.logStatement)}`,
+    `log_per_node_statement = ${quote(config.logPerNodeStatement)}`,
+  ];
+  for (const b of config.backends) {
+    lines.push(`backend_hostname${b.id} = ${quote(b.host)}`, `backend_port${b.id} = ${b.port}`, `backend_weight${b.id} = ${b.weight}`);
+    if (b.dataDirectory) lines.push(`backend_data_directory${b.id} = ${quote(b.dataDirectory)}`);
+  }
+  return lines.join('\n') + '\n';
+}

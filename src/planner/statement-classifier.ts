@@ -1,0 +1,78 @@
+// Reads versus writes, decided on the parse tree. In replicated mode a read runs on one node and a write on
+// every node, so a misclassified write would silently diverge the replicas: when in doubt, it is a write.
+
+import type { Node } from '@pgsql/types';
+import { functionName, walkAst } from './ast-walk';
+import { nodeTag } from './sql-parser';
+
+export type StatementClass =
+  | { kind: 'read'; reason: string }
+  | { kind: 'write'; reason: string }
+  /** Answered by the proxy itself (SHOW pool_nodes and friends). */
+  | { kind: 'admin'; command: string };
+
+export interface ClassifierOptions {
+  /** Anchored, case-insensitive patterns of functions that write (pgpool's write_function_list). */
+  readonly writeFunctions: readonly string[];
+}
+
+/** SHOW commands the proxy answers instead of a node. */
+export const adminShowCommands = new Set(['pool_nodes', 'pool_version', 'pool_pools', 'pool_processes']);
+
+export function compileWriteFunctions(patterns: readonly string[]): RegExp | null {
+  if (patterns.length === 0) return null;
+  return new RegExp(`^(?:pg_catalog\\.)?(?:${patterns.map((p) => `(?:${p})`).join('|')})$`, 'i');
+}
+
+export function classifyStatement(node: Node, writeFunctions: RegExp | null): StatementClass {
+  const tag = nodeTag(node);
+  const body = (node as unknown as Record<string, Record<string, unknown>>)[tag];
+  switch (tag) {
+    case 'SelectStmt':
+      return classifySelect(body, writeFunctions);
+    case 'VariableShowStmt': {
+      const name = String(body.name ?? '').toLowerCase();
+      if (adminShowCommands.has(name)) return { kind: 'admin', command: name };
+      return { kind: 'read', reason: 'SHOW reads a setting' };
+    }
+    case 'ExplainStmt': {
+      const options = (body.options as { DefElem?: { defname?: string; arg?: unknown } }[] | undefined) ?? [];
+      const analyze = options.some((o) => o.DefElem?.defname === 'analyze' && !isFalse(o.DefElem.arg));
+      if (!analyze) return { kind: 'read', reason: 'EXPLAIN without ANALYZE runs nothing' };
+      const inner = classifyStatement(body.query as Node, writeFunctions);
+      return inner.kind === 'read' ? { kind: 'read', reason: 'EXPLAIN ANALYZE of a read' } : { kind: 'write', reason: 'EXPLAIN ANALYZE runs a write' };
+    }
+    case 'CopyStmt': {
+      if (body.is_from) return { kind: 'write', reason: 'COPY FROM writes' };
+      if (body.query) {
+        const inner = classifyStatement(body.query as Node, writeFunctions);
+        return inner.kind === 'read' ? { kind: 'read', reason: 'COPY TO of a read' } : { kind: 'write', reason: 'COPY TO of a statement that writes' };
+      }
+      return { kind: 'read', reason: 'COPY TO reads a table' };
+    }
+    default:
+      return { kind: 'write', reason: `${tag} runs on every node` };
+  }
+}
+
+function isFalse(arg: unknown): boolean {
+  const text = JSON.stringify(arg ?? '').toLowerCase();
+  return text.includes('"false"') || text.includes('"off"') || text.includes('"ival":0');
+}
+
+function classifySelect(body: Record<string, unknown>, writeFunctions: RegExp | null): StatementClass {
+  if (body.intoClause) return { kind: 'write', reason: 'SELECT INTO creates a table' };
+  let verdict: StatementClass = { kind: 'read', reason: 'SELECT reads' };
+  walkAst({ SelectStmt: body }, (tag, inner) => {
+    if (verdict.kind === 'write') return;
+    if (tag === 'SelectStmt' && Array.isArray(inner.lockingClause) && inner.lockingClause.length > 0) {
+      verdict = { kind: 'write', reason: 'SELECT ... FOR UPDATE/SHARE locks rows on every node' };
+    } else if (tag === 'InsertStmt' || tag === 'UpdateStmt' || tag === 'DeleteStmt' || tag === 'MergeStmt') {
+      verdict = { kind: 'write', reason: 'a WITH clause modifies data' };
+    } else if (tag === 'FuncCall' && writeFunctions) {
+      const name = functionName(inner);
+      if (writeFunctions.test(name)) verdict = { kind: 'write', reason: `function ${name}() is in write_function_list` };
+    }
+  });
+  return verdict;
+}

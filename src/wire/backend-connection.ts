@@ -1,0 +1,328 @@
+// One connection from the proxy to one PostgreSQL node: start-up and authentication (trust, cleartext, md5,
+// SCRAM-SHA-256), then a frame pump. Frames go to whichever handler the current exchange installed; the
+// connection tracks only what must always be tracked (transaction status, parameters, key data).
+
+import { connect as netConnect, type Socket } from 'node:net';
+import { serialize } from 'pg-protocol';
+import type { NodeAddress } from '../cluster/backend-node';
+import { describeNode } from '../cluster/backend-node';
+import { log } from '../log';
+import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
+import { decodeDataRowText } from './data-row';
+import { PgError, SqlState } from './errors';
+import { FrameReader, type Frame } from './frame-reader';
+import { md5Response } from './md5-auth';
+import { BackendCode, type TransactionStatus } from './message-codes';
+import { MessageCursor } from './message-cursor';
+import type { StoredSecret } from './password-file';
+import { ScramClientSession } from './scram';
+
+export type FrameHandler = (frame: Frame, connection: BackendConnection) => void;
+
+export interface BackendStartup {
+  readonly node: NodeAddress;
+  /** Startup parameters: user, database and whatever else the client sent (application_name, options, ...). */
+  readonly parameters: ReadonlyMap<string, string>;
+  /** The user's secret from the password file, when there is one. */
+  readonly secret: StoredSecret | null;
+  readonly connectTimeoutMs: number;
+}
+
+/** A node refused the connection or the start-up; `frame` is its ErrorResponse, to relay as is. */
+export class BackendStartupError extends PgError {
+  constructor(error: PgError, readonly frame: Buffer | null) {
+    super({ severity: error.severity, code: error.code, message: error.message, detail: error.detail, hint: error.hint });
+  }
+}
+
+let nextConnectionId = 1;
+
+export class BackendConnection {
+  readonly id = nextConnectionId++;
+  processId = 0;
+  secretKey = 0;
+  txStatus: TransactionStatus = 'I';
+  readonly parameters = new Map<string, string>();
+  closed = false;
+  /** Set when the proxy itself closed the connection (not a node failure). */
+  closedByProxy = false;
+  /** Set while a statement runs on this connection, so a cancel knows where to go. */
+  busy = false;
+  /**
+   * Prepared statements that exist on this node's session, by name, with the client's statement they were made
+   * from (compared by identity, so a re-Parse under the same name is noticed).
+   */
+  readonly preparedStatements = new Map<string, object>();
+  private handler: FrameHandler | null = null;
+  private closeListeners: ((error: Error | null) => void)[] = [];
+  private readonly reader: FrameReader;
+
+  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string) {
+    this.reader = new FrameReader(1024 * 1024 * 1024 + 5, describeNode(node));
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (error) => this.onClosed(error));
+    socket.on('close', () => this.onClosed(null));
+  }
+
+  /** Opens a connection and completes start-up; throws BackendStartupError naming the node on failure. */
+  static async connect(startup: BackendStartup, poolKey: string): Promise<BackendConnection> {
+    const { node } = startup;
+    const socket = await openSocket(node, startup.connectTimeoutMs);
+    const connection = new BackendConnection(node, socket, poolKey);
+    try {
+      await connection.startUp(startup);
+    } catch (error) {
+      connection.destroy();
+      throw error;
+    }
+    return connection;
+  }
+
+  private startUp(startup: BackendStartup): Promise<void> {
+    const user = startup.parameters.get('user') ?? '';
+    return new Promise<void>((resolvePromise, reject) => {
+      let scram: ScramClientSession | null = null;
+      const fail = (error: PgError, frame: Buffer | null = null) => {
+        this.handler = null;
+        reject(new BackendStartupError(error, frame));
+      };
+      const needSecret = (): StoredSecret | null => {
+        if (startup.secret) return startup.secret;
+        fail(new PgError({
+          severity: 'FATAL',
+          code: SqlState.invalidPassword,
+          message: `${describeNode(startup.node)} asks for a password for user "${user}" and the password file has none`,
+          hint: 'add the user to the file named by pool_passwd',
+        }));
+        return null;
+      };
+      this.onClose((error) => fail(new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: `${describeNode(startup.node)} closed the connection during start-up${error ? `: ${error.message}` : ''}`,
+      })));
+      this.handler = (frame) => {
+        try {
+          switch (frame.code) {
+            case BackendCode.authentication: {
+              const cursor = new MessageCursor(frame.payload, 'Authentication');
+              const kind = cursor.int32();
+              if (kind === 0) return;
+              if (kind === 3) {
+                const secret = needSecret();
+                if (!secret) return;
+                if (secret.kind !== 'plain') {
+                  return fail(new PgError({ severity: 'FATAL', code: SqlState.invalidPassword, message: `${describeNode(startup.node)} asks for a cleartext password and the password file holds only a hash for user "${user}"` }));
+                }
+                this.socket.write(serialize.password(secret.password));
+              } else if (kind === 5) {
+                const secret = needSecret();
+                if (!secret) return;
+                if (secret.kind === 'scram') {
+                  return fail(new PgError({ severity: 'FATAL', code: SqlState.invalidPassword, message: `${describeNode(startup.node)} asks for md5 and the password file holds a SCRAM verifier for user "${user}"`, hint: 'store the password in plain text or as an md5 hash' }));
+                }
+                this.socket.write(serialize.password(md5Response(secret, user, cursor.bytes(4))));
+              } else if (kind === 10) {
+                const secret = needSecret();
+                if (!secret) return;
+                if (secret.kind !== 'plain') {
+                  return fail(new PgError({ severity: 'FATAL', code: SqlState.invalidPassword, message: `${describeNode(startup.node)} asks for SCRAM-SHA-256 and the password file has no plain password for user "${user}"`, hint: 'SCRAM towards a node needs the password itself (TEXT prefix in pool_passwd)' }));
+                }
+                const mechanisms: string[] = [];
+                for (let m = cursor.cstring(); m !== ''; m = cursor.cstring()) mechanisms.push(m);
+                const mechanism = ScramClientSession.chooseMechanism(mechanisms);
+                scram = new ScramClientSession(secret.password);
+                this.socket.write(serialize.sendSASLInitialResponseMessage(mechanism, scram.clientFirst().toString('utf8')));
+              } else if (kind === 11 && scram) {
+                this.socket.write(serialize.sendSCRAMClientFinalMessage(scram.handleServerFirst(cursor.rest()).toString('utf8')));
+              } else if (kind === 12 && scram) {
+                scram.verifyServerFinal(cursor.rest());
+              } else {
+                fail(new PgError({ severity: 'FATAL', code: SqlState.featureNotSupported, message: `${describeNode(startup.node)} asks for authentication method ${kind}, which parapool does not support` }));
+              }
+              return;
+            }
+            case BackendCode.backendKeyData: {
+              const cursor = new MessageCursor(frame.payload, 'BackendKeyData');
+              this.processId = cursor.int32();
+              this.secretKey = cursor.int32();
+              return;
+            }
+            case BackendCode.errorResponse: {
+              const error = decodeBackendNotice(frame);
+              return fail(pgErrorFromBackend(error), Buffer.from(frame.raw));
+            }
+            case BackendCode.readyForQuery:
+              this.handler = null;
+              this.closeListeners = [];
+              resolvePromise();
+              return;
+            default:
+              return; // ParameterStatus is tracked in onData; notices during start-up are dropped
+          }
+        } catch (error) {
+          fail(error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.protocolViolation, message: `bad start-up reply from ${describeNode(startup.node)}: ${(error as Error).message}` }));
+        }
+      };
+      const parameters: Record<string, string> = {};
+      for (const [name, value] of startup.parameters) parameters[name] = value;
+      this.socket.write(serialize.startup(parameters));
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.reader.push(chunk);
+    } catch (error) {
+      log('error', 'backend_protocol_error', { node: this.node.id, error: (error as Error).message });
+      this.destroy();
+      return;
+    }
+    for (const frame of frames) {
+      if (frame.code === BackendCode.readyForQuery) {
+        this.txStatus = String.fromCharCode(frame.payload[0]) as TransactionStatus;
+      } else if (frame.code === BackendCode.parameterStatus) {
+        const cursor = new MessageCursor(frame.payload, 'ParameterStatus');
+        this.parameters.set(cursor.cstring(), cursor.cstring());
+      }
+      const handler = this.handler;
+      if (handler) handler(frame, this);
+      else if (frame.code === BackendCode.errorResponse) {
+        // e.g. FATAL on idle-session timeout or an administrator's pg_terminate_backend
+        log('warning', 'backend_unsolicited_error', { node: this.node.id, message: decodeBackendNotice(frame).message });
+      }
+    }
+  }
+
+  private onClosed(error: Error | null): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.destroy();
+    const listeners = this.closeListeners;
+    this.closeListeners = [];
+    for (const listener of listeners) listener(error);
+  }
+
+  /** Registers a callback for the end of this connection (at most once per listener). */
+  onClose(listener: (error: Error | null) => void): void {
+    if (this.closed) listener(null);
+    else this.closeListeners.push(listener);
+  }
+
+  removeCloseListener(listener: (error: Error | null) => void): void {
+    this.closeListeners = this.closeListeners.filter((l) => l !== listener);
+  }
+
+  setHandler(handler: FrameHandler | null): void {
+    this.handler = handler;
+  }
+
+  write(bytes: Buffer): boolean {
+    if (this.closed) return false;
+    return this.socket.write(bytes);
+  }
+
+  writeMany(chunks: Buffer[]): void {
+    if (this.closed || chunks.length === 0) return;
+    this.socket.cork();
+    for (const chunk of chunks) this.socket.write(chunk);
+    process.nextTick(() => this.socket.uncork());
+  }
+
+  onceDrained(callback: () => void): void {
+    if (this.socket.writableNeedDrain) this.socket.once('drain', callback);
+    else callback();
+  }
+
+  get needsDrain(): boolean {
+    return this.socket.writableNeedDrain;
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  destroy(): void {
+    if (!this.closed) this.closedByProxy = true;
+    this.onClosed(null);
+  }
+
+  /**
+   * Runs SQL with the simple protocol and collects the result as text: for the proxy's own statements
+   * (reset, time evaluation, checks), never for client traffic. Rejects with the node's error.
+   */
+  query(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
+    return new Promise((resolvePromise, reject) => {
+      const rows: (string | null)[][] = [];
+      const tags: string[] = [];
+      let error: PgError | null = null;
+      const onClose = () => reject(new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(this.node)}` }));
+      this.onClose(onClose);
+      this.busy = true;
+      this.handler = (frame) => {
+        switch (frame.code) {
+          case BackendCode.dataRow:
+            rows.push(decodeDataRowText(frame.payload));
+            break;
+          case BackendCode.commandComplete:
+            tags.push(frame.payload.toString('utf8', 0, frame.payload.length - 1));
+            break;
+          case BackendCode.errorResponse:
+            error = pgErrorFromBackend(decodeBackendNotice(frame));
+            break;
+          case BackendCode.copyInResponse:
+            this.write(serialize.copyFail('parapool internal query does not take COPY data'));
+            break;
+          case BackendCode.readyForQuery:
+            this.handler = null;
+            this.busy = false;
+            this.removeCloseListener(onClose);
+            if (error) reject(error);
+            else resolvePromise({ rows, tags });
+            break;
+        }
+      };
+      this.write(serialize.query(sql));
+    });
+  }
+}
+
+function openSocket(node: NodeAddress, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolvePromise, reject) => {
+    const socket = netConnect({ host: node.host, port: node.port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: timed out after ${timeoutMs} ms` }), null));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolvePromise(socket);
+    });
+    socket.once('error', (error) => {
+      clearTimeout(timer);
+      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: ${error.message}` }), null));
+    });
+  });
+}
+
+/** Sends a CancelRequest for a running statement on a node (a new connection, as the protocol requires). */
+export function sendCancel(node: NodeAddress, processId: number, secretKey: number): Promise<void> {
+  return new Promise((resolvePromise) => {
+    const socket = netConnect({ host: node.host, port: node.port });
+    const done = () => {
+      socket.destroy();
+      resolvePromise();
+    };
+    socket.setTimeout(5000, done);
+    socket.once('error', done);
+    socket.once('close', done);
+    socket.once('connect', () => socket.end(serialize.cancel(processId, secretKey)));
+  });
+}

@@ -1,0 +1,759 @@
+// One client connection: start-up, authentication, then every message the client sends, in order. Reads go to
+// one node (chosen by backend_weight), writes to every node in service; extended-protocol messages are batched
+// up to Flush or Sync so that a batch runs on one set of nodes, and prepared statements are re-created lazily on
+// a node that has not seen them. The session never lets two nodes drift apart silently: differing results
+// detach a node, and a transaction aborted on one node is aborted on the others before the client continues.
+
+import type { Socket } from 'node:net';
+import type { Node } from '@pgsql/types';
+import type { ProxyConfig } from '../config/config';
+import type { BackendNode } from '../cluster/backend-node';
+import { describeNode } from '../cluster/backend-node';
+import type { ClusterState } from '../cluster/cluster-state';
+import type { ConnectionPool } from '../cluster/connection-pool';
+import type { ClientSink } from '../executor/client-sink';
+import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } from '../executor/replicated-dispatch';
+import { log } from '../log';
+import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
+import { nodeTag, parseSql } from '../planner/sql-parser';
+import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
+import { answerAdminCommand } from '../admin/show-commands';
+import { serialize } from 'pg-protocol';
+import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
+import { authenticateClient } from './client-auth';
+import { PgError, SqlState, protocolViolation } from './errors';
+import { FrameReader, readStartupPacket, StartupCode, type Frame } from './frame-reader';
+import {
+  decodeBind,
+  decodeCancelRequest,
+  decodeClose,
+  decodeDescribe,
+  decodeEmpty,
+  decodeExecute,
+  decodeParse,
+  decodeQuery,
+  decodeStartupParameters,
+  renameBindStatement,
+} from './frontend-messages';
+import { FrontendCode, type TransactionStatus } from './message-codes';
+import type { StoredSecret } from './password-file';
+import { serverMessages } from './server-messages';
+
+/** What sessions share: set up once by the server. */
+export interface SessionContext {
+  readonly config: ProxyConfig;
+  readonly cluster: ClusterState;
+  readonly pool: ConnectionPool;
+  readonly passwords: ReadonlyMap<string, StoredSecret> | null;
+  readonly writeFunctions: RegExp | null;
+  chooseReadNode(): BackendNode | null;
+  cancel(processId: number, secretKey: number): void;
+  register(session: ClientSession): boolean;
+  unregister(session: ClientSession): void;
+}
+
+/** A client's prepared statement as the client sees it; identity marks a version of a name. */
+interface PreparedStatement {
+  readonly name: string;
+  readonly parseFrame: Buffer;
+  readonly statementClass: StatementClass;
+  /** A write calling time functions: each execution runs a copy with the values pinned (see pinTimeFunctions). */
+  readonly timePinning?: { readonly node: Node; readonly parameterTypes: number[] };
+}
+
+interface PendingMessage {
+  readonly frame: Frame;
+  /** The statement a Parse creates, or a Bind/Describe uses. */
+  readonly statement?: PreparedStatement;
+  /** For Bind/Describe/Close of a statement: its name. */
+  readonly statementName?: string;
+  readonly portal?: string;
+  readonly statementClass: StatementClass;
+  /** Set when the proxy refuses the message: the batch fails at this point with this error. */
+  readonly rejection?: PgError;
+  /** For a Bind of a time-pinned statement: the Parse of this execution's pinned copy. */
+  pinnedParse?: Buffer;
+}
+
+/** Stands for "the unnamed statement holds a pinned copy" in a node's preparedStatements. */
+const pinnedStatement = { name: '', pinned: true };
+
+const readClass: StatementClass = { kind: 'read', reason: 'no statement' };
+
+/**
+ * A statement every node rejects at parse time: sent in place of one the proxy refuses, so the nodes fail at
+ * the same point of the exchange (rolling back what PostgreSQL would roll back) and the client sees the proxy's
+ * error instead of the node's.
+ */
+export const rejectionMarker = 'PARAPOOL_REJECTED_STATEMENT';
+
+let nextSessionId = 1;
+
+export class ClientSession implements ClientSink {
+  readonly id = nextSessionId++;
+  readonly processId: number;
+  readonly secretKey: number;
+  closed = false;
+  private phase: 'startup' | 'authenticating' | 'ready' = 'startup';
+  private startupBuffer: Buffer = Buffer.alloc(0);
+  private reader: FrameReader;
+  private readonly inbox: Frame[] = [];
+  private inboxBytes = 0;
+  private stepping = false;
+  private passwordWaiter: ((body: Buffer) => void) | null = null;
+  private parameters = new Map<string, string>();
+  private readonly connections = new Map<number, BackendConnection>();
+  private readNodeId: number | null = null;
+  private status: TransactionStatus = 'I';
+  private dispatch: ReplicatedDispatch | null = null;
+  private dispatchIsWrite = false;
+  private pending: PendingMessage[] = [];
+  private readonly statements = new Map<string, PreparedStatement>();
+  private readonly portals = new Map<string, StatementClass>();
+  private corked = false;
+  private readonly onDetach = (node: BackendNode) => this.dropNode(node.id);
+
+  constructor(private readonly socket: Socket, private readonly context: SessionContext) {
+    this.processId = (process.pid * 1000 + this.id) & 0x7fffffff;
+    this.secretKey = (Math.random() * 0x7fffffff) | 0;
+    this.reader = new FrameReader(context.config.clientMaxMessageSize, `client session ${this.id}`);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => this.close('socket error'));
+    socket.on('close', () => this.close('client closed the connection'));
+    context.cluster.on('detach', this.onDetach);
+  }
+
+  get remote(): string {
+    return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+  }
+
+  // ---- ClientSink ------------------------------------------------------------------------------------------
+
+  write(bytes: Buffer): boolean {
+    if (this.closed) return true;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    return this.socket.write(bytes);
+  }
+
+  onceDrained(callback: () => void): void {
+    if (this.closed || !this.socket.writableNeedDrain) callback();
+    else this.socket.once('drain', callback);
+  }
+
+  // ---- input ----------------------------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    try {
+      if (this.phase === 'startup') {
+        this.startupBuffer = Buffer.concat([this.startupBuffer, chunk]);
+        this.readStartup();
+        return;
+      }
+      for (const frame of this.reader.push(chunk)) {
+        if (this.phase === 'authenticating' && (this.passwordWaiter || frame.code === FrontendCode.password)) {
+          this.onAuthFrame(frame);
+          continue;
+        }
+        this.inbox.push(frame);
+        this.inboxBytes += frame.raw.length;
+      }
+      if (this.inboxBytes > 8 * 1024 * 1024) this.socket.pause();
+      this.pump();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private readStartup(): void {
+    const read = readStartupPacket(this.startupBuffer);
+    if (!read) return;
+    const { packet, rest } = read;
+    this.startupBuffer = rest;
+    switch (packet.code) {
+      case StartupCode.sslRequest:
+      case StartupCode.gssEncRequest:
+        if (packet.body.length !== 0) throw protocolViolation('invalid length of startup packet');
+        this.socket.write(serverMessages.sslRefused);
+        if (rest.length > 0) this.readStartup();
+        return;
+      case StartupCode.cancelRequest: {
+        const { processId, secretKey } = decodeCancelRequest(packet.body);
+        this.context.cancel(processId, secretKey);
+        this.close('cancel request', false);
+        return;
+      }
+      default: {
+        const major = packet.code >>> 16;
+        const minor = packet.code & 0xffff;
+        if (major !== 3) {
+          throw new PgError({ severity: 'FATAL', code: SqlState.featureNotSupported, message: `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0` });
+        }
+        const startup = decodeStartupParameters(packet.body);
+        this.parameters = startup.parameters;
+        if (!this.parameters.has('database')) this.parameters.set('database', this.parameters.get('user')!);
+        const unsupported = [...this.parameters.keys()].filter((k) => k.startsWith('_pq_.'));
+        for (const key of unsupported) this.parameters.delete(key);
+        if (minor > 0 || unsupported.length > 0) this.socket.write(negotiateProtocolVersion(unsupported));
+        if (this.parameters.get('replication') && this.parameters.get('replication') !== 'false') {
+          throw new PgError({ severity: 'FATAL', code: SqlState.featureNotSupported, message: 'replication connections through parapool are not supported' });
+        }
+        this.phase = 'authenticating';
+        this.startupBuffer = Buffer.alloc(0);
+        void this.authenticate();
+        if (rest.length > 0) this.onData(rest);
+      }
+    }
+  }
+
+  private onAuthFrame(frame: Frame): void {
+    if (frame.code !== FrontendCode.password || !this.passwordWaiter) {
+      throw protocolViolation(`expected password response, got message type ${frame.code}`);
+    }
+    const waiter = this.passwordWaiter;
+    this.passwordWaiter = null;
+    waiter(frame.payload);
+  }
+
+  private async authenticate(): Promise<void> {
+    const user = this.parameters.get('user')!;
+    try {
+      if (!this.context.register(this)) {
+        throw new PgError({ severity: 'FATAL', code: SqlState.tooManyConnections, message: 'sorry, too many clients already', detail: `num_init_children is ${this.context.config.numInitChildren}` });
+      }
+      await authenticateClient(this.context.config.clientAuthentication, user, this.context.passwords, {
+        send: (bytes) => this.socket.write(bytes),
+        nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
+      });
+      await this.connectNodes();
+      const main = this.mainConnection();
+      for (const [name, value] of main.parameters) this.socket.write(serverMessages.parameterStatus(name, value));
+      this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
+      this.socket.write(serverMessages.readyForQuery('I'));
+      this.phase = 'ready';
+      if (this.context.config.logConnections) {
+        log('info', 'session_start', { session: this.id, client: this.remote, user, database: this.parameters.get('database'), nodes: [...this.connections.keys()].join(',') });
+      }
+      this.pump();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  /** Opens a connection to every node in service; a node that cannot be reached is detached, a refusal relayed. */
+  private async connectNodes(): Promise<void> {
+    const nodes = this.context.cluster.upNodes();
+    if (nodes.length === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.cannotConnectNow, message: 'no node is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+    const user = this.parameters.get('user')!;
+    const secret = this.context.passwords?.get(user) ?? null;
+    const results = await Promise.allSettled(
+      nodes.map((node) =>
+        this.context.pool.acquire({ node, parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 }),
+      ),
+    );
+    let refusal: PgError | null = null;
+    results.forEach((result, index) => {
+      const node = nodes[index];
+      if (result.status === 'fulfilled') {
+        this.connections.set(node.id, result.value);
+        result.value.onClose(this.onConnectionClosed);
+      } else {
+        const error = result.reason as PgError;
+        if (error instanceof BackendStartupError && error.frame === null) {
+          this.context.cluster.detach(node.id, error.message);
+        } else {
+          refusal ??= error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: String(error) });
+        }
+      }
+    });
+    if (refusal || this.connections.size === 0) {
+      for (const connection of this.connections.values()) void this.context.pool.release(connection);
+      this.connections.clear();
+      throw refusal ?? new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'could not connect to any node', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+  }
+
+  // ---- message loop ---------------------------------------------------------------------------------------
+
+  /** Handles queued client messages in order, one step at a time, until one must wait for the nodes. */
+  private pump(): void {
+    // COPY data flows while the COPY statement's own step is still waiting for its end.
+    if (this.dispatch?.copyIn) this.forwardCopyData();
+    while (!this.closed && !this.stepping && this.phase === 'ready' && this.inbox.length > 0) {
+      if (this.dispatch?.copyIn) {
+        this.forwardCopyData();
+        continue;
+      }
+      const frame = this.inbox.shift()!;
+      this.inboxBytes -= frame.raw.length;
+      if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused()) this.socket.resume();
+      const step = this.handle(frame);
+      if (step) {
+        this.stepping = true;
+        step
+          .catch((error) => this.fail(error))
+          .finally(() => {
+            this.stepping = false;
+            this.pump();
+          });
+      }
+    }
+  }
+
+  private forwardCopyData(): void {
+    const dispatch = this.dispatch!;
+    while (dispatch.copyIn && this.inbox.length > 0) {
+      const frame = this.inbox.shift()!;
+      this.inboxBytes -= frame.raw.length;
+      if (!dispatch.forwardCopy(frame)) {
+        this.socket.pause();
+        dispatch.onceDrained(() => {
+          if (this.inboxBytes <= 8 * 1024 * 1024) this.socket.resume();
+        });
+      }
+    }
+    if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.stepping) this.socket.resume();
+  }
+
+  /** Returns a promise when the message started work that the next message must wait for. */
+  private handle(frame: Frame): Promise<void> | null {
+    switch (frame.code) {
+      case FrontendCode.query:
+        return this.simpleQuery(frame);
+      case FrontendCode.parse:
+      case FrontendCode.bind:
+      case FrontendCode.describe:
+      case FrontendCode.execute:
+      case FrontendCode.close:
+        this.pending.push(this.decodeExtended(frame));
+        return null;
+      case FrontendCode.flush:
+        decodeEmpty(frame.payload, 'Flush');
+        return this.sendExtended(frame, false);
+      case FrontendCode.sync:
+        decodeEmpty(frame.payload, 'Sync');
+        return this.sendExtended(frame, true);
+      case FrontendCode.functionCall:
+        return this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call');
+      case FrontendCode.terminate:
+        this.close('client terminated the session');
+        return null;
+      case FrontendCode.copyData:
+      case FrontendCode.copyDone:
+      case FrontendCode.copyFail:
+        return null; // after a failed COPY the client may still send data: PostgreSQL ignores it too
+      default:
+        throw protocolViolation(`invalid frontend message type ${frame.code}`);
+    }
+  }
+
+  // ---- simple query protocol -------------------------------------------------------------------------------
+
+  private async simpleQuery(frame: Frame): Promise<void> {
+    if (this.pending.length > 0 || this.dispatch) {
+      this.pending = [];
+      throw protocolViolation('simple Query message received before the Sync of pending extended-protocol messages');
+    }
+    const sql = decodeQuery(frame.payload);
+    if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
+    this.statements.delete('');
+    for (const connection of this.connections.values()) connection.preparedStatements.delete('');
+    const parsed = parseSql(sql);
+    if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
+    const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
+    const admin = classes.find((c) => c.kind === 'admin');
+    if (admin && admin.kind === 'admin') {
+      if (classes.length > 1) {
+        return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: `SHOW ${admin.command} cannot be combined with other statements in one query` }));
+      }
+      for (const bytes of answerAdminCommand(admin.command, this.context)) this.write(bytes);
+      this.write(serverMessages.readyForQuery(this.status));
+      return;
+    }
+    const isWrite = classes.some((c) => c.kind === 'write');
+    const statementClass = isWrite ? classes.find((c) => c.kind === 'write')! : classes[0] ?? readClass;
+    if (!isWrite) return this.runOnNodes([frame.raw], statementClass, sql);
+    let rewritten = false;
+    const texts: string[] = [];
+    for (const statement of parsed.statements) {
+      const check = checkDeterminism(statement.node);
+      if (check.kind === 'rejected') return this.refuse(check.error);
+      if (check.kind === 'time') {
+        rewritten = true;
+        texts.push(await pinTimeFunctions(statement.node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []));
+      } else {
+        texts.push(statement.sql);
+      }
+    }
+    const bytes = rewritten ? serialize.query(texts.join(';\n')) : frame.raw;
+    const copyIn = parsed.statements.some((s) => nodeTag(s.node) === 'CopyStmt');
+    return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
+  }
+
+  /** Fails the current statement with the proxy's own error, aborting an open transaction on every node. */
+  private async refuse(error: PgError): Promise<void> {
+    await this.runOnNodes([serialize.query(rejectionMarker)], { kind: 'write', reason: 'refused by the proxy' }, rejectionMarker, error);
+  }
+
+  // ---- extended query protocol -----------------------------------------------------------------------------
+
+  private decodeExtended(frame: Frame): PendingMessage {
+    switch (frame.code) {
+      case FrontendCode.parse: {
+        const message = decodeParse(frame.payload);
+        const parsed = parseSql(message.sql);
+        let statementClass: StatementClass = { kind: 'write', reason: 'unparsable statement: every node reports the error' };
+        let rejection: PgError | undefined;
+        let timePinning: PreparedStatement['timePinning'];
+        if (parsed.ok) {
+          const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
+          statementClass = classes.find((c) => c.kind === 'write') ?? classes[0] ?? readClass;
+          if (statementClass.kind === 'admin') statementClass = { kind: 'read', reason: 'SHOW' };
+          if (statementClass.kind === 'write') {
+            for (const statement of parsed.statements) {
+              const check = checkDeterminism(statement.node);
+              if (check.kind === 'rejected') rejection = check.error;
+              else if (check.kind === 'time') timePinning = { node: statement.node, parameterTypes: message.parameterTypes };
+            }
+          }
+        }
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning };
+        if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
+        return { frame, statement, statementName: message.name, statementClass, rejection };
+      }
+      case FrontendCode.bind: {
+        const message = decodeBind(frame.payload);
+        const statement = this.statementBefore(this.pending, this.pending.length, message.statement);
+        return { frame, statementName: message.statement, portal: message.portal, statementClass: statement?.statementClass ?? readClass };
+      }
+      case FrontendCode.describe: {
+        const message = decodeDescribe(frame.payload);
+        if (message.kind === 'S') {
+          const statement = this.statementBefore(this.pending, this.pending.length, message.name);
+          return { frame, statementName: message.name, statementClass: statement?.statementClass ?? readClass };
+        }
+        return { frame, portal: message.name, statementClass: this.portalClass(message.name) };
+      }
+      case FrontendCode.execute: {
+        const message = decodeExecute(frame.payload);
+        return { frame, portal: message.portal, statementClass: this.portalClass(message.portal) };
+      }
+      default: {
+        const message = decodeClose(frame.payload);
+        return message.kind === 'S'
+          ? { frame, statementName: message.name, statementClass: readClass }
+          : { frame, portal: message.name, statementClass: readClass };
+      }
+    }
+  }
+
+  /** The statement a name means at a point of a batch: the batch's latest Parse of it before `end`, else the session's. */
+  private statementBefore(messages: readonly PendingMessage[], end: number, name: string): PreparedStatement | undefined {
+    for (let i = end - 1; i >= 0; i--) {
+      const p = messages[i];
+      if (p.frame.code === FrontendCode.parse && p.statement?.name === name) return p.statement;
+    }
+    return this.statements.get(name);
+  }
+
+  private portalClass(name: string): StatementClass {
+    for (let i = this.pending.length - 1; i >= 0; i--) {
+      const p = this.pending[i];
+      if (p.frame.code === FrontendCode.bind && p.portal === name) return p.statementClass;
+    }
+    return this.portals.get(name) ?? readClass;
+  }
+
+  /** Sends the batched extended-protocol messages, ending with `terminator` (Flush or Sync). */
+  private async sendExtended(terminator: Frame, isSync: boolean): Promise<void> {
+    const messages = this.pending;
+    this.pending = [];
+    const isWrite = messages.some((m) => m.statementClass.kind === 'write');
+    let dispatch = this.dispatch;
+    if (dispatch && isWrite && !this.dispatchIsWrite) {
+      // Nodes outside the open exchange have not seen its earlier messages: refuse at this point instead.
+      const error = new PgError({ code: SqlState.featureNotSupported, message: 'a write cannot follow a read in the same extended-protocol batch after a Flush', hint: 'send Sync before the write' });
+      messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: error });
+    }
+    for (const [index, message] of messages.entries()) {
+      if (message.frame.code !== FrontendCode.bind || message.rejection) continue;
+      const statement = this.statementBefore(messages, index, message.statementName!);
+      if (!statement?.timePinning) continue;
+      if (dispatch) {
+        message.pinnedParse = serialize.parse({ text: rejectionMarker });
+        this.rejections.push(new PgError({ code: SqlState.featureNotSupported, message: 'a write that calls a time function cannot run after a Flush in the same batch', hint: 'send Sync before it' }));
+        continue;
+      }
+      const { node, parameterTypes } = statement.timePinning;
+      const text = await pinTimeFunctions(node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []);
+      message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
+    }
+    if (!dispatch) {
+      const targets = this.targets(isWrite);
+      dispatch = this.openDispatch(targets, isWrite, true);
+    }
+    const rejections: PgError[] = [];
+    const sends: NodeSend[] = dispatch.connections.map((connection) => ({ connection, frames: [], injected: [], syncs: 0 }));
+    for (const message of messages) {
+      if (message.rejection) {
+        rejections.push(message.rejection);
+        for (const send of sends) {
+          (send.frames as Buffer[]).push(serialize.parse({ text: rejectionMarker }));
+          (send.injected as boolean[]).push(true);
+        }
+        continue;
+      }
+      const code = message.frame.code;
+      for (const send of sends) {
+        const frames = send.frames as Buffer[];
+        const injected = send.injected as boolean[];
+        const prepared = send.connection.preparedStatements;
+        if (message.pinnedParse) {
+          frames.push(message.pinnedParse, renameBindStatement(message.frame.payload, ''));
+          injected.push(true);
+          prepared.set('', pinnedStatement);
+        } else if (code === FrontendCode.parse) {
+          const statement = message.statement!;
+          if (statement.name !== '' && prepared.has(statement.name) && !this.statements.has(statement.name)) {
+            frames.push(serialize.close({ type: 'S', name: statement.name }));
+            injected.push(true);
+          }
+          frames.push(message.frame.raw);
+          injected.push(false);
+          prepared.set(statement.name, statement);
+        } else if (message.statementName !== undefined && code !== FrontendCode.close) {
+          const statement = this.statements.get(message.statementName);
+          if (statement && prepared.get(statement.name) !== statement) {
+            if (statement.name !== '' && prepared.has(statement.name)) {
+              frames.push(serialize.close({ type: 'S', name: statement.name }));
+              injected.push(true);
+            }
+            frames.push(statement.parseFrame);
+            injected.push(true);
+            prepared.set(statement.name, statement);
+          }
+          frames.push(message.frame.raw);
+        } else {
+          frames.push(message.frame.raw);
+          if (code === FrontendCode.close) {
+            injected.push(false);
+            if (message.statementName !== undefined) prepared.delete(message.statementName);
+          }
+        }
+      }
+      if (code === FrontendCode.parse) this.statements.set(message.statement!.name, message.statement!);
+      else if (code === FrontendCode.bind) this.portals.set(message.portal!, message.statementClass);
+      else if (code === FrontendCode.close) {
+        if (message.statementName !== undefined) this.statements.delete(message.statementName);
+        else this.portals.delete(message.portal!);
+      }
+    }
+    for (const send of sends) {
+      (send.frames as Buffer[]).push(terminator.raw);
+      if (isSync) (send as { syncs: number }).syncs = 1;
+    }
+    this.rejections.push(...rejections);
+    dispatch.send(sends);
+    if (isSync) await this.finishDispatch(dispatch);
+  }
+
+  private rejections: PgError[] = [];
+
+  // ---- running on nodes ------------------------------------------------------------------------------------
+
+  private mainConnection(): BackendConnection {
+    const main = this.context.cluster.mainNode();
+    const connection = (main && this.connections.get(main.id)) ?? this.connections.values().next().value;
+    if (!connection) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'no node of this session is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+    return connection;
+  }
+
+  private readConnection(): BackendConnection {
+    const config = this.context.config;
+    if (this.readNodeId === null || !this.connections.has(this.readNodeId) || (config.statementLevelLoadBalance && this.status === 'I')) {
+      const candidate = config.loadBalanceMode ? this.context.chooseReadNode() : this.context.cluster.mainNode();
+      this.readNodeId = candidate && this.connections.has(candidate.id) ? candidate.id : this.mainConnection().node.id;
+    }
+    return this.connections.get(this.readNodeId)!;
+  }
+
+  /** The leader first: the main node for writes, the session's read node for reads. */
+  private targets(isWrite: boolean): BackendConnection[] {
+    if (!isWrite) {
+      const connection = this.readConnection();
+      (this.context.cluster.nodes[connection.node.id] as BackendNode).selectCount++;
+      return [connection];
+    }
+    const leader = this.mainConnection();
+    return [leader, ...[...this.connections.values()].filter((c) => c !== leader)];
+  }
+
+  private openDispatch(targets: BackendConnection[], isWrite: boolean, extended: boolean, leaderFirst = true): ReplicatedDispatch {
+    const [leader, ...others] = targets;
+    const dispatch = new ReplicatedDispatch(leader, others, this.relaySink, (connection, error) => this.onNodeLost(connection, error), extended, leaderFirst);
+    this.dispatch = dispatch;
+    this.dispatchIsWrite = isWrite;
+    return dispatch;
+  }
+
+  /** Relays to the client, replacing the node's error for a refused statement with the proxy's own. */
+  private readonly relaySink: ClientSink = {
+    write: (bytes: Buffer) => {
+      if (bytes[0] === 0x45 /* E */ && this.rejections.length > 0 && bytes.includes(rejectionMarker)) {
+        return this.write(serverMessages.errorResponse(this.rejections.shift()!));
+      }
+      return this.write(bytes);
+    },
+    onceDrained: (callback) => this.onceDrained(callback),
+    closed: false,
+  };
+
+  private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false): Promise<void> {
+    if (rejection) this.rejections.push(rejection);
+    const isWrite = statementClass.kind === 'write';
+    // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
+    const dispatch = this.openDispatch(this.targets(isWrite), isWrite, false, !copyIn);
+    if (this.context.config.logPerNodeStatement) {
+      for (const connection of dispatch.connections) log('info', 'node_statement', { session: this.id, node: connection.node.id, sql });
+    }
+    dispatch.send(dispatch.connections.map((connection) => ({ connection, frames, injected: [], syncs: 1 })));
+    await this.finishDispatch(dispatch, sql);
+  }
+
+  /** Waits for every node, compares their outcomes, reconciles transaction states, then tells the client. */
+  private async finishDispatch(dispatch: ReplicatedDispatch, sql = ''): Promise<void> {
+    const result = await dispatch.done;
+    this.dispatch = null;
+    this.rejections = [];
+    if (result.leader.lost) {
+      const node = result.leader.connection.node;
+      this.write(serverMessages.errorResponse(new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(node)} during the statement`, hint: 'the node was detached; the session continues on the other nodes' })));
+      this.status = this.status === 'I' ? 'I' : 'E';
+    } else {
+      this.compareOutcomes(result, sql);
+      this.status = result.status;
+    }
+    if (this.status === 'I') this.portals.clear();
+    await this.reconcileTransactions();
+    if (this.connections.size === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
+    }
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  private compareOutcomes(result: DispatchResult, sql: string): void {
+    const expected = result.leader.outcomes.join(', ');
+    for (const other of result.others) {
+      if (other.lost || other.skipped) continue;
+      const actual = other.outcomes.join(', ');
+      if (actual === expected) continue;
+      const node = other.connection.node;
+      this.context.cluster.detach(
+        node.id,
+        `${describeNode(node)} answered "${actual}" where ${describeNode(result.leader.connection.node)} answered "${expected}" to: ${sql.slice(0, 200)}`,
+      );
+    }
+  }
+
+  /** Makes every node's transaction state match what the client was told (aborted where the leader aborted). */
+  private async reconcileTransactions(): Promise<void> {
+    for (const connection of [...this.connections.values()]) {
+      if (connection.txStatus === this.status) continue;
+      if (this.status === 'E' && connection.txStatus === 'T') {
+        await connection.query(abortMarker).catch(() => undefined);
+      } else if (this.status === 'I') {
+        await connection.query('ROLLBACK').catch(() => undefined);
+      } else {
+        this.context.cluster.detach(connection.node.id, `${describeNode(connection.node)} is in transaction state ${connection.txStatus} where the session is in ${this.status}`);
+      }
+    }
+  }
+
+  private onNodeLost(connection: BackendConnection, error: Error | null): void {
+    this.context.cluster.detach(connection.node.id, `lost connection to ${describeNode(connection.node)}${error ? `: ${error.message}` : ''}`);
+  }
+
+  /** A node connection ended outside an exchange (the node restarted, or an administrator terminated it). */
+  private readonly onConnectionClosed = (): void => {
+    for (const [nodeId, connection] of this.connections) {
+      if (!connection.closed) continue;
+      this.connections.delete(nodeId);
+      if (this.readNodeId === nodeId) this.readNodeId = null;
+      if (!this.closed && this.dispatch === null && this.context.cluster.nodes[nodeId]?.status === 'up') {
+        this.context.cluster.detach(nodeId, `lost connection to ${describeNode(connection.node)} while idle`);
+      }
+    }
+  };
+
+  private dropNode(nodeId: number): void {
+    const connection = this.connections.get(nodeId);
+    if (!connection) return;
+    this.connections.delete(nodeId);
+    if (this.readNodeId === nodeId) this.readNodeId = null;
+    connection.destroy();
+  }
+
+  /** A CancelRequest for this session: cancel whatever its nodes are running. */
+  cancel(): void {
+    for (const connection of this.connections.values()) {
+      if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
+    }
+  }
+
+  // ---- ending ---------------------------------------------------------------------------------------------
+
+  private fail(error: unknown): void {
+    if (this.closed) return;
+    const pgError =
+      error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.internalError, message: `internal error: ${(error as Error)?.message ?? String(error)}` });
+    if (!(error instanceof PgError)) log('error', 'session_internal_error', { session: this.id, error: (error as Error)?.stack ?? String(error) });
+    else log(pgError.code === SqlState.protocolViolation ? 'warning' : 'info', 'session_error', { session: this.id, code: pgError.code, message: pgError.message });
+    const fatal = pgError.severity === 'FATAL' ? pgError : new PgError({ severity: 'FATAL', code: pgError.code, message: pgError.message, detail: pgError.detail, hint: pgError.hint });
+    const frame = error instanceof BackendStartupError && error.frame ? error.frame : serverMessages.errorResponse(fatal);
+    this.socket.end(frame);
+    this.close(pgError.message);
+  }
+
+  close(reason: string, logIt = true): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.context.cluster.off('detach', this.onDetach);
+    this.context.unregister(this);
+    this.passwordWaiter = null;
+    if (!this.socket.destroyed) this.socket.end();
+    const busy = this.dispatch !== null;
+    for (const connection of this.connections.values()) {
+      connection.removeCloseListener(this.onConnectionClosed);
+      // A connection in the middle of an exchange cannot be reused: closing it makes the node roll back.
+      if (busy || connection.busy) connection.destroy();
+      else void this.context.pool.release(connection);
+    }
+    this.connections.clear();
+    if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
+      log('info', 'session_end', { session: this.id, client: this.remote, reason });
+    }
+  }
+}
+
+function negotiateProtocolVersion(unsupported: string[]): Buffer {
+  const names = Buffer.concat(unsupported.map((n) => Buffer.from(n + '\0')));
+  const out = Buffer.alloc(13 + names.length);
+  out[0] = 0x76; // v
+  out.writeInt32BE(12 + names.length, 1);
+  out.writeInt32BE(196608, 5); // newest minor version supported: 3.0
+  out.writeInt32BE(unsupported.length, 9);
+  names.copy(out, 13);
+  return out;
+}

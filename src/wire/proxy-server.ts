@@ -1,0 +1,114 @@
+// The listening side of parapool: accepts clients on the configured addresses, owns what sessions share (the
+// cluster state, the connection pool, the password file) and routes CancelRequests to the session they name.
+
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import type { ProxyConfig } from '../config/config';
+import { describeNode, type BackendNode } from '../cluster/backend-node';
+import { ClusterState } from '../cluster/cluster-state';
+import { ConnectionPool } from '../cluster/connection-pool';
+import { chooseWeighted } from '../cluster/load-balancer';
+import { configureLog, log } from '../log';
+import { loadParser } from '../planner/sql-parser';
+import { compileWriteFunctions } from '../planner/statement-classifier';
+import { ClientSession, type SessionContext } from './client-session';
+import { loadPasswordFile, type StoredSecret } from './password-file';
+
+export class ProxyServer {
+  readonly cluster: ClusterState;
+  readonly pool: ConnectionPool;
+  private readonly servers: Server[] = [];
+  private readonly sessions = new Map<number, ClientSession>();
+  private readonly context: SessionContext;
+  private boundPort = 0;
+
+  constructor(readonly config: ProxyConfig) {
+    configureLog({ minLevel: config.logMinMessages });
+    this.cluster = new ClusterState(config.backends);
+    this.pool = new ConnectionPool({ enabled: config.connectionCache, maxIdlePerKey: config.maxPool, resetQueries: config.resetQueryList });
+    this.cluster.on('detach', (node: BackendNode) => this.pool.dropNode(node.id));
+    const passwords: Map<string, StoredSecret> | null = config.poolPasswd ? loadPasswordFile(config.poolPasswd) : null;
+    const sessions = this.sessions;
+    this.context = {
+      config,
+      cluster: this.cluster,
+      pool: this.pool,
+      passwords,
+      writeFunctions: compileWriteFunctions(config.writeFunctionList),
+      chooseReadNode: () => chooseWeighted(this.cluster.nodes),
+      cancel: (processId, secretKey) => {
+        const session = sessions.get(processId);
+        if (session && session.secretKey === secretKey) session.cancel();
+      },
+      register: (session) => {
+        if (sessions.size >= config.numInitChildren) return false;
+        sessions.set(session.processId, session);
+        return true;
+      },
+      unregister: (session) => {
+        if (sessions.get(session.processId) === session) sessions.delete(session.processId);
+      },
+    };
+  }
+
+  /** Loads the parser, checks that every node answers, and listens. Resolves once clients can connect. */
+  async start(): Promise<void> {
+    await loadParser();
+    await Promise.all(this.cluster.nodes.map((node) => this.checkNode(node)));
+    for (const address of this.config.listenAddresses) {
+      const server = createServer((socket) => this.accept(socket));
+      await new Promise<void>((resolvePromise, reject) => {
+        server.once('error', reject);
+        server.listen(this.boundPort || this.config.port, address, () => {
+          server.off('error', reject);
+          resolvePromise();
+        });
+      });
+      const bound = server.address();
+      if (bound && typeof bound === 'object') this.boundPort = bound.port;
+      this.servers.push(server);
+    }
+    log('info', 'proxy_listening', {
+      addresses: this.config.listenAddresses.join(','),
+      port: this.boundPort,
+      nodes: this.cluster.nodes.map((n) => `${n.id}:${n.host}:${n.port}:${n.status}`).join(','),
+    });
+  }
+
+  /** The port clients connect to (the configured one, or the one the system chose for port 0). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  private checkNode(node: BackendNode): Promise<void> {
+    return new Promise((resolvePromise) => {
+      const socket = netConnect({ host: node.host, port: node.port });
+      const timer = setTimeout(() => done(new Error(`no answer within ${this.config.connectTimeout} s`)), this.config.connectTimeout * 1000);
+      const done = (error: Error | null) => {
+        clearTimeout(timer);
+        socket.destroy();
+        if (error) {
+          log('error', 'node_unreachable_at_startup', { node: node.id, address: `${node.host}:${node.port}`, error: error.message });
+          this.cluster.detach(node.id, `${describeNode(node)} was unreachable at start-up: ${error.message}`);
+        }
+        resolvePromise();
+      };
+      socket.once('connect', () => done(null));
+      socket.once('error', (error) => done(error));
+    });
+  }
+
+  private accept(socket: Socket): void {
+    socket.on('error', () => undefined);
+    new ClientSession(socket, this.context);
+  }
+
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
+    for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
+    this.pool.close();
+  }
+}
