@@ -1,7 +1,7 @@
 // A whole cluster on this machine: N local PostgreSQL nodes on free loopback ports, a parapool.conf naming
 // them, and the proxy in front. `parapool sandbox` and the test suites both stand on this.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { configToText, defaultConfig, loadConfigFile, type ProxyConfig } from '../config/config';
 import { log } from '../log';
@@ -30,6 +30,7 @@ export interface Sandbox {
 export async function startNodes(count: number, dir: string, fast = false): Promise<LocalPostgres[]> {
   const binDir = findPostgresBinDir();
   mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755); // the postgres OS user must reach its data directory inside
   const nodes: LocalPostgres[] = [];
   for (let i = 0; i < count; i++) {
     nodes.push(new LocalPostgres({ binDir, dataDir: join(dir, `node${i}`), port: await freePort(), fast }));

@@ -188,11 +188,18 @@ export class ReplicatedDispatch {
     if (state.isLeader) this.relay(state, frame);
   }
 
+  private waitingForClient = false;
+
   private relay(state: NodeState, frame: Frame): void {
     if (this.client.closed) return;
-    if (!this.client.write(frame.raw)) {
+    if (!this.client.write(frame.raw) && !this.waitingForClient) {
+      // The rest of the chunk already read still goes out; the node's socket waits until the client drains.
+      this.waitingForClient = true;
       state.connection.pause();
-      this.client.onceDrained(() => state.connection.resume());
+      this.client.onceDrained(() => {
+        this.waitingForClient = false;
+        state.connection.resume();
+      });
     }
   }
 

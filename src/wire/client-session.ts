@@ -296,7 +296,7 @@ export class ClientSession implements ClientSink {
       }
       const frame = this.inbox.shift()!;
       this.inboxBytes -= frame.raw.length;
-      if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused()) this.socket.resume();
+      if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.waitingForNodes) this.socket.resume();
       const step = this.handle(frame);
       if (step) {
         this.stepping = true;
@@ -315,15 +315,20 @@ export class ClientSession implements ClientSink {
     while (dispatch.copyIn && this.inbox.length > 0) {
       const frame = this.inbox.shift()!;
       this.inboxBytes -= frame.raw.length;
-      if (!dispatch.forwardCopy(frame)) {
+      if (!dispatch.forwardCopy(frame) && !this.waitingForNodes) {
+        this.waitingForNodes = true;
         this.socket.pause();
         dispatch.onceDrained(() => {
+          this.waitingForNodes = false;
           if (this.inboxBytes <= 8 * 1024 * 1024) this.socket.resume();
         });
       }
     }
-    if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.stepping) this.socket.resume();
+    if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.waitingForNodes) this.socket.resume();
   }
+
+  /** COPY data waits for the nodes' sockets to drain. */
+  private waitingForNodes = false;
 
   /** Returns a promise when the message started work that the next message must wait for. */
   private handle(frame: Frame): Promise<void> | null {

@@ -106,9 +106,12 @@ export class ProxyServer {
     return this.sessions.size;
   }
 
+  /** Stops listening, ends every session (their node connections close, rolling back) and empties the pool. */
   async stop(): Promise<void> {
-    await Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
+    const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
+    await closed;
+    this.servers.length = 0;
   }
 }

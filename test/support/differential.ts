@@ -1,0 +1,86 @@
+// The differential oracle: the same data in one reference PostgreSQL and in the cluster (loaded through the
+// proxy), the same query on both, and the text of the results compared exactly: column names, type OIDs and
+// every value, in order when the query orders its rows, as multisets otherwise.
+
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseSync } from 'libpg-query';
+import type { Client } from 'pg';
+
+export const fixturesDir = join(__dirname, '..', '..', '..', 'fixtures');
+
+export interface CorpusQuery {
+  readonly file: string;
+  readonly name: string;
+  readonly sql: string;
+}
+
+/** Reads every `-- name: x` query of the corpus files (fixtures/corpus/*.sql), in file order. */
+export function loadCorpus(dir = join(fixturesDir, 'corpus')): CorpusQuery[] {
+  const queries: CorpusQuery[] = [];
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.sql')).sort()) {
+    const parts = readFileSync(join(dir, file), 'utf8').split(/^-- name: */m).slice(1);
+    for (const part of parts) {
+      const newline = part.indexOf('\n');
+      const name = part.slice(0, newline).trim();
+      const sql = part.slice(newline + 1).trim().replace(/;\s*$/, '');
+      queries.push({ file, name, sql });
+    }
+  }
+  return queries;
+}
+
+/** True when the statement's outermost query has ORDER BY, so row order is part of the answer. */
+export function isOrdered(sql: string): boolean {
+  const statement = parseSync(sql).stmts?.[0]?.stmt as Record<string, Record<string, unknown>> | undefined;
+  const select = statement?.SelectStmt;
+  return Array.isArray(select?.sortClause) && select.sortClause.length > 0;
+}
+
+export interface QueryResult {
+  readonly columns: string[];
+  readonly rows: (string | null)[][];
+  readonly error: string | null;
+}
+
+export async function runForText(client: Client, sql: string): Promise<QueryResult> {
+  try {
+    const result = await client.query({ text: sql, rowMode: 'array' });
+    return {
+      columns: result.fields.map((f) => `${f.name}:${f.dataTypeID}`),
+      rows: result.rows as (string | null)[][],
+      error: null,
+    };
+  } catch (error) {
+    const e = error as { code?: string; message: string };
+    return { columns: [], rows: [], error: `${e.code ?? ''} ${e.message}` };
+  }
+}
+
+/** Null when the results match; otherwise a short description of the first difference. */
+export function differenceOf(expected: QueryResult, actual: QueryResult, ordered: boolean): string | null {
+  if (expected.error !== actual.error) return `error: expected ${expected.error ?? 'none'}, got ${actual.error ?? 'none'}`;
+  if (expected.columns.join(',') !== actual.columns.join(',')) return `columns: expected ${expected.columns.join(',')}, got ${actual.columns.join(',')}`;
+  if (expected.rows.length !== actual.rows.length) return `row count: expected ${expected.rows.length}, got ${actual.rows.length}`;
+  const key = (row: (string | null)[]) => JSON.stringify(row);
+  const left = expected.rows.map(key);
+  const right = actual.rows.map(key);
+  if (!ordered) {
+    left.sort();
+    right.sort();
+  }
+  for (let i = 0; i < left.length; i++) {
+    if (left[i] !== right[i]) return `row ${i + 1}: expected ${left[i]}, got ${right[i]}`;
+  }
+  return null;
+}
+
+/** The TPC-H-shaped data set (fixtures/tpch), at a scale factor, plus the edge-case tables. */
+export function tpchScript(scaleFactor: number): string[] {
+  const read = (name: string) => readFileSync(join(fixturesDir, 'tpch', name), 'utf8');
+  return [read('schema.sql'), read('data.sql').replace(/\{\{SF\}\}/g, String(scaleFactor)), read('extras.sql'), 'ANALYZE'];
+}
+
+export async function loadTpch(client: Client, scaleFactor: number): Promise<void> {
+  for (const script of tpchScript(scaleFactor)) await client.query(script);
+}

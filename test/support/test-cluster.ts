@@ -1,0 +1,97 @@
+// A throw-away cluster for a test file: N local PostgreSQL nodes, optionally one reference PostgreSQL holding
+// all the data, and the proxy in-process on a free port. Everything lives in a temp dir removed at stop().
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, type ClientConfig } from 'pg';
+import { defaultConfig, type ProxyConfig } from '../../src/config/config';
+import { LocalPostgres } from '../../src/cluster/local-postgres';
+import { startNodes } from '../../src/cluster/sandbox';
+import { configureLog } from '../../src/log';
+import { ProxyServer } from '../../src/wire/proxy-server';
+
+export interface TestClusterOptions {
+  readonly nodes: number;
+  readonly reference?: boolean;
+  readonly configure?: (config: ProxyConfig) => void;
+  /** Leave the proxy unstarted (tests that start it themselves). */
+  readonly noProxy?: boolean;
+}
+
+export interface TestCluster {
+  readonly dir: string;
+  readonly nodes: LocalPostgres[];
+  readonly reference: LocalPostgres | null;
+  proxy: ProxyServer;
+  readonly config: ProxyConfig;
+  /** A connected node-postgres client through the proxy. */
+  connect(overrides?: Partial<ClientConfig>): Promise<Client>;
+  /** A connected client straight to node i (or to the reference with 'reference'). */
+  connectDirect(target: number | 'reference', overrides?: Partial<ClientConfig>): Promise<Client>;
+  restartProxy(configure?: (config: ProxyConfig) => void): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Values come back as PostgreSQL's text, untouched: the differential tests compare text. */
+export const textTypes = { getTypeParser: () => (value: string) => value } as unknown as ClientConfig['types'];
+
+configureLog({ minLevel: (process.env.PARAPOOL_TEST_LOG as 'debug' | undefined) ?? 'fatal' });
+
+export async function startTestCluster(options: TestClusterOptions): Promise<TestCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'parapool-test-'));
+  const count = options.nodes + (options.reference ? 1 : 0);
+  const all = await startNodes(count, dir, true);
+  const nodes = all.slice(0, options.nodes);
+  const reference = options.reference ? all[options.nodes] : null;
+  const config = defaultConfig();
+  config.port = 0;
+  config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  config.logMinMessages = 'fatal';
+  options.configure?.(config);
+  const cluster: TestCluster = {
+    dir,
+    nodes,
+    reference,
+    proxy: new ProxyServer(config),
+    config,
+    async connect(overrides = {}) {
+      const client = new Client({ host: '127.0.0.1', port: cluster.proxy.port, user: 'postgres', database: 'postgres', types: textTypes, ...overrides });
+      await client.connect();
+      return client;
+    },
+    async connectDirect(target, overrides = {}) {
+      const node = target === 'reference' ? reference! : nodes[target];
+      const client = new Client({ host: '127.0.0.1', port: node.port, user: 'postgres', database: 'postgres', types: textTypes, ...overrides });
+      await client.connect();
+      return client;
+    },
+    async restartProxy(configure) {
+      await cluster.proxy.stop();
+      const next: ProxyConfig = { ...config, port: cluster.proxy.port, backends: config.backends };
+      configure?.(next);
+      cluster.proxy = new ProxyServer(next);
+      await cluster.proxy.start();
+    },
+    async stop() {
+      await cluster.proxy.stop().catch(() => undefined);
+      await Promise.all(all.map((node) => node.stop('immediate').catch(() => undefined)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  if (!options.noProxy) {
+    try {
+      await cluster.proxy.start();
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+  }
+  return cluster;
+}
+
+/** Runs a query and returns its rows as arrays of text (null for NULL). */
+export async function rowsOf(client: Client, sql: string, values?: unknown[]): Promise<(string | null)[][]> {
+  const result = await client.query({ text: sql, values, rowMode: 'array' });
+  return result.rows as (string | null)[][];
+}
