@@ -365,11 +365,18 @@ export class ClientSession implements ClientSink {
   // ---- simple query protocol -------------------------------------------------------------------------------
 
   private async simpleQuery(frame: Frame): Promise<void> {
-    if (this.pending.length > 0 || this.dispatch) {
-      this.pending = [];
-      throw protocolViolation('simple Query message received before the Sync of pending extended-protocol messages');
-    }
     const sql = decodeQuery(frame.payload);
+    if (this.pending.length > 0 || this.dispatch) {
+      // Extended-protocol messages not yet synced (a Close, say) run first, in the same exchange, as on a node.
+      const parsed = parseSql(sql);
+      const classes = parsed.ok ? parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions)) : [];
+      const needsProxy = !parsed.ok || classes.some((c) => c.kind === 'admin') || parsed.statements.some((s) => checkDeterminism(s.node).kind !== 'deterministic');
+      if (needsProxy) {
+        this.pending = [];
+        throw protocolViolation('this Query message must follow a Sync: the extended-protocol messages before it are still pending');
+      }
+      return this.sendExtended(frame, true, classes.find((c) => c.kind === 'write') ?? readClass);
+    }
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
@@ -480,10 +487,10 @@ export class ClientSession implements ClientSink {
   }
 
   /** Sends the batched extended-protocol messages, ending with `terminator` (Flush or Sync). */
-  private async sendExtended(terminator: Frame, isSync: boolean): Promise<void> {
+  private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
-    const isWrite = messages.some((m) => m.statementClass.kind === 'write');
+    const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
     let dispatch = this.dispatch;
     if (dispatch && isWrite && !this.dispatchIsWrite) {
       // Nodes outside the open exchange have not seen its earlier messages: refuse at this point instead.
@@ -741,8 +748,12 @@ export class ClientSession implements ClientSink {
     const busy = this.dispatch !== null;
     for (const connection of this.connections.values()) {
       connection.removeCloseListener(this.onConnectionClosed);
-      // A connection in the middle of an exchange cannot be reused: closing it makes the node roll back.
-      if (busy || connection.busy) connection.destroy();
+      // A connection in the middle of an exchange cannot be reused: the node's statement is cancelled (a node
+      // notices a closed socket only when it next writes) and closing the connection rolls its transaction back.
+      if (busy || connection.busy) {
+        if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
+        connection.destroy();
+      }
       else void this.context.pool.release(connection);
     }
     this.connections.clear();

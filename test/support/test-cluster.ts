@@ -47,7 +47,7 @@ export async function startTestCluster(options: TestClusterOptions): Promise<Tes
   const config = defaultConfig();
   config.port = 0;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
-  config.logMinMessages = 'fatal';
+  config.logMinMessages = (process.env.PARAPOOL_TEST_LOG as 'debug' | undefined) ?? 'fatal';
   options.configure?.(config);
   const cluster: TestCluster = {
     dir,

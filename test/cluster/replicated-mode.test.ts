@@ -1,0 +1,213 @@
+// Replicated mode against real nodes: writes reach every node, reads one, sessions' settings follow them, and
+// nothing ever lets two nodes drift apart silently: non-deterministic writes are pinned or refused, and a node
+// whose answer differs is detached and reported.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { configureLog } from '../../src/log';
+import { ProxyServer } from '../../src/wire/proxy-server';
+import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+
+let cluster: TestCluster;
+
+before(async () => {
+  cluster = await startTestCluster({ nodes: 3 });
+});
+
+after(async () => {
+  await cluster?.stop();
+});
+
+async function onEachNode(sql: string): Promise<(string | null)[][][]> {
+  const results: (string | null)[][][] = [];
+  for (let node = 0; node < cluster.nodes.length; node++) {
+    const direct = await cluster.connectDirect(node);
+    results.push(await rowsOf(direct, sql));
+    await direct.end();
+  }
+  return results;
+}
+
+async function poolNodes(): Promise<Record<string, string | null>[]> {
+  const client = await cluster.connect();
+  const result = await client.query('show pool_nodes');
+  await client.end();
+  return result.rows;
+}
+
+test('writes reach every node; reads are spread by backend_weight', async () => {
+  const client = await cluster.connect();
+  await client.query('create table kv (k int primary key, v text)');
+  await client.query("insert into kv select g, 'v' || g from generate_series(1, 100) g");
+  await client.query("update kv set v = v || '!' where k <= 10");
+  await client.query('delete from kv where k > 90');
+  await client.end();
+  const sums = await onEachNode("select count(*), md5(string_agg(k || v, ',' order by k)) from kv");
+  assert.equal(sums[0][0][0], '90');
+  assert.deepEqual(sums[1], sums[0]);
+  assert.deepEqual(sums[2], sums[0]);
+
+  const before = (await poolNodes()).map((n) => Number(n.select_cnt));
+  for (let i = 0; i < 30; i++) {
+    const c = await cluster.connect();
+    await c.query('select count(*) from kv');
+    await c.end();
+  }
+  const after = (await poolNodes()).map((n) => Number(n.select_cnt));
+  const spread = after.map((count, i) => count - before[i]);
+  assert.ok(spread.filter((n) => n > 0).length >= 2, `reads went to more than one node: ${spread}`);
+});
+
+test('a weight of 0 keeps reads off a node; statement-level balancing moves reads per statement', async () => {
+  await cluster.restartProxy((c) => {
+    c.backends = c.backends.map((b) => ({ ...b, weight: b.id === 0 ? 0 : 1 }));
+    c.statementLevelLoadBalance = true;
+  });
+  const before = (await poolNodes()).map((n) => Number(n.select_cnt));
+  const client = await cluster.connect();
+  for (let i = 0; i < 40; i++) await client.query('select 1');
+  await client.end();
+  const after = (await poolNodes()).map((n) => Number(n.select_cnt));
+  assert.equal(after[0] - before[0], 0);
+  assert.ok(after[1] - before[1] > 0 && after[2] - before[2] > 0, `one session's reads used both weighted nodes: ${after}`);
+  await cluster.restartProxy((c) => {
+    c.backends = c.backends.map((b) => ({ ...b, weight: 1 }));
+    c.statementLevelLoadBalance = false;
+  });
+});
+
+test('session settings follow every statement to whichever node runs it', async () => {
+  await cluster.restartProxy((c) => (c.statementLevelLoadBalance = true));
+  const client = await cluster.connect();
+  await client.query("set datestyle = 'SQL, DMY'");
+  for (let i = 0; i < 10; i++) assert.deepEqual(await rowsOf(client, "select date '2026-03-04'"), [['04/03/2026']]);
+  await client.end();
+  await cluster.restartProxy((c) => (c.statementLevelLoadBalance = false));
+});
+
+test('time functions in writes are pinned to one value on every node', async () => {
+  const client = await cluster.connect();
+  await client.query('create table events (id int, at timestamptz, day date, t text)');
+  await client.query('insert into events values (1, now(), current_date, timeofday())');
+  await client.query('begin');
+  await client.query('insert into events values (2, now(), current_date)');
+  await client.query('insert into events values (3, now(), current_date)');
+  await client.query('commit');
+  await client.query({ text: 'insert into events values ($1, now(), current_date)', values: [4] });
+  await client.query({ name: 'ev', text: 'insert into events values ($1, clock_timestamp(), localtimestamp)', values: [5] });
+  await client.query({ name: 'ev', text: 'insert into events values ($1, clock_timestamp(), localtimestamp)', values: [6] });
+  await client.end();
+  const results = await onEachNode('select id, at, day, t from events order by id');
+  assert.equal(results[0].length, 6);
+  assert.deepEqual(results[1], results[0]);
+  assert.deepEqual(results[2], results[0]);
+  assert.equal(results[0][1][1], results[0][2][1], 'now() is the transaction start inside a transaction');
+  assert.notEqual(results[0][4][1], results[0][5][1], 'each execution of a prepared write gets its own time');
+});
+
+test('writes with per-node values are refused with 0A000 and change nothing', async () => {
+  const client = await cluster.connect();
+  await assert.rejects(client.query('insert into events (id, t) values (10, random()::text)'), (e: { code?: string; message: string }) => e.code === '0A000' && /random\(\)/.test(e.message));
+  await assert.rejects(client.query({ text: 'insert into events (id, t) values ($1, gen_random_uuid()::text)', values: [11] }), (e: { code?: string }) => e.code === '0A000');
+  await client.query('begin');
+  await client.query('insert into events (id) values (12)');
+  await assert.rejects(client.query('update events set t = random()::text'), (e: { code?: string }) => e.code === '0A000');
+  await assert.rejects(client.query('select 1'), (e: { code?: string }) => e.code === '25P02');
+  await client.query('rollback');
+  assert.deepEqual(await rowsOf(client, 'select random() < 2'), [['t']], 'a read may call random()');
+  await client.end();
+  const results = await onEachNode('select count(*) from events where id >= 10');
+  assert.deepEqual(results, [[['0']], [['0']], [['0']]]);
+});
+
+test('a SELECT that calls nextval() is a write: every node advances its sequence', async () => {
+  const client = await cluster.connect();
+  await client.query('create sequence seq');
+  assert.deepEqual(await rowsOf(client, "select nextval('seq')"), [['1']]);
+  assert.deepEqual(await rowsOf(client, "select nextval('seq')"), [['2']]);
+  await client.end();
+  assert.deepEqual(await onEachNode('select last_value from seq'), [[['2']], [['2']], [['2']]]);
+});
+
+test('an error in a read inside a transaction aborts the transaction on every node', async () => {
+  const client = await cluster.connect();
+  await client.query('create table tx (a int)');
+  await client.query('begin');
+  await client.query('insert into tx values (1)');
+  await assert.rejects(client.query('select 1/0'), (e: { code?: string }) => e.code === '22012');
+  await assert.rejects(client.query('insert into tx values (2)'), (e: { code?: string }) => e.code === '25P02');
+  await client.query('rollback');
+  await client.query('insert into tx values (3)');
+  await client.end();
+  assert.deepEqual(await onEachNode('select array_agg(a) from tx'), [[['{3}']], [['{3}']], [['{3}']]]);
+  assert.ok((await poolNodes()).every((n) => n.status === 'up'), 'no node was detached');
+});
+
+test('a node whose result differs is detached, named in SHOW pool_nodes and the log; service goes on', async () => {
+  const lines: string[] = [];
+  configureLog({ sink: { write: (line) => lines.push(line) }, minLevel: 'info' });
+  const client = await cluster.connect();
+  await client.query('create table drift (a int)');
+  await client.query('insert into drift select generate_series(1, 10)');
+  const direct = await cluster.connectDirect(2);
+  await direct.query('delete from drift where a = 1');
+  await direct.end();
+  const result = await client.query('update drift set a = a + 100');
+  assert.equal(result.rowCount, 10);
+  await client.end();
+  const nodes = await poolNodes();
+  assert.deepEqual(nodes.map((n) => n.status), ['up', 'up', 'down']);
+  assert.match(String(nodes[2].status_reason), /answered "UPDATE 9" where node 0 .* answered "UPDATE 10"/);
+  assert.ok(lines.some((l) => /ERROR node_detached node=2 /.test(l)), 'one log line names the node');
+  const after = await cluster.connect();
+  await after.query('insert into drift values (0)');
+  assert.deepEqual(await rowsOf(after, 'select count(*) from drift'), [['11']]);
+  await after.end();
+  configureLog({ minLevel: 'fatal' });
+  await cluster.restartProxy(); // a new proxy starts with every node attached again
+});
+
+test('a node that dies is detached and the session continues on the others', async () => {
+  const client = await cluster.connect();
+  await client.query('create table survive (a int)');
+  await cluster.nodes[2].stop('immediate');
+  await client.query('insert into survive values (1)');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from survive'), [['1']]);
+  await client.end();
+  const nodes = await poolNodes();
+  assert.equal(nodes[2].status, 'down');
+  assert.match(String(nodes[2].status_reason), /node 2/);
+  await cluster.nodes[2].start();
+});
+
+test('a node that is down at start-up is reported by name and the proxy serves with the rest', async () => {
+  const lines: string[] = [];
+  const config = { ...cluster.config, port: 0, backends: [...cluster.config.backends.slice(0, 2), { id: 2, host: '127.0.0.1', port: 1, weight: 1, dataDirectory: null }] };
+  const proxy = new ProxyServer(config);
+  configureLog({ sink: { write: (line) => lines.push(line) }, minLevel: 'info' });
+  await proxy.start();
+  configureLog({ minLevel: 'fatal' });
+  assert.ok(lines.some((l) => /node_unreachable_at_startup node=2 address=127\.0\.0\.1:1/.test(l)), lines.join(''));
+  const { Client } = await import('pg');
+  const client = new Client({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres' });
+  await client.connect();
+  const nodes = (await client.query('show pool_nodes')).rows;
+  assert.deepEqual(nodes.map((n: { status: string }) => n.status), ['up', 'up', 'down']);
+  assert.match(nodes[2].status_reason, /node 2 \(127\.0\.0\.1:1\) was unreachable at start-up/);
+  assert.equal((await client.query('select 1 as one')).rows[0].one, 1);
+  await client.end();
+  await proxy.stop();
+});
+
+test('backend connections are pooled between sessions and reset', async () => {
+  const first = await cluster.connect();
+  await first.query("set application_name = 'first'");
+  await first.query('create temp table scratch (a int)');
+  await first.end();
+  await new Promise((r) => setTimeout(r, 200));
+  const client = await cluster.connect();
+  assert.ok(Number((await client.query('show pool_pools')).rows[0].idle_backend_connections) > 0, 'the first session left its connections in the pool');
+  assert.deepEqual(await rowsOf(client, "select count(*) from pg_class where relname = 'scratch'"), [['0']], 'temp tables are gone');
+  assert.notDeepEqual(await rowsOf(client, 'show application_name'), [['first']]);
+  await client.end();
+});
