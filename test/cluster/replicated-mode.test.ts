@@ -204,9 +204,10 @@ test('backend connections are pooled between sessions and reset', async () => {
   await first.query("set application_name = 'first'");
   await first.query('create temp table scratch (a int)');
   await first.end();
-  await new Promise((r) => setTimeout(r, 200));
+  for (let i = 0; i < 50 && cluster.proxy.pool.idleCount() === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(cluster.proxy.pool.idleCount() > 0, 'the first session left its connections in the pool');
   const client = await cluster.connect();
-  assert.ok(Number((await client.query('show pool_pools')).rows[0].idle_backend_connections) > 0, 'the first session left its connections in the pool');
+  assert.equal(cluster.proxy.pool.idleCount(), 0, 'the next session took them');
   assert.deepEqual(await rowsOf(client, "select count(*) from pg_class where relname = 'scratch'"), [['0']], 'temp tables are gone');
   assert.notDeepEqual(await rowsOf(client, 'show application_name'), [['first']]);
   await client.end();
