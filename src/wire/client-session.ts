@@ -536,24 +536,20 @@ export class ClientSession implements ClientSink {
           prepared.set('', pinnedStatement);
         } else if (code === FrontendCode.parse) {
           const statement = message.statement!;
-          if (statement.name !== '' && prepared.has(statement.name) && !this.statements.has(statement.name)) {
-            frames.push(serialize.close({ type: 'S', name: statement.name }));
+          const existing = statement.name === '' ? undefined : this.statements.get(statement.name);
+          if (existing) {
+            // PostgreSQL refuses a second Parse of a live name (42P05): make every node hold it, so all refuse.
+            this.ensurePrepared(existing, send);
+          } else if (statement.name !== '' && prepared.has(statement.name)) {
+            frames.push(serialize.close({ type: 'S', name: statement.name })); // left over on this node
             injected.push(true);
           }
           frames.push(message.frame.raw);
           injected.push(false);
-          prepared.set(statement.name, statement);
+          if (!existing) prepared.set(statement.name, statement);
         } else if (message.statementName !== undefined && code !== FrontendCode.close) {
           const statement = this.statements.get(message.statementName);
-          if (statement && prepared.get(statement.name) !== statement) {
-            if (statement.name !== '' && prepared.has(statement.name)) {
-              frames.push(serialize.close({ type: 'S', name: statement.name }));
-              injected.push(true);
-            }
-            frames.push(statement.parseFrame);
-            injected.push(true);
-            prepared.set(statement.name, statement);
-          }
+          if (statement) this.ensurePrepared(statement, send);
           frames.push(message.frame.raw);
         } else {
           frames.push(message.frame.raw);
@@ -563,7 +559,10 @@ export class ClientSession implements ClientSink {
           }
         }
       }
-      if (code === FrontendCode.parse) this.statements.set(message.statement!.name, message.statement!);
+      if (code === FrontendCode.parse) {
+        const name = message.statement!.name;
+        if (name === '' || !this.statements.has(name)) this.statements.set(name, message.statement!);
+      }
       else if (code === FrontendCode.bind) this.portals.set(message.portal!, message.statementClass);
       else if (code === FrontendCode.close) {
         if (message.statementName !== undefined) this.statements.delete(message.statementName);
@@ -580,6 +579,21 @@ export class ClientSession implements ClientSink {
   }
 
   private rejections: PgError[] = [];
+
+  /** Adds to `send` what re-creates the client's statement on that node when the node lacks this version of it. */
+  private ensurePrepared(statement: PreparedStatement, send: NodeSend): void {
+    const prepared = send.connection.preparedStatements;
+    if (prepared.get(statement.name) === statement) return;
+    const frames = send.frames as Buffer[];
+    const injected = send.injected as boolean[];
+    if (statement.name !== '' && prepared.has(statement.name)) {
+      frames.push(serialize.close({ type: 'S', name: statement.name }));
+      injected.push(true);
+    }
+    frames.push(statement.parseFrame);
+    injected.push(true);
+    prepared.set(statement.name, statement);
+  }
 
   // ---- running on nodes ------------------------------------------------------------------------------------
 

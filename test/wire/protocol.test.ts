@@ -230,3 +230,21 @@ test('bad input: each gets a clear error or a clean close, and other sessions go
   await survivor.end();
   await assertNodesIdle();
 });
+
+test('a second Parse of a live statement name fails with 42P05 on every node, and no node is blamed', async () => {
+  const client = await RawClient.ready(cluster.proxy.port);
+  client.send([serialize.parse({ name: 'dup', text: 'select 1' }), serialize.sync()]);
+  await client.readUntil('Z');
+  client.send([serialize.parse({ name: 'dup', text: "insert into items values (77, 'dup')" }), serialize.bind({ statement: 'dup' }), serialize.execute({}), serialize.sync()]);
+  const replies = await client.readUntil('Z');
+  assert.equal(errorFields(replies.find((m) => m.type === 'E')!).C, '42P05');
+  client.send([serialize.bind({ statement: 'dup' }), serialize.execute({}), serialize.sync()]);
+  const again = await client.readUntil('Z');
+  assert.deepEqual(dataRowValues(again.find((m) => m.type === 'D')!), ['1'], 'the first statement is still the one of that name');
+  client.end();
+  const check = await cluster.connect();
+  const nodes = (await check.query('show pool_nodes')).rows;
+  assert.deepEqual(nodes.map((n: { status: string }) => n.status), ['up', 'up']);
+  assert.deepEqual(await rowsOf(check, 'select count(*) from items where id = 77'), [['0']]);
+  await check.end();
+});
