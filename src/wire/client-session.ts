@@ -402,7 +402,9 @@ export class ClientSession implements ClientSink {
       if (check.kind === 'rejected') return this.refuse(check.error);
       if (check.kind === 'time') {
         rewritten = true;
-        texts.push(await pinTimeFunctions(statement.node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []));
+        const pinned = await this.pinTime(statement.node);
+        if (pinned instanceof PgError) return this.refuse(pinned);
+        texts.push(pinned);
       } else {
         texts.push(statement.sql);
       }
@@ -410,6 +412,19 @@ export class ClientSession implements ClientSink {
     const bytes = rewritten ? serialize.query(texts.join(';\n')) : frame.raw;
     const copyIn = parsed.statements.some((s) => nodeTag(s.node) === 'CopyStmt');
     return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
+  }
+
+  /**
+   * The statement's SQL with its time functions evaluated on the main node; the node's error instead when that
+   * fails (e.g. the transaction is already aborted), which the caller reports as the statement's error.
+   */
+  private async pinTime(node: Node): Promise<string | PgError> {
+    try {
+      return await pinTimeFunctions(node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []);
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') return error;
+      throw error;
+    }
   }
 
   /** Fails the current statement with the proxy's own error, aborting an open transaction on every node. */
@@ -507,7 +522,12 @@ export class ClientSession implements ClientSink {
         continue;
       }
       const { node, parameterTypes } = statement.timePinning;
-      const text = await pinTimeFunctions(node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []);
+      const text = await this.pinTime(node);
+      if (text instanceof PgError) {
+        message.pinnedParse = serialize.parse({ text: rejectionMarker });
+        this.rejections.push(text);
+        continue;
+      }
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
     if (!dispatch) {

@@ -14,14 +14,25 @@ export interface Frame {
 }
 
 export class FrameReader {
-  private pending: Buffer | null = null;
+  /** Bytes of an unfinished frame, kept as received so that a large frame is copied once, not once per chunk. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** Total bytes the unfinished frame needs, once its header is known. */
+  private needed = 0;
 
   constructor(private readonly maxLength: number, private readonly peer: string) {}
 
   /** Appends bytes; returns the complete frames they finish, in order. */
   push(chunk: Buffer): Frame[] {
-    let buffer = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
-    this.pending = null;
+    if (this.pendingBytes > 0) {
+      this.pending.push(chunk);
+      this.pendingBytes += chunk.length;
+      if (this.needed > 0 && this.pendingBytes < this.needed) return [];
+    }
+    const buffer = this.pendingBytes > 0 ? Buffer.concat(this.pending, this.pendingBytes) : chunk;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.needed = 0;
     const frames: Frame[] = [];
     let offset = 0;
     while (buffer.length - offset >= 5) {
@@ -33,17 +44,23 @@ export class FrameReader {
         );
       }
       const end = offset + 1 + length;
-      if (end > buffer.length) break;
+      if (end > buffer.length) {
+        this.needed = end - offset;
+        break;
+      }
       frames.push({ code: buffer[offset], payload: buffer.subarray(offset + 5, end), raw: buffer.subarray(offset, end) });
       offset = end;
     }
-    if (offset < buffer.length) this.pending = buffer.subarray(offset);
+    if (offset < buffer.length) {
+      this.pending = [buffer.subarray(offset)];
+      this.pendingBytes = buffer.length - offset;
+    }
     return frames;
   }
 
   /** Bytes received that do not yet form a whole frame. */
   get bufferedBytes(): number {
-    return this.pending?.length ?? 0;
+    return this.pendingBytes;
   }
 }
 

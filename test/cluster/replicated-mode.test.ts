@@ -212,3 +212,16 @@ test('backend connections are pooled between sessions and reset', async () => {
   assert.notDeepEqual(await rowsOf(client, 'show application_name'), [['first']]);
   await client.end();
 });
+
+test('a pinned write inside an aborted transaction fails like any statement there, and the session lives', async () => {
+  const client = await cluster.connect();
+  await client.query('create table aborted_pin (at timestamptz)');
+  await client.query('begin');
+  await assert.rejects(client.query('select 1/0'), (e: { code?: string }) => e.code === '22012');
+  await assert.rejects(client.query('insert into aborted_pin values (now())'), (e: { code?: string }) => e.code === '25P02');
+  await assert.rejects(client.query({ name: 'ap', text: 'insert into aborted_pin values (now())' }), (e: { code?: string }) => e.code === '25P02');
+  await client.query('rollback');
+  await client.query('insert into aborted_pin values (now())');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from aborted_pin'), [['1']]);
+  await client.end();
+});
