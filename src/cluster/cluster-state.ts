@@ -11,6 +11,7 @@ export class ClusterState extends EventEmitter {
 
   constructor(backends: readonly BackendConfig[]) {
     super();
+    this.setMaxListeners(0); // every session listens for detaches
     this.nodes = backends.map((b) => ({
       id: b.id,
       host: b.host,

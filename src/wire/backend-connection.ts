@@ -28,9 +28,12 @@ export interface BackendStartup {
   readonly connectTimeoutMs: number;
 }
 
-/** A node refused the connection or the start-up; `frame` is its ErrorResponse, to relay as is. */
+/**
+ * A connection to a node could not be started. `frame` is the node's own ErrorResponse, to relay as is;
+ * `unreachable` says the node itself is out of reach (so it should be detached), not that it refused this user.
+ */
 export class BackendStartupError extends PgError {
-  constructor(error: PgError, readonly frame: Buffer | null) {
+  constructor(error: PgError, readonly frame: Buffer | null, readonly unreachable = false) {
     super({ severity: error.severity, code: error.code, message: error.message, detail: error.detail, hint: error.hint });
   }
 }
@@ -97,11 +100,14 @@ export class BackendConnection {
         }));
         return null;
       };
-      this.onClose((error) => fail(new PgError({
-        severity: 'FATAL',
-        code: SqlState.connectionFailure,
-        message: `${describeNode(startup.node)} closed the connection during start-up${error ? `: ${error.message}` : ''}`,
-      })));
+      this.onClose((error) => {
+        this.handler = null;
+        reject(new BackendStartupError(new PgError({
+          severity: 'FATAL',
+          code: SqlState.connectionFailure,
+          message: `${describeNode(startup.node)} closed the connection during start-up${error ? `: ${error.message}` : ''}`,
+        }), null, true));
+      });
       this.handler = (frame) => {
         try {
           switch (frame.code) {
@@ -226,6 +232,10 @@ export class BackendConnection {
 
   writeMany(chunks: Buffer[]): void {
     if (this.closed || chunks.length === 0) return;
+    if (chunks.length === 1) {
+      this.socket.write(chunks[0]);
+      return;
+    }
     this.socket.cork();
     for (const chunk of chunks) this.socket.write(chunk);
     process.nextTick(() => this.socket.uncork());
@@ -298,7 +308,7 @@ function openSocket(node: NodeAddress, timeoutMs: number): Promise<Socket> {
     const socket = netConnect({ host: node.host, port: node.port });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: timed out after ${timeoutMs} ms` }), null));
+      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: timed out after ${timeoutMs} ms` }), null, true));
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
@@ -307,7 +317,7 @@ function openSocket(node: NodeAddress, timeoutMs: number): Promise<Socket> {
     });
     socket.once('error', (error) => {
       clearTimeout(timer);
-      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: ${error.message}` }), null));
+      reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: ${error.message}` }), null, true));
     });
   });
 }

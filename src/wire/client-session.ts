@@ -133,9 +133,11 @@ export class ClientSession implements ClientSink {
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
     if (!this.corked) {
+      // Uncork after the promise continuations of this turn too, so a reply and the ReadyForQuery written when
+      // every node is done leave in one system call.
       this.corked = true;
       this.socket.cork();
-      process.nextTick(() => {
+      setImmediate(() => {
         this.corked = false;
         this.socket.uncork();
       });
@@ -269,7 +271,7 @@ export class ClientSession implements ClientSink {
         result.value.onClose(this.onConnectionClosed);
       } else {
         const error = result.reason as PgError;
-        if (error instanceof BackendStartupError && error.frame === null) {
+        if (error instanceof BackendStartupError && error.unreachable) {
           this.context.cluster.detach(node.id, error.message);
         } else {
           refusal ??= error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: String(error) });
