@@ -2,9 +2,9 @@
 // through PgBouncer and through pgpool-II, all in one run on one machine, so that the ratios to direct compare
 // like with like. It prints the table and writes it into docs/benchmarks.md (bench/run.sh installs the peers).
 
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { Client } from 'pg';
 import { parapoolVersion } from '../src/admin/show-commands';
@@ -99,7 +99,10 @@ function findProgram(name: string): string | null {
 
 function firstLine(command: string, args: string[]): string {
   try {
-    return execFileSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString().split('\n')[0].trim();
+    // pgpool prints its version on stderr, the others on stdout.
+    const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    if (result.error) throw result.error;
+    return `${result.stdout}${result.stderr}`.split('\n')[0].trim();
   } catch (error) {
     return `unknown (${(error as Error).message.split('\n')[0]})`;
   }
@@ -470,8 +473,9 @@ interface Facts {
   nproc: string;
   cpuModel: string;
   memory: string;
+  /** One-minute load average before the run: other work on the machine skews every row. */
+  loadBefore: string;
   postgres: string;
-  pgbench: string;
   pgbouncer: string;
   pgpool: string;
   node: string;
@@ -486,8 +490,8 @@ function machineFacts(binDir: string, pgbouncer: string, pgpool: string): Facts 
     nproc: firstLine('nproc', []),
     cpuModel: model,
     memory: `${Math.round(totalmem() / 2 ** 30)} GiB`,
+    loadBefore: loadavg()[0].toFixed(2),
     postgres: firstLine(join(binDir, 'postgres'), ['--version']),
-    pgbench: firstLine(join(binDir, 'pgbench'), ['--version']),
     pgbouncer: firstLine(pgbouncer, ['--version']),
     pgpool: firstLine(pgpool, ['--version']),
     node: process.version,
@@ -523,8 +527,13 @@ function reading(rows: Row[], targets: string[], options: Options, facts: Facts)
   const relays = targets.filter((t) => t !== 'direct');
   const parts = relays.map((t) => `${t} ${percentOf(rows, t, 'simple')} (simple) and ${percentOf(rows, t, 'prepared')} (prepared)`);
   const failures = rows.filter((r) => r.tps === null && !r.note.startsWith('n/a'));
+  const fastest = modes.map((mode) => {
+    const measured = rows.filter((r) => r.mode === mode && r.target !== 'direct' && r.tps !== null).sort((a, b) => b.tps! - a.tps!);
+    return measured.length > 0 ? `${measured[0].target} with -M ${mode}` : null;
+  }).filter((f) => f !== null);
   return [
     `Relative to direct connections, throughput was: ${parts.join('; ')}.`,
+    ...(fastest.length > 0 ? [`The fastest relay was ${fastest.join(' and ')}.`] : []),
     `This machine has ${facts.nproc} cores, shared by pgbench (${options.threads} threads), PostgreSQL's ${options.clients} backends and the relay,`,
     'so every CPU cycle a relay spends is taken from the server and the client: the ratios measure how much CPU each relay burns per',
     'query far more than network latency, which over loopback is a few microseconds. pgbench -S is a one-row primary-key SELECT, the',
@@ -548,9 +557,8 @@ function section(rows: Row[], targets: string[], options: Options, facts: Facts)
     '',
     markdownTable(rows),
     '',
-    `Machine: ${facts.nproc} CPUs (\`nproc\`), ${facts.cpuModel}, ${facts.memory} of memory.`,
-    `Software: ${facts.postgres}; ${facts.pgbench}; parapool ${facts.parapool} on Node.js ${facts.node};`,
-    `${facts.pgbouncer}; ${facts.pgpool}.`,
+    `Machine: ${facts.nproc} CPUs (\`nproc\`), ${facts.cpuModel}, ${facts.memory} of memory; one-minute load average ${facts.loadBefore} before the run.`,
+    `Software: ${facts.postgres}; parapool ${facts.parapool} on Node.js ${facts.node}; ${facts.pgbouncer}; ${facts.pgpool}.`,
     '',
     'Set-up: parapool runs as its own process (`node dist/src/cli/main.js start -f parapool.conf`, `log_min_messages = warning`);',
     'PgBouncer in transaction pooling with `default_pool_size = 20`; pgpool-II with `backend_clustering_mode = raw`,',
@@ -666,12 +674,16 @@ async function main(): Promise<number> {
       const from = logOffset();
       say(`${target.label} -M ${mode}: ${options.duration} s`);
       const result = parsePgbench(await runPgbench(pgbench, benchArgs(mode, options.duration), runTimeout(options.duration)), runTimeout(options.duration));
+      if (finishing) throw new StepError('stopping');
       const logged = newLogLines(from);
       let note = result.error ?? '';
       if (running.server?.exitReason) note = `${note ? note + '; ' : ''}${target.label} ${running.server.exitReason}`;
+      // parapool logs at warning and above only, so anything it printed during a run is worth a look; the peers'
+      // routine log lines are not.
       if (logged.length > 0 && target.label === 'parapool') {
-        say(`${target.label} logged ${logged.length} lines during the run; first ones:\n${logged.slice(0, 10).join('\n')}`);
-        note = `${note ? note + '; ' : ''}${logged.length} log lines at warning or above`;
+        say(`${target.label} printed ${logged.length} lines during the run; first ones:\n${logged.slice(0, 10).join('\n')}`);
+        const first = logged[0].length > 140 ? `${logged[0].slice(0, 140)}...` : logged[0];
+        note = `${note ? note + '; ' : ''}proxy printed ${logged.length} line(s), first: \`${first.replace(/`/g, "'")}\``;
       }
       const row: Row = { target: target.label, mode, tps: result.error ? null : result.tps, latencyMs: result.error ? null : result.latencyMs, note };
       if (result.error) say(`${target.label} -M ${mode}: FAILED: ${note}`);
@@ -717,6 +729,8 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 main()
   .then((code) => finish(code))
   .catch((error) => {
+    // After a signal, whatever was under way fails as a matter of course; the signal was already reported.
+    if (finishing) return;
     const message = error instanceof StepError ? error.message : (error as Error).stack ?? String(error);
     say(`failed: ${message}`);
     return finish(1);

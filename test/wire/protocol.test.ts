@@ -248,3 +248,37 @@ test('a second Parse of a live statement name fails with 42P05 on every node, an
   assert.deepEqual(await rowsOf(check, 'select count(*) from items where id = 77'), [['0']]);
   await check.end();
 });
+
+test('notices and errors reach the client with every field, exactly as the node sent them', async () => {
+  const direct = await RawClient.connect(cluster.nodes[0].port);
+  direct.send(serialize.startup({ user: 'postgres', database: 'postgres' }));
+  await direct.readUntil('Z');
+  const proxied = await RawClient.ready(cluster.proxy.port);
+  const statements = [
+    "do $$ begin raise notice 'hello' using detail = 'some detail', hint = 'a hint', errcode = '01000'; end $$",
+    'select * from no_such_table',
+    "insert into items values (1, 'duplicate')",
+    'select 1 +',
+  ];
+  for (const sql of statements) {
+    direct.send(serialize.query(sql));
+    proxied.send(serialize.query(sql));
+    const expected = (await direct.readUntil('Z')).filter((m) => m.type === 'N' || m.type === 'E');
+    const actual = (await proxied.readUntil('Z')).filter((m) => m.type === 'N' || m.type === 'E');
+    assert.equal(actual.length, 1, sql);
+    const withoutSource = (m: typeof actual[number]) => {
+      const fields = errorFields(m);
+      delete fields.L; // source line in the server's C code
+      return { type: m.type, ...fields };
+    };
+    assert.deepEqual(actual.map(withoutSource), expected.map(withoutSource), sql);
+  }
+  const dup = errorFields((await (async () => {
+    proxied.send(serialize.query("insert into items values (1, 'duplicate')"));
+    return (await proxied.readUntil('Z')).find((m) => m.type === 'E')!;
+  })()));
+  assert.equal(dup.C, '23505');
+  assert.ok(dup.D && dup.n, 'detail and constraint name are relayed');
+  direct.end();
+  proxied.end();
+});
