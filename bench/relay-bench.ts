@@ -3,7 +3,7 @@
 // like with like. It prints the table and writes it into docs/benchmarks.md (bench/run.sh installs the peers).
 
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { Client } from 'pg';
@@ -13,6 +13,8 @@ import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-inst
 import { configToText, defaultConfig } from '../src/config/config';
 
 const sectionHeading = '## Relay: pgbench -S through the proxy';
+/** Above this share of the CPU taken by other processes during a run, the row is flagged as disturbed. */
+const busyThreshold = 0.05;
 const repoRoot = resolve(__dirname, '..', '..');
 
 type Mode = 'simple' | 'prepared';
@@ -458,6 +460,66 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Other work on the machine. Two cores leave no slack: a test suite running beside the benchmark takes CPU from
+// every row it overlaps, so each run measures the CPU that processes outside the benchmark used meanwhile.
+
+interface ProcStat {
+  ppid: number;
+  /** utime + stime + cutime + cstime, in clock ticks: the waited-for children count, so short-lived ones are seen. */
+  ticks: number;
+}
+
+function readProcesses(): Map<number, ProcStat> {
+  const processes = new Map<number, ProcStat>();
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
+  } catch {
+    return processes;
+  }
+  for (const entry of entries) {
+    try {
+      const text = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The command name in parentheses may itself hold spaces and parentheses; the fields after the last ')' do not.
+      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      processes.set(Number(entry), { ppid: Number(fields[1]), ticks });
+    } catch {
+      // exited while we looked
+    }
+  }
+  return processes;
+}
+
+/** CPU ticks of every process outside the trees rooted at `roots` (this benchmark, its postmaster). */
+function foreignTicks(roots: number[]): Map<number, number> {
+  const processes = readProcesses();
+  const ours = (pid: number): boolean => {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+      if (roots.includes(p)) return true;
+      const parent = processes.get(p)?.ppid;
+      if (parent === undefined) return false;
+      p = parent;
+    }
+    return false;
+  };
+  const foreign = new Map<number, number>();
+  for (const [pid, stat] of processes) if (!ours(pid)) foreign.set(pid, stat.ticks);
+  return foreign;
+}
+
+function foreignCpuSeconds(before: Map<number, number>, after: Map<number, number>, ticksPerSecond: number): number {
+  let ticks = 0;
+  for (const [pid, now] of after) ticks += Math.max(0, now - (before.get(pid) ?? 0));
+  return ticks / ticksPerSecond;
+}
+
+function clockTicksPerSecond(): number {
+  const text = firstLine('getconf', ['CLK_TCK']);
+  return /^\d+$/.test(text) ? Number(text) : 100;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Report
 
 interface Row {
@@ -465,6 +527,8 @@ interface Row {
   mode: Mode;
   tps: number | null;
   latencyMs: number | null;
+  /** Share of the machine's CPU that processes outside the benchmark used during the run, or null if not measured. */
+  foreignShare: number | null;
   note: string;
 }
 
@@ -547,6 +611,14 @@ function reading(rows: Row[], targets: string[], options: Options, facts: Facts)
   ].join(' ');
 }
 
+function disturbance(rows: Row[]): string {
+  const shares = rows.map((r) => r.foreignShare).filter((v): v is number => v !== null);
+  if (shares.length === 0) return 'Other work on the machine during the runs was not measured.';
+  const worst = Math.max(...shares);
+  const text = `Processes outside the benchmark used at most ${(worst * 100).toFixed(1)} % of the machine's CPU during any measured run`;
+  return worst >= busyThreshold ? `${text}: the rows flagged in the note column were slowed by other work and understate what this machine can do.` : `${text}, so the rows were not disturbed by other work.`;
+}
+
 function section(rows: Row[], targets: string[], options: Options, facts: Facts): string {
   return [
     sectionHeading,
@@ -563,6 +635,8 @@ function section(rows: Row[], targets: string[], options: Options, facts: Facts)
     'Set-up: parapool runs as its own process (`node dist/src/cli/main.js start -f parapool.conf`, `log_min_messages = warning`);',
     'PgBouncer in transaction pooling with `default_pool_size = 20`; pgpool-II with `backend_clustering_mode = raw`,',
     '`num_init_children = 32`, `connection_cache = on`, no load balancing and no health checks.',
+    '',
+    disturbance(rows),
     '',
     reading(rows, targets, options, facts),
     '',
@@ -634,6 +708,16 @@ async function main(): Promise<number> {
   cleanups.push({ name: 'PostgreSQL node', run: () => node.stop() });
   await node.start();
   await waitReady('PostgreSQL', node.port, null);
+  // pg_ctl detaches the postmaster from us, so its process tree is told apart from other work by its own pid.
+  const postmasterPid = (): number => {
+    try {
+      return Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    } catch {
+      return -1;
+    }
+  };
+  const ticksPerSecond = clockTicksPerSecond();
+  const cpuCount = Number(facts.nproc) > 0 ? Number(facts.nproc) : cpus().length;
 
   say(`pgbench -i -s ${options.scale}`);
   const common = ['-h', '127.0.0.1', '-U', 'postgres'];
@@ -663,7 +747,7 @@ async function main(): Promise<number> {
       const na = target.notApplicable[mode];
       if (na) {
         say(`${target.label} -M ${mode}: ${na}`);
-        rows.push({ target: target.label, mode, tps: null, latencyMs: null, note: na });
+        rows.push({ target: target.label, mode, tps: null, latencyMs: null, foreignShare: null, note: na });
         continue;
       }
       if (options.warmup > 0) {
@@ -673,8 +757,13 @@ async function main(): Promise<number> {
       }
       const from = logOffset();
       say(`${target.label} -M ${mode}: ${options.duration} s`);
+      const roots = [process.pid, postmasterPid()];
+      const cpuBefore = foreignTicks(roots);
+      const startedAt = Date.now();
       const result = parsePgbench(await runPgbench(pgbench, benchArgs(mode, options.duration), runTimeout(options.duration)), runTimeout(options.duration));
       if (finishing) throw new StepError('stopping');
+      const elapsed = (Date.now() - startedAt) / 1000;
+      const foreignShare = foreignCpuSeconds(cpuBefore, foreignTicks(roots), ticksPerSecond) / (elapsed * cpuCount);
       const logged = newLogLines(from);
       let note = result.error ?? '';
       if (running.server?.exitReason) note = `${note ? note + '; ' : ''}${target.label} ${running.server.exitReason}`;
@@ -685,7 +774,11 @@ async function main(): Promise<number> {
         const first = logged[0].length > 140 ? `${logged[0].slice(0, 140)}...` : logged[0];
         note = `${note ? note + '; ' : ''}proxy printed ${logged.length} line(s), first: \`${first.replace(/`/g, "'")}\``;
       }
-      const row: Row = { target: target.label, mode, tps: result.error ? null : result.tps, latencyMs: result.error ? null : result.latencyMs, note };
+      if (foreignShare >= busyThreshold) {
+        note = `${note ? note + '; ' : ''}other processes used ${(foreignShare * 100).toFixed(0)} % of the CPU meanwhile`;
+        say(`${target.label} -M ${mode}: other processes on this machine used ${(foreignShare * 100).toFixed(0)} % of its CPU during the run`);
+      }
+      const row: Row = { target: target.label, mode, tps: result.error ? null : result.tps, latencyMs: result.error ? null : result.latencyMs, foreignShare, note };
       if (result.error) say(`${target.label} -M ${mode}: FAILED: ${note}`);
       else say(`${target.label} -M ${mode}: ${result.tps?.toFixed(0)} tps`);
       rows.push(row);

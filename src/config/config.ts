@@ -40,6 +40,8 @@ export interface ProxyConfig {
   connectTimeout: number;
   /** Largest message accepted from a client, in bytes. */
   clientMaxMessageSize: number;
+  /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
+  recoveryUser: string;
   logMinMessages: LogLevel;
   logConnections: boolean;
   logDisconnections: boolean;
@@ -63,6 +65,7 @@ export function defaultConfig(): ProxyConfig {
     poolPasswd: null,
     connectTimeout: 10,
     clientMaxMessageSize: 256 * 1024 * 1024,
+    recoveryUser: 'postgres',
     logMinMessages: 'info',
     logConnections: false,
     logDisconnections: false,
@@ -142,6 +145,10 @@ const settings: Record<string, Setter> = {
   },
   client_max_message_size: (c, v, fail) => {
     c.clientMaxMessageSize = parseInteger(v, fail, 1024, 1024 * 1024 * 1024);
+  },
+  recovery_user: (c, v, fail) => {
+    if (v === '') fail('empty user name');
+    c.recoveryUser = v;
   },
   log_min_messages: (c, v, fail) => {
     const level = v.toLowerCase();
@@ -252,6 +259,7 @@ export function configToText(config: ProxyConfig): string {
     `pool_passwd = ${quote(config.poolPasswd ?? '')}`,
     `connect_timeout = ${config.connectTimeout}`,
     `client_max_message_size = ${config.clientMaxMessageSize}`,
+    `recovery_user = ${quote(config.recoveryUser)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,
     `log_disconnections = ${quote(config.logDisconnections)}`,

@@ -18,6 +18,17 @@ import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
 import { nodeTag, parseSql } from '../planner/sql-parser';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { answerAdminCommand } from '../admin/show-commands';
+import type { Catalog, CatalogRegistry } from '../catalog/catalog';
+import { readCatalog } from '../catalog/catalog';
+import { quoteLiteral } from '../catalog/partition-rule';
+import { runRuleCommand } from '../catalog/rule-commands';
+import { keyPosition, nodesOfKeys, runDistributedStatement, tableColumnNames, type SessionPort } from '../executor/distributed-statement';
+import { CopyRouter, RelayedError } from '../executor/copy-router';
+import { sumTags } from '../executor/scatter-write';
+import { copyFormatFromOptions } from './copy-row-splitter';
+import { keyValueOf } from '../planner/key-values';
+import { commitEverywhere } from '../executor/two-phase-commit';
+import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -34,6 +45,7 @@ import {
   decodeQuery,
   decodeStartupParameters,
   renameBindStatement,
+  type BindMessage,
 } from './frontend-messages';
 import { FrontendCode, type TransactionStatus } from './message-codes';
 import type { StoredSecret } from './password-file';
@@ -46,6 +58,7 @@ export interface SessionContext {
   readonly pool: ConnectionPool;
   readonly passwords: ReadonlyMap<string, StoredSecret> | null;
   readonly writeFunctions: RegExp | null;
+  readonly catalogs: CatalogRegistry;
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   register(session: ClientSession): boolean;
@@ -59,6 +72,8 @@ interface PreparedStatement {
   readonly statementClass: StatementClass;
   /** A write calling time functions: each execution runs a copy with the values pinned (see pinTimeFunctions). */
   readonly timePinning?: { readonly node: Node; readonly parameterTypes: number[] };
+  /** How the partition rules route it, when it touches a distributed table or calls a parapool function. */
+  readonly route?: DistributedRoute;
 }
 
 interface PendingMessage {
@@ -73,6 +88,8 @@ interface PendingMessage {
   readonly rejection?: PgError;
   /** For a Bind of a time-pinned statement: the Parse of this execution's pinned copy. */
   pinnedParse?: Buffer;
+  /** For a Bind: its parameters, which may hold a distribution key. */
+  readonly bind?: BindMessage;
 }
 
 /** Stands for "the unnamed statement holds a pinned copy" in a node's preparedStatements. */
@@ -111,6 +128,10 @@ export class ClientSession implements ClientSink {
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, StatementClass>();
   private corked = false;
+  /** The partition rules of the session's database. */
+  private catalog: Catalog | null = null;
+  /** Nodes the open transaction wrote on: more than one means its COMMIT is a two-phase commit. */
+  private readonly writtenNodes = new Set<number>();
   private readonly onDetach = (node: BackendNode) => this.dropNode(node.id);
 
   constructor(private readonly socket: Socket, private readonly context: SessionContext) {
@@ -236,6 +257,7 @@ export class ClientSession implements ClientSink {
         nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
       });
       await this.connectNodes();
+      this.catalog = await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder());
       const main = this.mainConnection();
       for (const [name, value] of main.parameters) this.socket.write(serverMessages.parameterStatus(name, value));
       this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
@@ -288,11 +310,18 @@ export class ClientSession implements ClientSink {
   // ---- message loop ---------------------------------------------------------------------------------------
 
   /** Handles queued client messages in order, one step at a time, until one must wait for the nodes. */
+  /** Where the client's COPY data goes while a COPY FROM STDIN runs. */
+  private activeCopy(): { copyIn: boolean; forwardCopy(frame: Frame): boolean; onceDrained(callback: () => void): void } | null {
+    return this.copyRouter ?? this.dispatch;
+  }
+
+  private copyRouter: CopyRouter | null = null;
+
   private pump(): void {
     // COPY data flows while the COPY statement's own step is still waiting for its end.
-    if (this.dispatch?.copyIn) this.forwardCopyData();
+    if (this.activeCopy()?.copyIn) this.forwardCopyData();
     while (!this.closed && !this.stepping && this.phase === 'ready' && this.inbox.length > 0) {
-      if (this.dispatch?.copyIn) {
+      if (this.activeCopy()?.copyIn) {
         this.forwardCopyData();
         continue;
       }
@@ -313,7 +342,7 @@ export class ClientSession implements ClientSink {
   }
 
   private forwardCopyData(): void {
-    const dispatch = this.dispatch!;
+    const dispatch = this.activeCopy()!;
     while (dispatch.copyIn && this.inbox.length > 0) {
       const frame = this.inbox.shift()!;
       this.inboxBytes -= frame.raw.length;
@@ -384,6 +413,18 @@ export class ClientSession implements ClientSink {
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
+    if (this.catalog && parsed.statements.length > 0) {
+      const routes = parsed.statements.map((s) => routeDistributed(s.node, this.catalog!));
+      if (routes.some((r) => r.kind !== 'none')) {
+        if (routes.length > 1) {
+          return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table, or a call of a parapool function, must be sent alone, not with other statements in one query' }));
+        }
+        return this.runDistributed(routes[0], parsed.statements[0], frame, sql);
+      }
+      if (this.status === 'T' && this.writtenNodes.size > 1 && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
+        return this.commitAcrossNodes();
+      }
+    }
     const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
     const admin = classes.find((c) => c.kind === 'admin');
     if (admin && admin.kind === 'admin') {
@@ -456,14 +497,15 @@ export class ClientSession implements ClientSink {
             }
           }
         }
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning };
+        const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
       case FrontendCode.bind: {
         const message = decodeBind(frame.payload);
         const statement = this.statementBefore(this.pending, this.pending.length, message.statement);
-        return { frame, statementName: message.statement, portal: message.portal, statementClass: statement?.statementClass ?? readClass };
+        return { frame, statementName: message.statement, portal: message.portal, statementClass: statement?.statementClass ?? readClass, bind: message };
       }
       case FrontendCode.describe: {
         const message = decodeDescribe(frame.payload);
@@ -532,9 +574,12 @@ export class ClientSession implements ClientSink {
       }
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
+    const routed = await this.routeExtendedBatch(messages, dispatch !== null);
     if (!dispatch) {
-      const targets = this.targets(isWrite);
+      const targets = routed ? [routed] : this.targets(isWrite);
       dispatch = this.openDispatch(targets, isWrite, true);
+    } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
+      messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
     const rejections: PgError[] = [];
     const sends: NodeSend[] = dispatch.connections.map((connection) => ({ connection, frames: [], injected: [], syncs: 0 }));
@@ -617,6 +662,251 @@ export class ClientSession implements ClientSink {
     prepared.set(statement.name, statement);
   }
 
+  // ---- distributed tables ---------------------------------------------------------------------------------
+
+  /**
+   * The one node an extended-protocol batch must run on because it executes statements on distributed tables
+   * (their keys read from the Bind parameters); null when the batch touches no distributed table. Messages whose
+   * statements need more than one node, or a shape this protocol path does not route, get a rejection.
+   */
+  private async routeExtendedBatch(messages: PendingMessage[], flushed: boolean): Promise<BackendConnection | null> {
+    let node: number | null = null;
+    for (const [index, message] of messages.entries()) {
+      if (message.frame.code !== FrontendCode.bind || message.rejection) continue;
+      const route = this.statementBefore(messages, index, message.statementName!)?.route;
+      if (!route) continue;
+      let nodes: number[] | PgError;
+      try {
+        nodes = await this.nodesForBind(route, message.bind!);
+      } catch (error) {
+        if (!(error instanceof PgError) || error.severity !== 'ERROR') throw error;
+        nodes = error;
+      }
+      if (!(nodes instanceof PgError) && nodes.length === 1 && (node === null || node === nodes[0]) && !flushed) {
+        node = nodes[0];
+        continue;
+      }
+      const error = nodes instanceof PgError ? nodes : new PgError({
+        code: SqlState.featureNotSupported,
+        message: 'an extended-protocol batch whose rows live on more than one node is not supported yet',
+        hint: 'send one row or key per execution, or use the simple query protocol',
+      });
+      messages[index] = { ...message, rejection: error };
+    }
+    if (node === null) return null;
+    try {
+      return this.port.connectionFor(node);
+    } catch (error) {
+      if (!(error instanceof PgError)) throw error;
+      for (const [index, message] of messages.entries()) if (message.frame.code === FrontendCode.bind) messages[index] = { ...message, rejection: error };
+      return null;
+    }
+  }
+
+  private async nodesForBind(route: DistributedRoute, bind: BindMessage): Promise<number[]> {
+    const textParameters = bind.parameters.map((value, i) => {
+      const format = bind.parameterFormats.length === 1 ? bind.parameterFormats[0] : bind.parameterFormats[i] ?? 0;
+      return format === 0 ? value : undefined;
+    });
+    if (textParameters.some((p) => p === undefined)) {
+      throw new PgError({ code: SqlState.featureNotSupported, message: 'a distribution key bound in binary format cannot be routed yet', hint: 'bind the key parameter in text format' });
+    }
+    const parameters = textParameters as (Buffer | null)[];
+    const port: SessionPort = { ...this.port, status: this.status };
+    switch (route.kind) {
+      case 'pinned':
+        return nodesOfKeys(route.rule, route.keys, port, parameters);
+      case 'insert-values': {
+        if (route.rows.length !== 1) break;
+        const position = await keyPosition(route.rule, route.columns, port);
+        return nodesOfKeys(route.rule, [keyValueOf(route.rows[0][position])], port, parameters);
+      }
+      case 'refused':
+        throw route.error;
+    }
+    throw new PgError({
+      code: SqlState.featureNotSupported,
+      message: route.kind === 'rule-command' ? `parapool.${route.command.name} must be called with the simple query protocol` : 'this statement on a distributed table is supported only with the simple query protocol for now',
+      hint: 'send it as a simple query',
+    });
+  }
+
+  private connectionsInNodeOrder(): BackendConnection[] {
+    return [...this.connections.values()].sort((a, b) => a.node.id - b.node.id);
+  }
+
+  private readonly port: SessionPort = {
+    status: 'I',
+    connectionFor: (nodeId) => {
+      const connection = this.connections.get(nodeId);
+      if (!connection) {
+        const node = this.context.cluster.nodes[nodeId];
+        throw new PgError({ code: SqlState.connectionFailure, message: `${node ? describeNode(node) : `node ${nodeId}`} holds rows of this statement and is out of service`, hint: 'SHOW pool_nodes says why it was detached' });
+      }
+      return connection;
+    },
+    evaluate: async (sql) => (await this.evaluationConnection()).query(sql).then((r) => r.rows),
+    write: (bytes) => this.write(bytes),
+  };
+
+  /** A second connection to the main node, for placement questions asked while the first is busy (in a COPY). */
+  private sideConnection: BackendConnection | null = null;
+
+  private async evaluationConnection(): Promise<BackendConnection> {
+    const main = this.mainConnection();
+    if (!main.busy) return main;
+    if (!this.sideConnection || this.sideConnection.closed || this.sideConnection.node.id !== main.node.id) {
+      this.sideConnection = await this.context.pool.acquire({
+        node: main.node,
+        parameters: this.parameters,
+        secret: this.context.passwords?.get(this.parameters.get('user')!) ?? null,
+        connectTimeoutMs: this.context.config.connectTimeout * 1000,
+      });
+    }
+    return this.sideConnection;
+  }
+
+  private async runDistributed(route: DistributedRoute, statement: { node: Node; sql: string }, frame: Frame, sql: string): Promise<void> {
+    switch (route.kind) {
+      case 'refused':
+        return this.refuse(route.error);
+      case 'rule-command':
+        return this.runRuleCommandStatement(route.command);
+      case 'drop': {
+        const forget = route.tables
+          .map((t) => `DELETE FROM parapool.partition_rules WHERE table_schema = ${quoteLiteral(t.schema ?? 'public')} AND table_name = ${quoteLiteral(t.name)}`)
+          .join(';\n');
+        await this.runOnNodes([serialize.query(`${statement.sql};\n${forget}`)], { kind: 'write', reason: 'DROP of a table with a rule' }, sql);
+        if (this.status === 'I') this.context.catalogs.replace((this.catalog = await readCatalog(this.catalog!.database, this.connectionsInNodeOrder())));
+        return;
+      }
+      case 'copy-in':
+        try {
+          return await this.copyIntoDistributed(route, statement);
+        } catch (error) {
+          this.copyRouter = null;
+          if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
+          throw error;
+        }
+      default: {
+        const port: SessionPort = { ...this.port, status: this.status };
+        let outcome;
+        try {
+          outcome = await runDistributedStatement(route, statement, port);
+        } catch (error) {
+          if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
+          throw error;
+        }
+        if (outcome.kind === 'run') {
+          return this.runOnNodes([frame.raw], outcome.write ? { kind: 'write', reason: 'rows on these nodes' } : { kind: 'read', reason: 'pinned key' }, sql, undefined, false, outcome.connections);
+        }
+        this.status = outcome.status;
+        for (const node of outcome.wroteOn) this.writtenNodes.add(node);
+        await this.reconcileTransactions();
+        this.write(serverMessages.readyForQuery(this.status));
+      }
+    }
+  }
+
+  private async runRuleCommandStatement(command: Parameters<typeof runRuleCommand>[0]): Promise<void> {
+    if (this.status !== 'I') {
+      return this.refuse(new PgError({ code: '25001', message: `parapool.${command.name} cannot run inside a transaction block` }));
+    }
+    const connections = this.connectionsInNodeOrder();
+    if (connections.length !== this.context.cluster.nodes.length) {
+      return this.refuse(new PgError({ code: SqlState.objectNotInPrerequisiteState, message: 'a partition rule can change only while every node is in service', hint: 'SHOW pool_nodes lists the nodes that are down' }));
+    }
+    let result: string;
+    try {
+      result = await runRuleCommand(command, {
+        database: this.parameters.get('database')!,
+        connections,
+        registry: this.context.catalogs,
+        catalog: this.catalog!,
+        progress: (message) => {
+          log('info', 'rule_progress', { session: this.id, message });
+          this.write(serverMessages.noticeResponse({ severity: 'NOTICE', code: '00000', message }));
+        },
+      });
+    } catch (error) {
+      if (!(error instanceof PgError) || error.severity !== 'ERROR') throw error;
+      this.write(serverMessages.errorResponse(error));
+      this.write(serverMessages.readyForQuery(this.status));
+      return;
+    }
+    this.catalog = await this.context.catalogs.forDatabase(this.parameters.get('database')!, connections);
+    for (const bytes of [serverMessages.textRowDescription([command.name]), serverMessages.dataRow([result]), serverMessages.commandComplete('SELECT 1')]) this.write(bytes);
+    this.write(serverMessages.readyForQuery('I'));
+  }
+
+  /** COPY FROM STDIN into a distributed table: every node runs the COPY, each row goes to its key's node. */
+  private async copyIntoDistributed(route: Extract<DistributedRoute, { kind: 'copy-in' }>, statement: { node: Node; sql: string }): Promise<void> {
+    const { rule } = route;
+    const connections = Array.from({ length: rule.nodeCount }, (_, node) => this.port.connectionFor(node));
+    const copy = (statement.node as { CopyStmt: { options?: unknown[] } }).CopyStmt;
+    const format = copyFormatFromOptions(copy.options);
+    const port: SessionPort = { ...this.port, status: this.status };
+    const columns = route.columns ?? (await tableColumnNames(rule, port));
+    const keyField = await keyPosition(rule, columns, port);
+    const own = this.status === 'I';
+    if (own) for (const connection of connections) await connection.query('BEGIN');
+    const rollback = async () => {
+      if (own) await Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    };
+    const router = new CopyRouter(rule, format, keyField, columns, connections, port.evaluate);
+    try {
+      this.write(await router.start(statement.sql));
+    } catch (error) {
+      await rollback();
+      if (error instanceof RelayedError) {
+        this.write(error.frame);
+        if (!own) this.status = 'E';
+        await this.reconcileTransactions();
+        this.write(serverMessages.readyForQuery(this.status));
+        return;
+      }
+      throw error;
+    }
+    this.copyRouter = router;
+    this.pump();
+    const { replies, failure } = await router.finish();
+    this.copyRouter = null;
+    const failed = replies.find((r) => r.error);
+    if (failure || failed) {
+      await rollback();
+      this.write(failure ? serverMessages.errorResponse(failure) : failed!.error!);
+      if (!own) this.status = 'E';
+      await this.reconcileTransactions();
+      this.write(serverMessages.readyForQuery(this.status));
+      return;
+    }
+    if (own) await commitEverywhere(connections);
+    else for (const connection of connections) this.writtenNodes.add(connection.node.id);
+    this.write(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'COPY 0'))));
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /** COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. */
+  private async commitAcrossNodes(): Promise<void> {
+    const connections = this.connectionsInNodeOrder().filter((c) => c.txStatus === 'T');
+    try {
+      await commitEverywhere(connections);
+    } catch (error) {
+      this.writtenNodes.clear();
+      this.status = 'I';
+      if (!(error instanceof PgError)) throw error;
+      this.write(serverMessages.errorResponse(error));
+      await this.reconcileTransactions();
+      this.write(serverMessages.readyForQuery('I'));
+      return;
+    }
+    this.writtenNodes.clear();
+    this.status = 'I';
+    this.portals.clear();
+    this.write(serverMessages.commandComplete('COMMIT'));
+    this.write(serverMessages.readyForQuery('I'));
+  }
+
   // ---- running on nodes ------------------------------------------------------------------------------------
 
   private mainConnection(): BackendConnection {
@@ -668,11 +958,11 @@ export class ClientSession implements ClientSink {
     closed: false,
   };
 
-  private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false): Promise<void> {
+  private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false, targets?: BackendConnection[]): Promise<void> {
     if (rejection) this.rejections.push(rejection);
     const isWrite = statementClass.kind === 'write';
     // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
-    const dispatch = this.openDispatch(this.targets(isWrite), isWrite, false, !copyIn);
+    const dispatch = this.openDispatch(targets ?? this.targets(isWrite), isWrite, false, !copyIn);
     if (this.context.config.logPerNodeStatement) {
       for (const connection of dispatch.connections) log('info', 'node_statement', { session: this.id, node: connection.node.id, sql });
     }
@@ -683,6 +973,7 @@ export class ClientSession implements ClientSink {
   /** Waits for every node, compares their outcomes, reconciles transaction states, then tells the client. */
   private async finishDispatch(dispatch: ReplicatedDispatch, sql = ''): Promise<void> {
     const result = await dispatch.done;
+    const wasWrite = this.dispatchIsWrite;
     this.dispatch = null;
     this.rejections = [];
     if (result.leader.lost) {
@@ -693,7 +984,12 @@ export class ClientSession implements ClientSink {
       this.compareOutcomes(result, sql);
       this.status = result.status;
     }
-    if (this.status === 'I') this.portals.clear();
+    if (this.status === 'I') {
+      this.portals.clear();
+      this.writtenNodes.clear();
+    } else if (wasWrite) {
+      for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
+    }
     await this.reconcileTransactions();
     if (this.connections.size === 0) {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
@@ -793,10 +1089,16 @@ export class ClientSession implements ClientSink {
       else void this.context.pool.release(connection);
     }
     this.connections.clear();
+    if (this.sideConnection) void this.context.pool.release(this.sideConnection);
     if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
       log('info', 'session_end', { session: this.id, client: this.remote, reason });
     }
   }
+}
+
+function isCommit(node: Node): boolean {
+  const kind = (node as { TransactionStmt?: { kind: string } }).TransactionStmt?.kind;
+  return kind === 'TRANS_STMT_COMMIT';
 }
 
 function negotiateProtocolVersion(unsupported: string[]): Buffer {

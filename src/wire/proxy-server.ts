@@ -5,6 +5,8 @@ import { createServer, connect as netConnect, type Server, type Socket } from 'n
 import type { ProxyConfig } from '../config/config';
 import { describeNode, type BackendNode } from '../cluster/backend-node';
 import { ClusterState } from '../cluster/cluster-state';
+import { CatalogRegistry } from '../catalog/catalog';
+import { recoverAtStartup } from '../cluster/startup-recovery';
 import { ConnectionPool } from '../cluster/connection-pool';
 import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
@@ -16,6 +18,7 @@ import { loadPasswordFile, type StoredSecret } from './password-file';
 export class ProxyServer {
   readonly cluster: ClusterState;
   readonly pool: ConnectionPool;
+  readonly catalogs = new CatalogRegistry();
   private readonly servers: Server[] = [];
   private readonly sessions = new Map<number, ClientSession>();
   private readonly context: SessionContext;
@@ -34,6 +37,7 @@ export class ProxyServer {
       pool: this.pool,
       passwords,
       writeFunctions: compileWriteFunctions(config.writeFunctionList),
+      catalogs: this.catalogs,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
@@ -54,6 +58,12 @@ export class ProxyServer {
   async start(): Promise<void> {
     await loadParser();
     await Promise.all(this.cluster.nodes.map((node) => this.checkNode(node)));
+    await recoverAtStartup({
+      nodes: this.cluster.upNodes(),
+      user: this.config.recoveryUser,
+      secret: this.context.passwords?.get(this.config.recoveryUser) ?? null,
+      connectTimeoutMs: this.config.connectTimeout * 1000,
+    });
     for (const address of this.config.listenAddresses) {
       const server = createServer((socket) => this.accept(socket));
       await new Promise<void>((resolvePromise, reject) => {

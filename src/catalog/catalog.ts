@@ -1,0 +1,107 @@
+// The partition rules of one database, in memory, loaded from the nodes and shared by every session of that
+// database. Lookups take a table as written in SQL; an unqualified name means schema public.
+
+import { describeNode } from '../cluster/backend-node';
+import { log } from '../log';
+import type { BackendConnection } from '../wire/backend-connection';
+import { PgError, SqlState } from '../wire/errors';
+import { catalogExistsSql, loadCatalogSql, ruleFromRow } from './catalog-store';
+import type { DistributedRule, PartitionRule, TableName } from './partition-rule';
+
+export class Catalog {
+  private readonly rules = new Map<string, PartitionRule>();
+
+  constructor(readonly database: string, rules: readonly PartitionRule[]) {
+    for (const rule of rules) this.rules.set(key(rule.table), rule);
+  }
+
+  /** The rule of a table named in SQL, or null (no rule: the table is replicated). */
+  lookup(schema: string | undefined, name: string): PartitionRule | null {
+    return this.rules.get(key({ schema: schema ?? 'public', name })) ?? null;
+  }
+
+  distributed(schema: string | undefined, name: string): DistributedRule | null {
+    const rule = this.lookup(schema, name);
+    return rule?.kind === 'distributed' ? rule : null;
+  }
+
+  get hasDistributedTables(): boolean {
+    for (const rule of this.rules.values()) if (rule.kind === 'distributed') return true;
+    return false;
+  }
+
+  all(): PartitionRule[] {
+    return [...this.rules.values()];
+  }
+
+  nextColocationGroup(): number {
+    let max = 0;
+    for (const rule of this.rules.values()) if (rule.kind === 'distributed') max = Math.max(max, rule.colocationGroup);
+    return max + 1;
+  }
+}
+
+function key(table: TableName): string {
+  return `${table.schema}\0${table.name}`;
+}
+
+/**
+ * The catalogs of every database, loaded on first use from all nodes in service. A database whose nodes disagree
+ * gets an error instead of a catalog, and keeps it until the nodes agree again.
+ */
+export class CatalogRegistry {
+  private readonly loaded = new Map<string, Catalog>();
+  private readonly changeLocks = new Map<string, Promise<void>>();
+
+  /** The database's catalog, loading it through `connections` (one per node in service) when not loaded yet. */
+  async forDatabase(database: string, connections: readonly BackendConnection[]): Promise<Catalog> {
+    const cached = this.loaded.get(database);
+    if (cached) return cached;
+    const catalog = await readCatalog(database, connections);
+    this.loaded.set(database, catalog);
+    return catalog;
+  }
+
+  /** Forgets a database's catalog so that the next session reads it again (after a rule change). */
+  replace(catalog: Catalog): void {
+    this.loaded.set(catalog.database, catalog);
+  }
+
+  /** Runs rule changes of one database one at a time (the nodes' table locks order them across proxies too). */
+  async exclusive<T>(database: string, change: () => Promise<T>): Promise<T> {
+    const previous = this.changeLocks.get(database) ?? Promise.resolve();
+    let release!: () => void;
+    const current = new Promise<void>((r) => (release = r));
+    this.changeLocks.set(database, previous.then(() => current));
+    await previous;
+    try {
+      return await change();
+    } finally {
+      release();
+    }
+  }
+}
+
+/** Reads and compares the catalog on every node; throws 55000 naming the nodes that disagree. */
+export async function readCatalog(database: string, connections: readonly BackendConnection[]): Promise<Catalog> {
+  const texts: string[] = [];
+  let rows: (string | null)[][] = [];
+  for (const connection of connections) {
+    const exists = (await connection.query(catalogExistsSql)).rows[0]?.[0] === 't';
+    const nodeRows = exists ? (await connection.query(loadCatalogSql)).rows : [];
+    texts.push(JSON.stringify(nodeRows));
+    if (connection === connections[0]) rows = nodeRows;
+  }
+  const differing = connections.filter((_, i) => texts[i] !== texts[0]);
+  if (differing.length > 0) {
+    const message = `the partition rules of database "${database}" differ between ${describeNode(connections[0].node)} and ${differing.map((c) => describeNode(c.node)).join(', ')}`;
+    log('error', 'catalog_mismatch', { database, nodes: connections.map((c) => c.node.id).join(','), differing: differing.map((c) => c.node.id).join(',') });
+    throw new PgError({
+      severity: 'FATAL',
+      code: SqlState.objectNotInPrerequisiteState,
+      message,
+      hint: 'compare parapool.partition_rules on the nodes, repair the wrong copy, and reconnect; parapool will not guess which is right',
+    });
+  }
+  return new Catalog(database, rows.map(ruleFromRow));
+}

@@ -1,0 +1,57 @@
+// What the proxy settles before it accepts clients: transactions a previous proxy left prepared between the two
+// phases of a commit (resolved by their recorded decision), and catalogs the nodes disagree on (reported by name).
+
+import { readCatalog } from '../catalog/catalog';
+import { recoverInDoubt, gidPrefix } from '../executor/two-phase-commit';
+import { log } from '../log';
+import { BackendConnection } from '../wire/backend-connection';
+import type { StoredSecret } from '../wire/password-file';
+import type { BackendNode } from './backend-node';
+import { quoteLiteral } from '../catalog/partition-rule';
+
+export interface RecoveryOptions {
+  readonly nodes: readonly BackendNode[];
+  readonly user: string;
+  readonly secret: StoredSecret | null;
+  readonly connectTimeoutMs: number;
+}
+
+async function connectAll(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
+  const parameters = new Map([['user', options.user], ['database', database], ['application_name', 'parapool recovery']]);
+  return Promise.all(options.nodes.map((node) => BackendConnection.connect({ node, parameters, secret: options.secret, connectTimeoutMs: options.connectTimeoutMs }, 'recovery')));
+}
+
+/** Resolves in-doubt transactions and checks catalogs in every database; logs what it found, never throws. */
+export async function recoverAtStartup(options: RecoveryOptions): Promise<void> {
+  if (options.nodes.length === 0) return;
+  let databases: string[] = [];
+  const inDoubt = new Set<string>();
+  try {
+    const connections = await connectAll(options, 'postgres');
+    for (const connection of connections) {
+      const dbs = await connection.query('SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1');
+      databases = dbs.rows.map((r) => r[0]!);
+      const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
+      for (const [db] of pending.rows) inDoubt.add(db!);
+      connection.destroy();
+    }
+  } catch (error) {
+    log('warning', 'startup_recovery_skipped', { user: options.user, error: (error as Error).message });
+    return;
+  }
+  for (const database of databases) {
+    let connections: BackendConnection[] = [];
+    try {
+      connections = await connectAll(options, database);
+      if (inDoubt.has(database)) {
+        const { committed, rolledBack } = await recoverInDoubt(connections);
+        log('info', 'in_doubt_transactions_resolved', { database, committed, rolled_back: rolledBack });
+      }
+      await readCatalog(database, connections); // logs catalog_mismatch naming the nodes
+    } catch (error) {
+      log('error', 'startup_recovery_failed', { database, error: (error as Error).message });
+    } finally {
+      for (const connection of connections) connection.destroy();
+    }
+  }
+}

@@ -1,0 +1,154 @@
+// COPY FROM STDIN into a distributed table: the client's stream is cut into rows, each row goes, as the same
+// bytes, to the COPY running on its key's node. Rows are batched per node, never held whole; the client is paused
+// while the nodes (or the placement of keys a node must compute) fall behind.
+
+import { serialize } from 'pg-protocol';
+import { nodesForKeys, type EvaluateSql } from '../catalog/key-placement';
+import type { DistributedRule } from '../catalog/partition-rule';
+import type { BackendConnection } from '../wire/backend-connection';
+import type { CopyFormat } from '../wire/copy-row-splitter';
+import { CopyRowSplitter } from '../wire/copy-row-splitter';
+import { PgError } from '../wire/errors';
+import type { Frame } from '../wire/frame-reader';
+import { FrontendCode } from '../wire/message-codes';
+import { collectReply, type NodeReply } from './scatter-write';
+
+const flushBytes = 64 * 1024;
+
+export class CopyRouter {
+  /** True while the client streams rows. */
+  copyIn = true;
+  private readonly splitter: CopyRowSplitter;
+  private readonly buffers: Buffer[][];
+  private readonly bufferedBytes: number[];
+  private chain: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private failure: PgError | null = null;
+  private replies!: Promise<NodeReply[]>;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly rule: DistributedRule,
+    format: CopyFormat,
+    keyField: number,
+    columns: readonly string[],
+    /** One connection per node, in node order. */
+    private readonly connections: readonly BackendConnection[],
+    private readonly evaluate: EvaluateSql,
+  ) {
+    this.splitter = new CopyRowSplitter(format, keyField, columns.length, { columnNames: columns, table: rule.table.name });
+    this.buffers = connections.map(() => []);
+    this.bufferedBytes = connections.map(() => 0);
+  }
+
+  /** Starts the COPY on every node; resolves with the CopyInResponse to relay once all nodes accept rows. */
+  async start(sql: string): Promise<Buffer> {
+    let response: Buffer | null = null;
+    let ready = 0;
+    let resolveReady!: () => void;
+    const allReady = new Promise<void>((r) => (resolveReady = r));
+    this.replies = Promise.all(
+      this.connections.map((connection) =>
+        collectReply(connection, sql, (raw) => {
+          response ??= raw;
+          if (++ready === this.connections.length) resolveReady();
+        }),
+      ),
+    );
+    const replies = this.replies.then((r) => r);
+    await Promise.race([allReady, replies]);
+    if (ready < this.connections.length) {
+      for (const connection of this.connections) connection.write(serialize.copyFail('another node refused the COPY'));
+      const failed = (await replies).find((r) => r.error);
+      throw failed ? new RelayedError(failed.error!) : new Error('a node ended the COPY before it began');
+    }
+    return response!;
+  }
+
+  /** Takes one client message of the COPY; false when the client should pause until onceDrained. */
+  forwardCopy(frame: Frame): boolean {
+    const raw = Buffer.from(frame.raw); // the client's buffer is reused once this returns
+    this.queued++;
+    this.chain = this.chain.then(() => this.take(raw)).finally(() => {
+      this.queued--;
+      this.wakeIfDrained();
+    });
+    if (frame.code === FrontendCode.copyDone || frame.code === FrontendCode.copyFail) this.copyIn = false;
+    return this.queued < 8 && !this.connections.some((c) => c.needsDrain);
+  }
+
+  onceDrained(callback: () => void): void {
+    this.drainWaiters.push(callback);
+    this.wakeIfDrained();
+  }
+
+  private wakeIfDrained(): void {
+    if (this.queued >= 8 || this.connections.some((c) => c.needsDrain)) {
+      for (const c of this.connections) if (c.needsDrain) c.onceDrained(() => this.wakeIfDrained());
+      return;
+    }
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  private async take(raw: Buffer): Promise<void> {
+    if (this.failure) return;
+    const code = raw[0];
+    try {
+      if (code === FrontendCode.copyData) {
+        await this.route(this.splitter.push(raw.subarray(5)));
+      } else if (code === FrontendCode.copyDone) {
+        await this.route(this.splitter.finish());
+        this.flush(true);
+        for (const connection of this.connections) connection.write(serialize.copyDone());
+      } else if (code === FrontendCode.copyFail) {
+        const message = raw.subarray(5, raw.length - 1).toString('utf8');
+        for (const connection of this.connections) connection.write(serialize.copyFail(message));
+      }
+    } catch (error) {
+      this.failure = error instanceof PgError ? error : new PgError({ code: 'XX000', message: String(error) });
+      for (const connection of this.connections) connection.write(serialize.copyFail(this.failure.message));
+    }
+  }
+
+  private headerSent = false;
+
+  private async route(rows: { raw: Buffer; key: string | null }[]): Promise<void> {
+    if (!this.headerSent && this.splitter.headerLine) {
+      // Every node's COPY has HEADER too and skips its first line: each gets the header.
+      this.headerSent = true;
+      for (const connection of this.connections) connection.write(serialize.copyData(this.splitter.headerLine));
+    }
+    if (rows.length === 0) return;
+    const nodes = await nodesForKeys(this.rule, rows.map((r) => r.key), this.evaluate);
+    rows.forEach((row, i) => {
+      this.buffers[nodes[i]].push(row.raw);
+      this.bufferedBytes[nodes[i]] += row.raw.length;
+    });
+    this.flush(false);
+  }
+
+  private flush(all: boolean): void {
+    this.connections.forEach((connection, node) => {
+      if (this.bufferedBytes[node] === 0 || (!all && this.bufferedBytes[node] < flushBytes)) return;
+      connection.write(serialize.copyData(Buffer.concat(this.buffers[node], this.bufferedBytes[node])));
+      this.buffers[node] = [];
+      this.bufferedBytes[node] = 0;
+    });
+  }
+
+  /** Every node's reply once the COPY ended; a failure of the proxy's own (bad row, no node) comes first. */
+  async finish(): Promise<{ replies: NodeReply[]; failure: PgError | null }> {
+    await this.chain;
+    const replies = await this.replies;
+    return { replies, failure: this.failure };
+  }
+}
+
+/** A node's ErrorResponse to relay as is. */
+export class RelayedError extends Error {
+  constructor(readonly frame: Buffer) {
+    super('node error');
+  }
+}

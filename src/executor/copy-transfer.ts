@@ -1,0 +1,84 @@
+// Streams a COPY TO STDOUT from one node into COPY FROM STDIN on others, frame by frame: CopyData from a node
+// is byte for byte the CopyData a client sends, so rows pass through undecoded, with back-pressure.
+
+import { serialize } from 'pg-protocol';
+import type { BackendConnection } from '../wire/backend-connection';
+import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
+import type { PgError } from '../wire/errors';
+import { BackendCode } from '../wire/message-codes';
+
+/** Runs one exchange on a connection, calling `onFrame` for every frame until ReadyForQuery; rejects with the node's error. */
+function exchange(connection: BackendConnection, sql: string, onFrame: (code: number, raw: Buffer) => void, readyForData?: () => void): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    let error: PgError | null = null;
+    let tag = '';
+    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
+    connection.onClose(lost);
+    connection.busy = true;
+    connection.setHandler((frame) => {
+      switch (frame.code) {
+        case BackendCode.errorResponse:
+          error = pgErrorFromBackend(decodeBackendNotice(frame));
+          break;
+        case BackendCode.commandComplete:
+          tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+          break;
+        case BackendCode.copyInResponse:
+          readyForData?.();
+          break;
+        case BackendCode.readyForQuery:
+          connection.setHandler(null);
+          connection.busy = false;
+          connection.removeCloseListener(lost);
+          if (error) reject(error);
+          else resolvePromise(tag);
+          return;
+      }
+      onFrame(frame.code, frame.raw);
+    });
+    connection.write(serialize.query(sql));
+  });
+}
+
+/** Copies rows from `source` (a COPY ... TO STDOUT) into every target (a COPY ... FROM STDIN); returns the row count. */
+export async function copyBetweenNodes(source: BackendConnection, copyOut: string, targets: readonly BackendConnection[], copyIn: string): Promise<number> {
+  let ready = 0;
+  let startSource!: () => void;
+  const allReady = new Promise<void>((r) => (startSource = r));
+  const sinks = targets.map((target) =>
+    exchange(target, copyIn, () => undefined, () => {
+      if (++ready === targets.length) startSource();
+    }),
+  );
+  // A target that fails before it is ready must not leave the source waiting.
+  const failed = Promise.race(sinks.map((s) => s.then(() => new Promise<never>(() => undefined))));
+  if (targets.length === 0) startSource();
+  await Promise.race([allReady, failed]);
+  let waiting = false;
+  let tag: string;
+  try {
+    tag = await exchange(source, copyOut, (code, raw) => {
+      if (code !== BackendCode.copyData) return;
+      let full = false;
+      for (const target of targets) if (!target.write(raw)) full = true;
+      if (full && !waiting) {
+        waiting = true;
+        source.pause();
+        let pending = targets.length;
+        for (const target of targets) target.onceDrained(() => {
+          if (--pending === 0) {
+            waiting = false;
+            source.resume();
+          }
+        });
+      }
+    });
+  } catch (error) {
+    for (const target of targets) target.write(serialize.copyFail('the source node failed'));
+    await Promise.allSettled(sinks);
+    throw error;
+  }
+  for (const target of targets) target.write(serialize.copyDone());
+  await Promise.all(sinks);
+  return Number(tag.split(' ')[1] ?? 0);
+}

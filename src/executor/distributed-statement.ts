@@ -1,0 +1,165 @@
+// Runs a simple-protocol statement routed by the partition rules: finds the nodes that own its keys, then either
+// hands it back to the session to run unchanged on one node (relayed as bytes), or runs it as parts on several
+// nodes and answers as one server would. A write on several nodes outside a transaction commits atomically (2PC).
+
+import type { Node } from '@pgsql/types';
+import { deparseSync } from 'pgsql-deparser';
+import { nodesForKeys } from '../catalog/key-placement';
+import type { DistributedRule } from '../catalog/partition-rule';
+import { qualifiedName, quoteLiteral } from '../catalog/partition-rule';
+import type { KeyValue } from '../planner/key-values';
+import { keyValueOf } from '../planner/key-values';
+import type { DistributedRoute } from '../planner/distributed-router';
+import type { BackendConnection } from '../wire/backend-connection';
+import { describeNode } from '../cluster/backend-node';
+import { PgError, SqlState } from '../wire/errors';
+import type { TransactionStatus } from '../wire/message-codes';
+import { collectReply, mergeReplies, type NodeReply } from './scatter-write';
+import { commitEverywhere } from './two-phase-commit';
+
+/** What the session lends a distributed statement. */
+export interface SessionPort {
+  readonly status: TransactionStatus;
+  /** The session's connection to a node, or an error naming the node when it is out of service. */
+  connectionFor(nodeId: number): BackendConnection;
+  /** Runs SQL on the main node, returning text rows (for key expressions and placement). */
+  evaluate(sql: string): Promise<(string | null)[][]>;
+  write(bytes: Buffer): boolean;
+}
+
+export type DistributedOutcome =
+  /** The session runs the statement unchanged on these connections (one node: relayed as is). */
+  | { readonly kind: 'run'; readonly connections: BackendConnection[]; readonly write: boolean }
+  /** The reply frames are written; the session sends ReadyForQuery with this status. */
+  | { readonly kind: 'answered'; readonly status: TransactionStatus; readonly wroteOn: readonly number[] };
+
+/** The text of each key value; parameters come from `parameters` (extended protocol, text format). */
+export async function keyTexts(keys: readonly KeyValue[], port: SessionPort, parameters?: readonly (Buffer | null)[]): Promise<(string | null)[]> {
+  const texts: (string | null)[] = [];
+  const expressions: { index: number; node: Node }[] = [];
+  keys.forEach((key, index) => {
+    if (key.kind === 'const') texts.push(key.text);
+    else if (key.kind === 'param') {
+      const value = parameters?.[key.number - 1];
+      if (value === undefined) throw new PgError({ code: '42P02', message: `there is no parameter $${key.number}` });
+      texts.push(value === null ? null : value.toString('utf8'));
+    } else {
+      texts.push(null);
+      expressions.push({ index, node: key.node });
+    }
+  });
+  if (expressions.length > 0) {
+    const rows = await port.evaluate(`SELECT ${expressions.map((e) => `(${deparseSync(e.node)})::text`).join(', ')}`);
+    expressions.forEach((e, i) => (texts[e.index] = rows[0]?.[i] ?? null));
+  }
+  return texts;
+}
+
+/** The distinct nodes owning the given keys, in node order. */
+export async function nodesOfKeys(rule: DistributedRule, keys: readonly KeyValue[], port: SessionPort, parameters?: readonly (Buffer | null)[]): Promise<number[]> {
+  const nodes = await nodesForKeys(rule, await keyTexts(keys, port, parameters), (sql) => port.evaluate(sql));
+  return [...new Set(nodes)].sort((a, b) => a - b);
+}
+
+export async function runDistributedStatement(route: DistributedRoute, statement: { node: Node; sql: string }, port: SessionPort): Promise<DistributedOutcome> {
+  switch (route.kind) {
+    case 'pinned': {
+      const nodes = await nodesOfKeys(route.rule, route.keys, port);
+      if (!route.write && nodes.length > 1) {
+        throw new PgError({
+          code: SqlState.featureNotSupported,
+          message: `table "${route.rule.table.name}" is distributed: this query reads keys held by ${nodes.length} nodes, which is not supported yet`,
+          hint: 'query the keys of one node at a time',
+        });
+      }
+      if (nodes.length === 1) return { kind: 'run', connections: [port.connectionFor(nodes[0])], write: route.write };
+      return scatter(nodes.map((n) => ({ connection: port.connectionFor(n), sql: statement.sql })), port);
+    }
+    case 'all-nodes': {
+      const nodes = Array.from({ length: route.rule.nodeCount }, (_, i) => i);
+      return scatter(nodes.map((n) => ({ connection: port.connectionFor(n), sql: statement.sql })), port);
+    }
+    case 'insert-values':
+      return insertValues(route, statement, port);
+    default:
+      throw new Error(`route ${route.kind} is not run here`);
+  }
+}
+
+/** The table's column names in order, as the main node has them. */
+export async function tableColumnNames(rule: DistributedRule, port: SessionPort): Promise<string[]> {
+  const rows = await port.evaluate(
+    `SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(${quoteLiteral(qualifiedName(rule.table))}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
+  );
+  return rows.map((r) => r[0]!);
+}
+
+/** The position of the key among an INSERT's columns; throws when the statement does not supply the key. */
+export async function keyPosition(rule: DistributedRule, columns: readonly string[] | null, port: SessionPort): Promise<number> {
+  const names = columns ?? (await tableColumnNames(rule, port));
+  const index = names.indexOf(rule.keyColumn);
+  if (index < 0) {
+    throw new PgError({
+      code: SqlState.featureNotSupported,
+      message: `an INSERT into distributed table "${rule.table.name}" must give its key column "${rule.keyColumn}"`,
+      hint: 'a default computed on a node (a sequence, say) would be computed after the row had to choose its node',
+    });
+  }
+  return index;
+}
+
+async function insertValues(route: Extract<DistributedRoute, { kind: 'insert-values' }>, statement: { node: Node; sql: string }, port: SessionPort): Promise<DistributedOutcome> {
+  const { rule } = route;
+  const index = await keyPosition(rule, route.columns, port);
+  const keys = route.rows.map((row) => {
+    const value = row[index];
+    if (!value || 'SetToDefault' in (value as object)) {
+      throw new PgError({ code: SqlState.featureNotSupported, message: `the key column "${rule.keyColumn}" of distributed table "${rule.table.name}" cannot take its DEFAULT`, hint: 'give the key value in the statement' });
+    }
+    return keyValueOf(value);
+  });
+  const rowNodes = await nodesForKeys(rule, await keyTexts(keys, port), (sql) => port.evaluate(sql));
+  const nodes = [...new Set(rowNodes)].sort((a, b) => a - b);
+  if (nodes.length === 1) return { kind: 'run', connections: [port.connectionFor(nodes[0])], write: true };
+  const insert = (statement.node as { InsertStmt: Record<string, unknown> }).InsertStmt;
+  const select = (insert.selectStmt as { SelectStmt: Record<string, unknown> }).SelectStmt;
+  const lists = select.valuesLists as unknown[];
+  const parts = nodes.map((node) => {
+    const subset = lists.filter((_, i) => rowNodes[i] === node);
+    const sql = deparseSync({ InsertStmt: { ...insert, selectStmt: { SelectStmt: { ...select, valuesLists: subset } } } } as Node);
+    return { connection: port.connectionFor(node), sql };
+  });
+  return scatter(parts, port, rowNodes.map((n) => nodes.indexOf(n)));
+}
+
+/**
+ * Runs parts on several nodes and writes one answer. Outside a transaction the parts run in one and commit with
+ * 2PC; inside the client's transaction they join it. On an error the first node's error is relayed.
+ */
+async function scatter(parts: { connection: BackendConnection; sql: string }[], port: SessionPort, order?: number[]): Promise<DistributedOutcome> {
+  const own = port.status === 'I';
+  if (own) await Promise.all(parts.map((p) => p.connection.query('BEGIN')));
+  let replies: NodeReply[];
+  try {
+    replies = await Promise.all(parts.map((p) => collectReply(p.connection, p.sql)));
+  } catch (error) {
+    if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));
+    throw new PgError({ code: SqlState.connectionFailure, message: `lost a node during the statement: ${(error as Error).message}` });
+  }
+  const failed = replies.find((r) => r.error);
+  if (failed) {
+    if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));
+    port.write(failed.error!);
+    return { kind: 'answered', status: own ? 'I' : 'E', wroteOn: [] };
+  }
+  if (own) {
+    try {
+      await commitEverywhere(parts.map((p) => p.connection));
+    } catch (error) {
+      if (error instanceof PgError) throw error;
+      throw new PgError({ code: SqlState.connectionFailure, message: `the commit across ${parts.map((p) => describeNode(p.connection.node)).join(', ')} failed: ${(error as Error).message}` });
+    }
+  }
+  for (const frame of mergeReplies(replies, order)) port.write(frame);
+  return { kind: 'answered', status: own ? 'I' : 'T', wroteOn: own ? [] : parts.map((p) => p.connection.node.id) };
+}

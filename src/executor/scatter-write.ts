@@ -1,0 +1,92 @@
+// A write whose rows live on several nodes: each node runs its own part, and the client gets one answer, as one
+// server would give it: one RowDescription, every RETURNING row (in statement order where the statement has one),
+// and one command tag whose row count is the sum. Rows are held until every node answered (RETURNING only).
+
+import type { BackendConnection } from '../wire/backend-connection';
+import { decodeBackendNotice } from '../wire/backend-error';
+import { BackendCode } from '../wire/message-codes';
+import { serverMessages } from '../wire/server-messages';
+import { serialize } from 'pg-protocol';
+
+export interface NodeReply {
+  readonly connection: BackendConnection;
+  rowDescription: Buffer | null;
+  readonly rows: Buffer[];
+  readonly notices: Buffer[];
+  tag: string | null;
+  /** The node's ErrorResponse frame, to relay as is. */
+  error: Buffer | null;
+  errorCode: string | null;
+}
+
+/**
+ * Runs one simple query on a node and keeps every reply frame; rejects only when the connection is lost. A COPY
+ * FROM STDIN is refused unless `onCopyIn` takes its CopyInResponse (the caller then streams the data).
+ */
+export function collectReply(connection: BackendConnection, sql: string, onCopyIn?: (raw: Buffer) => void): Promise<NodeReply> {
+  return new Promise((resolvePromise, reject) => {
+    const reply: NodeReply = { connection, rowDescription: null, rows: [], notices: [], tag: null, error: null, errorCode: null };
+    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
+    connection.onClose(lost);
+    connection.busy = true;
+    connection.setHandler((frame) => {
+      switch (frame.code) {
+        case BackendCode.rowDescription:
+          reply.rowDescription = frame.raw;
+          break;
+        case BackendCode.dataRow:
+          reply.rows.push(frame.raw);
+          break;
+        case BackendCode.noticeResponse:
+          reply.notices.push(frame.raw);
+          break;
+        case BackendCode.commandComplete:
+          reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+          break;
+        case BackendCode.errorResponse:
+          reply.error = Buffer.from(frame.raw);
+          reply.errorCode = decodeBackendNotice(frame).code ?? null;
+          break;
+        case BackendCode.copyInResponse:
+          if (onCopyIn) onCopyIn(Buffer.from(frame.raw));
+          else connection.write(serialize.copyFail('no COPY data in this exchange'));
+          break;
+        case BackendCode.readyForQuery:
+          connection.setHandler(null);
+          connection.busy = false;
+          connection.removeCloseListener(lost);
+          resolvePromise(reply);
+          break;
+      }
+    });
+    connection.write(serialize.query(sql));
+  });
+}
+
+/** A command tag with the row counts of several nodes added up ("INSERT 0 n", "UPDATE n", "COPY n", ...). */
+export function sumTags(tags: readonly string[]): string {
+  const parts = tags[0].split(' ');
+  const total = tags.reduce((sum, tag) => sum + BigInt(tag.split(' ').pop() ?? '0'), 0n);
+  parts[parts.length - 1] = String(total);
+  return parts.join(' ');
+}
+
+/**
+ * The frames one server would have sent for the replies (all successful). `order`, when given, names for each
+ * RETURNING row of the statement the reply it comes from, so rows come back in statement order.
+ */
+export function mergeReplies(replies: readonly NodeReply[], order?: readonly number[]): Buffer[] {
+  const frames: Buffer[] = [];
+  for (const reply of replies) frames.push(...reply.notices);
+  const description = replies.find((r) => r.rowDescription)?.rowDescription;
+  if (description) frames.push(description);
+  const total = replies.reduce((n, r) => n + r.rows.length, 0);
+  if (order && order.length === total) {
+    const next = replies.map(() => 0);
+    for (const index of order) frames.push(replies[index].rows[next[index]++]);
+  } else {
+    for (const reply of replies) frames.push(...reply.rows);
+  }
+  frames.push(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'SELECT 0'))));
+  return frames;
+}

@@ -1,0 +1,123 @@
+// Where a statement that touches distributed tables runs. Reads pinned to one node's keys go to that node;
+// writes go to the nodes owning their rows (INSERT rows split by key, UPDATE/DELETE to the pinned nodes or to
+// all). Shapes that would need rows from several nodes merged are refused with 0A000 naming the table, never
+// answered partially.
+
+import type { Node } from '@pgsql/types';
+import type { Catalog } from '../catalog/catalog';
+import type { DistributedRule } from '../catalog/partition-rule';
+import { parseRuleCommand, type RuleCommand } from '../catalog/rule-commands';
+import { PgError, SqlState } from '../wire/errors';
+import { pinnedKeyValues, type KeyValue } from './key-values';
+import { nodeTag } from './sql-parser';
+import { tablesReferenced, type TableReference } from './table-references';
+
+export type DistributedRoute =
+  /** No distributed table: replicated-mode routing applies. */
+  | { readonly kind: 'none' }
+  | { readonly kind: 'rule-command'; readonly command: RuleCommand }
+  /** Runs unchanged on the nodes owning these keys. */
+  | { readonly kind: 'pinned'; readonly rule: DistributedRule; readonly keys: readonly KeyValue[]; readonly write: boolean }
+  /** UPDATE or DELETE without a pinned key: every node, row counts summed. */
+  | { readonly kind: 'all-nodes'; readonly rule: DistributedRule }
+  /** INSERT ... VALUES: each row to its key's node. */
+  | { readonly kind: 'insert-values'; readonly rule: DistributedRule; readonly columns: readonly string[] | null; readonly rows: readonly (readonly Node[])[] }
+  | { readonly kind: 'copy-in'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
+  /** DROP of tables with rules: every node drops them and forgets their rules. */
+  | { readonly kind: 'drop'; readonly tables: readonly TableReference[] }
+  | { readonly kind: 'refused'; readonly error: PgError };
+
+function refused(table: string, what: string, hint = 'pin the distribution key with = or IN so that one node holds every row the query reads'): DistributedRoute {
+  return {
+    kind: 'refused',
+    error: new PgError({ code: SqlState.featureNotSupported, message: `table "${table}" is distributed: ${what} is not supported yet`, hint }),
+  };
+}
+
+export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute {
+  const command = parseRuleCommand(node);
+  if (command) return { kind: 'rule-command', command };
+  if (!catalog.hasDistributedTables) return { kind: 'none' };
+  const references = tablesReferenced(node);
+  const tag = nodeTag(node);
+  if (tag === 'DropStmt') {
+    const withRules = dropTargets(node).filter((t) => catalog.lookup(t.schema, t.name));
+    return withRules.length > 0 ? { kind: 'drop', tables: withRules } : { kind: 'none' };
+  }
+  const distributed = references.map((r) => ({ ref: r, rule: catalog.distributed(r.schema, r.name) })).filter((d) => d.rule) as { ref: TableReference; rule: DistributedRule }[];
+  if (distributed.length === 0) return { kind: 'none' };
+  const body = (node as unknown as Record<string, Record<string, unknown>>)[tag];
+  const first = distributed[0];
+  const names = new Set([first.ref.name, first.ref.alias]);
+  const sameTableOnly = distributed.every((d) => d.rule === first.rule && d.ref.alias === first.ref.alias);
+  switch (tag) {
+    case 'SelectStmt': {
+      if (body.intoClause) return refused(first.rule.table.name, 'SELECT INTO from it');
+      const from = (body.fromClause as Node[] | undefined) ?? [];
+      const direct = from.length === 1 && 'RangeVar' in from[0];
+      const keys = direct && sameTableOnly ? pinnedKeyValues(body.whereClause as Node | undefined, first.rule.keyColumn, names) : null;
+      if (!keys) return refused(first.rule.table.name, 'a query that reads it from more than one node');
+      const locks = Array.isArray(body.lockingClause) && body.lockingClause.length > 0;
+      return { kind: 'pinned', rule: first.rule, keys, write: locks };
+    }
+    case 'InsertStmt': {
+      if (distributed.length > 1 || first.ref !== references[references.length - 1]) {
+        return refused(first.rule.table.name, 'INSERT ... SELECT reading a distributed table', 'insert the rows with VALUES or COPY');
+      }
+      const rule = first.rule;
+      const columns = ((body.cols as { ResTarget: { name: string } }[] | undefined) ?? []).map((c) => c.ResTarget.name);
+      const conflict = body.onConflictClause as { targetList?: { ResTarget: { name: string } }[] } | undefined;
+      if (conflict?.targetList?.some((t) => t.ResTarget.name === rule.keyColumn)) return keyChange(rule);
+      const select = (body.selectStmt as { SelectStmt?: Record<string, unknown> } | undefined)?.SelectStmt;
+      const values = select?.valuesLists as { List: { items: Node[] } }[] | undefined;
+      if (!select || !values) return refused(rule.table.name, 'INSERT ... SELECT into it', 'insert the rows with VALUES or COPY');
+      return { kind: 'insert-values', rule, columns: columns.length > 0 ? columns : null, rows: values.map((v) => v.List.items) };
+    }
+    case 'UpdateStmt':
+    case 'DeleteStmt': {
+      const target = references[references.length - 1];
+      const rule = catalog.distributed(target.schema, target.name);
+      if (!rule || distributed.some((d) => d.rule !== rule || d.ref.alias !== target.alias)) {
+        return refused(first.rule.table.name, `${tag === 'UpdateStmt' ? 'UPDATE' : 'DELETE'} that reads another distributed table`, 'rewrite the statement so that it reads only replicated tables besides its target');
+      }
+      if (tag === 'UpdateStmt' && ((body.targetList as { ResTarget: { name: string } }[]) ?? []).some((t) => t.ResTarget.name === rule.keyColumn)) return keyChange(rule);
+      const keys = pinnedKeyValues(body.whereClause as Node | undefined, rule.keyColumn, new Set([target.name, target.alias]));
+      return keys ? { kind: 'pinned', rule, keys, write: true } : { kind: 'all-nodes', rule };
+    }
+    case 'CopyStmt': {
+      if (!body.is_from || !body.relation) return refused(first.rule.table.name, 'COPY TO from it', 'COPY (SELECT ... WHERE key = ...) TO STDOUT reads one node');
+      if (body.filename) return refused(first.rule.table.name, 'COPY FROM a server file into it', 'send the data with COPY FROM STDIN');
+      const columns = ((body.attlist as { String: { sval: string } }[] | undefined) ?? []).map((a) => a.String.sval);
+      return { kind: 'copy-in', rule: first.rule, columns: columns.length > 0 ? columns : null };
+    }
+    case 'ExplainStmt':
+      return refused(first.rule.table.name, 'EXPLAIN of a statement on it');
+    case 'MergeStmt':
+      return refused(first.rule.table.name, 'MERGE into it');
+    default:
+      // DDL and maintenance (ALTER, CREATE INDEX, TRUNCATE, VACUUM, LOCK, GRANT, ...) apply to every node's part.
+      return { kind: 'none' };
+  }
+}
+
+function keyChange(rule: DistributedRule): DistributedRoute {
+  return {
+    kind: 'refused',
+    error: new PgError({
+      code: SqlState.featureNotSupported,
+      message: `cannot change the distribution key "${rule.keyColumn}" of table "${rule.table.name}"`,
+      hint: 'a row that changes its key may belong on another node: delete it and insert it again',
+    }),
+  };
+}
+
+function dropTargets(node: Node): TableReference[] {
+  const drop = (node as unknown as { DropStmt: { removeType: string; objects: { List: { items: { String: { sval: string } }[] } }[] } }).DropStmt;
+  if (drop.removeType !== 'OBJECT_TABLE') return [];
+  return drop.objects.map((o) => {
+    const parts = o.List.items.map((i) => i.String.sval);
+    const name = parts[parts.length - 1];
+    return { schema: parts.length > 1 ? parts[parts.length - 2] : undefined, name, alias: name };
+  });
+}
+

@@ -1,0 +1,274 @@
+// Partition rules declared in SQL through the proxy: the catalog on every node, rows moved to their nodes, bad
+// rules refused with the catalog unchanged, and writes and reads routed by the rules. Placement is checked by
+// asking each node directly which rows it holds.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Client } from 'pg';
+import { commitFailpoints } from '../../src/executor/two-phase-commit';
+import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+
+let cluster: TestCluster;
+let client: Client;
+
+before(async () => {
+  cluster = await startTestCluster({ nodes: 3 });
+  client = await cluster.connect();
+});
+
+after(async () => {
+  await client?.end().catch(() => undefined);
+  await cluster?.stop();
+});
+
+async function onEachNode(sql: string): Promise<(string | null)[][][]> {
+  const out: (string | null)[][][] = [];
+  for (let node = 0; node < cluster.nodes.length; node++) {
+    const direct = await cluster.connectDirect(node);
+    out.push(await rowsOf(direct, sql));
+    await direct.end();
+  }
+  return out;
+}
+
+/** Every row is on exactly the node the placement column of parapool.partition_rules names. */
+async function assertPlaced(table: string, expectedTotal: number): Promise<number[]> {
+  const counts: number[] = [];
+  for (let node = 0; node < cluster.nodes.length; node++) {
+    const direct = await cluster.connectDirect(node);
+    const placement = (await rowsOf(direct, `select placement from parapool.partition_rules where table_name = '${table}'`))[0][0]!;
+    const [[total, misplaced]] = await rowsOf(direct, `select count(*), count(*) filter (where (${placement}) is distinct from ${node}) from ${table}`);
+    assert.equal(misplaced, '0', `node ${node} holds rows of ${table} that belong elsewhere`);
+    counts.push(Number(total));
+    await direct.end();
+  }
+  assert.equal(counts.reduce((a, b) => a + b, 0), expectedTotal, `${table}: no row lost or duplicated`);
+  return counts;
+}
+
+async function catalogOnEachNode(): Promise<string[]> {
+  return (await onEachNode('select table_name, distribution, method, key_column, bounds::text, list_values::text, function_name, node_count, version from parapool.partition_rules order by 1')).map((r) => JSON.stringify(r));
+}
+
+async function expectError(sql: string, code: string, pattern?: RegExp): Promise<void> {
+  await assert.rejects(client.query(sql), (e: { code?: string; message: string }) => {
+    assert.equal(e.code, code, `${sql}: ${e.message}`);
+    if (pattern) assert.match(e.message, pattern);
+    return true;
+  });
+}
+
+test('distribute_table by hash moves existing rows to their nodes and records the rule on every node', async () => {
+  await client.query('create table orders (o_orderkey bigint primary key, o_custkey int, o_total numeric(12,2))');
+  await client.query('insert into orders select g, g % 100, g * 1.25 from generate_series(1, 3000) g');
+  const notices: string[] = [];
+  client.on('notice', (n) => notices.push(n.message ?? ''));
+  const result = await client.query("select parapool.distribute_table('orders', 'o_orderkey')");
+  assert.match(String(Object.values(result.rows[0])[0]), /distributed orders by hash of o_orderkey over 3 nodes/);
+  const counts = await assertPlaced('orders', 3000);
+  assert.ok(counts.every((c) => c > 800), `rows spread over the nodes: ${counts}`);
+  assert.ok(notices.some((n) => /keeps \d+ of 3000 rows of orders/.test(n)), 'progress reaches the client');
+  const catalogs = await catalogOnEachNode();
+  assert.equal(catalogs[1], catalogs[0]);
+  assert.equal(catalogs[2], catalogs[0]);
+  const rules = (await client.query("select * from parapool.partition_rules where table_name = 'orders'")).rows;
+  assert.equal(rules.length, 1);
+  assert.equal(rules[0].method, 'hash');
+  assert.equal(rules[0].key_type, 'bigint');
+  assert.equal(rules[0].node_count, '3');
+});
+
+test('range, list and function rules place rows where they say', async () => {
+  await client.query('create table events (day date, v int)');
+  await client.query("insert into events select date '2023-06-01' + g, g from generate_series(0, 999) g");
+  await client.query("select parapool.distribute_table('events', 'day', 'range', '{2024-01-01,2025-01-01}')");
+  const counts = await assertPlaced('events', 1000);
+  assert.deepEqual(counts, [214, 366, 420]);
+
+  await client.query('create table regions (name text primary key, v int)');
+  await client.query("insert into regions values ('AFRICA', 1), ('AMERICA', 2), ('ASIA', 3), ('EUROPE', 4), ('MIDDLE EAST', 5)");
+  await client.query(`select parapool.distribute_table('regions', 'name', 'list', '[["AFRICA","ASIA"],["EUROPE"],["AMERICA","MIDDLE EAST"]]')`);
+  assert.deepEqual(await assertPlaced('regions', 5), [2, 1, 2]);
+
+  await client.query('create function node_of_v(k int) returns int language sql immutable as $$ select k % 3 $$');
+  await client.query('create table by_function (k int, payload text)');
+  await client.query("insert into by_function select g, 'p' || g from generate_series(1, 30) g");
+  await client.query("select parapool.distribute_table('by_function', 'k', 'function', 'node_of_v')");
+  assert.deepEqual(await assertPlaced('by_function', 30), [10, 10, 10]);
+});
+
+test('replicate_table and co-location are recorded; a co-located table must match its rule', async () => {
+  await client.query('create table nation (n_nationkey int primary key, n_name text)');
+  await client.query("select parapool.replicate_table('nation')");
+  const rule = (await client.query("select distribution from parapool.partition_rules where table_name = 'nation'")).rows[0];
+  assert.equal(rule.distribution, 'replicated');
+  await client.query('create table lineitem (l_orderkey bigint, l_linenumber int, primary key (l_orderkey, l_linenumber))');
+  await client.query("select parapool.distribute_table('lineitem', 'l_orderkey', colocate_with => 'orders')");
+  const groups = (await client.query("select table_name, colocation_group from parapool.partition_rules where table_name in ('orders', 'lineitem') order by 1")).rows;
+  assert.equal(groups[0].colocation_group, groups[1].colocation_group);
+  await client.query('create table other_keys (k int primary key)');
+  await expectError("select parapool.distribute_table('other_keys', 'k', colocate_with => 'orders')", '22023', /cannot co-locate with "orders": its rule differs/);
+});
+
+test('bad rules get clear errors and leave the catalog unchanged', async () => {
+  await client.query('create table plain (a int, b text, c point, u int unique)');
+  await client.query('create table free (a int, b text, c point)');
+  const before = await catalogOnEachNode();
+  await expectError("select parapool.distribute_table('no_such_table', 'a')", '42P01', /relation "no_such_table" does not exist/);
+  await expectError("select parapool.distribute_table('free', 'nope')", '42703', /column "nope" of relation "free" does not exist/);
+  await expectError("select parapool.distribute_table('free', 'c')", '42883', /could not identify a hash function for type point/);
+  await expectError("select parapool.distribute_table('free', 'a', 'range', '{20,10}')", '22023', /not in strictly increasing order/);
+  await expectError("select parapool.distribute_table('free', 'a', 'range', '{10,10}')", '22023', /not in strictly increasing order/);
+  await expectError("select parapool.distribute_table('free', 'a', 'range', '{1,2,3}')", '22023', /4 ranges, but there are 3 nodes/);
+  await expectError(`select parapool.distribute_table('free', 'a', 'list', '[[1,2],[2]]')`, '22023', /list value 2 is given for node 0 and node 1/);
+  await expectError(`select parapool.distribute_table('free', 'a', 'list', '{{1},{2}}')`, '22023', /JSON array of arrays/);
+  await expectError("select parapool.distribute_table('free', 'a', 'function', 'no_such_function')", '42883', /no_such_function\(integer\) does not exist/);
+  await client.query('create function too_far(k int) returns int language sql as $$ select k $$');
+  await client.query('insert into free select g from generate_series(1, 5) g');
+  await expectError("select parapool.distribute_table('free', 'a', 'function', 'too_far')", '22023', /maps key 3 to node 3, outside 0..2/);
+  await expectError("select parapool.distribute_table('plain', 'a')", '0A000', /constraint "plain_u_key" does not include the key column "a"/);
+  await expectError("select parapool.distribute_table('orders', 'o_orderkey')", '55000', /already distributed/);
+  await expectError("select parapool.distribute_table('free', 'a', 'sideways')", '22023', /unknown distribution method/);
+  await client.query('insert into free values (null)');
+  await expectError("select parapool.distribute_table('free', 'a')", '23502', /NULL key/);
+  await client.query('begin');
+  await expectError("select parapool.distribute_table('free', 'b')", '25001', /cannot run inside a transaction block/);
+  await client.query('rollback');
+  assert.deepEqual(await catalogOnEachNode(), before);
+  assert.deepEqual(await onEachNode('select count(*) from free'), [[['6']], [['6']], [['6']]], 'the table is untouched');
+});
+
+test('INSERT routes each row to its node; RETURNING comes back in statement order', async () => {
+  const inserted = await client.query('insert into orders values (5001, 1, 10), (5002, 2, 20), (5003, 3, 30), (5004, 4, 40) returning o_orderkey');
+  assert.deepEqual(inserted.rows.map((r) => r.o_orderkey), ['5001', '5002', '5003', '5004']);
+  assert.equal(inserted.rowCount, 4);
+  await client.query('insert into orders (o_custkey, o_orderkey) values (7, 5005)');
+  await client.query({ text: 'insert into orders values ($1, $2, $3)', values: [5006, 8, 1.5] });
+  await client.query('insert into orders values (5001, 1, 10) on conflict (o_orderkey) do update set o_total = 11');
+  await assertPlaced('orders', 3006);
+  assert.deepEqual(await rowsOf(client, 'select o_total from orders where o_orderkey = 5001'), [['11.00']]);
+  await expectError('insert into orders (o_custkey) values (1)', '0A000', /must give its key column "o_orderkey"/);
+  await expectError('insert into orders values (null, 1, 1)', '23502', /null value in column "o_orderkey"/);
+  await expectError(`insert into regions values ('ANTARCTICA', 9)`, '23514', /no node of relation "regions" holds key ANTARCTICA/);
+  await expectError('insert into orders values (5001, 1, 1)', '23505');
+  await assertPlaced('orders', 3006);
+});
+
+test('UPDATE and DELETE go to the owning nodes, or to all with the counts summed', async () => {
+  const one = await client.query('update orders set o_total = o_total + 1 where o_orderkey = 17');
+  assert.equal(one.rowCount, 1);
+  const some = await client.query('update orders set o_total = 0 where o_orderkey in (1, 2, 3, 4, 5, 6)');
+  assert.equal(some.rowCount, 6);
+  const all = await client.query('update orders set o_custkey = o_custkey + 1 where o_custkey < 10');
+  assert.equal(all.rowCount, 306);
+  const deleted = await client.query('delete from orders where o_orderkey > 5000 returning o_orderkey');
+  assert.equal(deleted.rowCount, 6);
+  assert.deepEqual(deleted.rows.map((r) => r.o_orderkey).sort(), ['5001', '5002', '5003', '5004', '5005', '5006']);
+  await expectError('update orders set o_orderkey = o_orderkey + 1 where o_orderkey = 1', '0A000', /cannot change the distribution key "o_orderkey"/);
+  await assertPlaced('orders', 3000);
+});
+
+test('reads of a distributed table run on the key\'s node, or are refused with 0A000 naming the table', async () => {
+  assert.deepEqual(await rowsOf(client, 'select o_orderkey, o_custkey from orders where o_orderkey = 42'), [['42', '42']]);
+  assert.deepEqual(await rowsOf(client, 'select o_orderkey from orders where o_orderkey = $1', [43]), [['43']]);
+  await expectError('select count(*) from orders', '0A000', /table "orders" is distributed: a query that reads it from more than one node is not supported yet/);
+  await expectError('select * from orders where o_orderkey in (1, 2, 3)', '0A000', /keys held by/);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from nation'), [['0']], 'replicated tables read as before');
+});
+
+test('a write on several nodes in a transaction commits with two-phase commit; an error rolls back everywhere', async () => {
+  await client.query('begin');
+  await client.query('insert into orders values (6001, 1, 1), (6002, 2, 2), (6003, 3, 3)');
+  await client.query("insert into nation values (1, 'one')");
+  await client.query('commit');
+  await assertPlaced('orders', 3003);
+  await client.query('begin');
+  await client.query('insert into orders values (6004, 1, 1), (6005, 2, 2)');
+  await assert.rejects(client.query('insert into orders values (6001, 1, 1)'), (e: { code?: string }) => e.code === '23505');
+  await client.query('rollback');
+  await assertPlaced('orders', 3003);
+  assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+});
+
+test('a proxy that dies between PREPARE and COMMIT PREPARED is resolved by the next one', async () => {
+  for (const [failpoint, expected] of [['afterPrepare', 3003], ['afterDecision', 3005]] as const) {
+    commitFailpoints[failpoint] = true;
+    await assert.rejects(client.query(`insert into orders values (${7000 + expected}, 1, 1), (${7100 + expected}, 2, 2)`));
+    commitFailpoints[failpoint] = false;
+    await client.end().catch(() => undefined);
+    const prepared = await onEachNode("select count(*) from pg_prepared_xacts where gid like 'parapool:%'");
+    assert.ok(prepared.some((r) => r[0][0] !== '0'), 'transactions were left prepared');
+    await cluster.restartProxy();
+    client = await cluster.connect();
+    assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+    await assertPlaced('orders', expected);
+  }
+});
+
+test('undistribute_table gathers the rows back onto every node', async () => {
+  await client.query("select parapool.undistribute_table('by_function')");
+  assert.deepEqual(await onEachNode('select count(*), sum(k) from by_function'), [[['30', '465']], [['30', '465']], [['30', '465']]]);
+  assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'by_function'"), [['0']]);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from by_function'), [['30']]);
+});
+
+test('DROP TABLE of a distributed table forgets its rule', async () => {
+  await client.query('drop table events');
+  assert.deepEqual(await onEachNode("select count(*) from parapool.partition_rules where table_name = 'events'"), [[['0']], [['0']], [['0']]]);
+  await client.query('create table events (day date, v int)');
+  await client.query("insert into events values ('2024-05-05', 1)");
+  assert.deepEqual(await onEachNode('select count(*) from events'), [[['1']], [['1']], [['1']]], 'a new table of the same name is replicated');
+});
+
+test('a restarted proxy reads the rules back; nodes that disagree are refused by name', async () => {
+  await client.end();
+  await cluster.restartProxy();
+  client = await cluster.connect();
+  await assert.rejects(client.query('select count(*) from orders'), (e: { code?: string }) => e.code === '0A000');
+  const direct = await cluster.connectDirect(2);
+  await direct.query("update parapool.partition_rules set version = version + 1 where table_name = 'orders'");
+  await client.end();
+  await cluster.restartProxy();
+  await assert.rejects(cluster.connect(), (e: { code?: string; message: string }) => e.code === '55000' && /differ between node 0 .* and node 2/.test(e.message));
+  await direct.query("update parapool.partition_rules set version = version - 1 where table_name = 'orders'");
+  await direct.end();
+  client = await cluster.connect();
+  assert.deepEqual(await rowsOf(client, 'select o_orderkey from orders where o_orderkey = 7'), [['7']]);
+});
+
+test('COPY FROM STDIN streams each row to its node, in text and CSV; a bad row writes nothing', async () => {
+  const { RawClient, errorFields } = await import('../support/raw-client');
+  const { serialize } = await import('pg-protocol');
+  await client.query('create table copied (id int, name text)');
+  await client.query("select parapool.distribute_table('copied', 'id')");
+  const raw = await RawClient.ready(cluster.proxy.port);
+  raw.send(serialize.query('copy copied from stdin'));
+  await raw.readUntil('G');
+  const text = Buffer.from(Array.from({ length: 2000 }, (_, i) => `${i + 1}\tname ${i + 1}\n`).join(''));
+  for (let offset = 0; offset < text.length; offset += 777) raw.send(serialize.copyData(text.subarray(offset, offset + 777)));
+  raw.send(serialize.copyDone());
+  const done = await raw.readUntil('Z');
+  assert.equal(done.find((m) => m.type === 'C')?.payload.toString(), 'COPY 2000\0');
+  await assertPlaced('copied', 2000);
+
+  raw.send(serialize.query('copy copied (name, id) from stdin with (format csv, header true)'));
+  await raw.readUntil('G');
+  raw.send([serialize.copyData(Buffer.from('name,id\n"multi\nline, quoted",3001\nplain,3002\n')), serialize.copyDone()]);
+  const csv = await raw.readUntil('Z');
+  assert.equal(csv.find((m) => m.type === 'C')?.payload.toString(), 'COPY 2\0');
+  assert.deepEqual(await rowsOf(client, 'select name from copied where id = 3001'), [['multi\nline, quoted']]);
+
+  raw.send(serialize.query('copy copied from stdin'));
+  await raw.readUntil('G');
+  raw.send([serialize.copyData(Buffer.from('4001\tfine\n4002\n')), serialize.copyDone()]);
+  const bad = await raw.readUntil('Z');
+  assert.equal(errorFields(bad.find((m) => m.type === 'E')!).C, '22P04');
+  raw.send(serialize.query('copy regions from stdin'));
+  await raw.readUntil('G');
+  raw.send([serialize.copyData(Buffer.from('ASIA\t7\nATLANTIS\t8\n')), serialize.copyDone()]);
+  const unplaced = await raw.readUntil('Z');
+  assert.equal(errorFields(unplaced.find((m) => m.type === 'E')!).C, '23514');
+  raw.end();
+  await assertPlaced('copied', 2002);
+  await assertPlaced('regions', 5);
+});
