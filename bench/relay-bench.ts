@@ -465,6 +465,7 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
 
 interface ProcStat {
   ppid: number;
+  name: string;
   /** utime + stime + cutime + cstime, in clock ticks: the waited-for children count, so short-lived ones are seen. */
   ticks: number;
 }
@@ -483,7 +484,7 @@ function readProcesses(): Map<number, ProcStat> {
       // The command name in parentheses may itself hold spaces and parentheses; the fields after the last ')' do not.
       const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
       const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
-      processes.set(Number(entry), { ppid: Number(fields[1]), ticks });
+      processes.set(Number(entry), { ppid: Number(fields[1]), name: text.slice(text.indexOf('(') + 1, text.lastIndexOf(')')), ticks });
     } catch {
       // exited while we looked
     }
@@ -491,8 +492,11 @@ function readProcesses(): Map<number, ProcStat> {
   return processes;
 }
 
-/** CPU ticks of every process outside the trees rooted at `roots` (this benchmark, its postmaster). */
-function foreignTicks(roots: number[]): Map<number, number> {
+/**
+ * CPU ticks of every process outside the trees rooted at `roots` (this benchmark, its postmaster). Kernel threads
+ * (children of kthreadd, pid 2) are left out: under a loopback benchmark they mostly carry our own network traffic.
+ */
+function foreignTicks(roots: number[]): Map<number, { name: string; ticks: number }> {
   const processes = readProcesses();
   const ours = (pid: number): boolean => {
     for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
@@ -503,15 +507,26 @@ function foreignTicks(roots: number[]): Map<number, number> {
     }
     return false;
   };
-  const foreign = new Map<number, number>();
-  for (const [pid, stat] of processes) if (!ours(pid)) foreign.set(pid, stat.ticks);
+  const foreign = new Map<number, { name: string; ticks: number }>();
+  for (const [pid, stat] of processes) {
+    if (pid === 2 || stat.ppid === 2 || ours(pid)) continue;
+    foreign.set(pid, { name: stat.name, ticks: stat.ticks });
+  }
   return foreign;
 }
 
-function foreignCpuSeconds(before: Map<number, number>, after: Map<number, number>, ticksPerSecond: number): number {
+/** CPU seconds other processes used between two snapshots, and the busiest of them by name. */
+function foreignCpu(before: Map<number, { ticks: number }>, after: Map<number, { name: string; ticks: number }>, ticksPerSecond: number): { seconds: number; top: string } {
   let ticks = 0;
-  for (const [pid, now] of after) ticks += Math.max(0, now - (before.get(pid) ?? 0));
-  return ticks / ticksPerSecond;
+  const byPid: { pid: number; name: string; ticks: number }[] = [];
+  for (const [pid, now] of after) {
+    const delta = Math.max(0, now.ticks - (before.get(pid)?.ticks ?? 0));
+    ticks += delta;
+    if (delta > 0) byPid.push({ pid, name: now.name, ticks: delta });
+  }
+  byPid.sort((a, b) => b.ticks - a.ticks);
+  const top = byPid.slice(0, 3).map((p) => `${p.name} (pid ${p.pid}, ${(p.ticks / ticksPerSecond).toFixed(1)} s)`).join(', ');
+  return { seconds: ticks / ticksPerSecond, top };
 }
 
 function clockTicksPerSecond(): number {
@@ -763,7 +778,8 @@ async function main(): Promise<number> {
       const result = parsePgbench(await runPgbench(pgbench, benchArgs(mode, options.duration), runTimeout(options.duration)), runTimeout(options.duration));
       if (finishing) throw new StepError('stopping');
       const elapsed = (Date.now() - startedAt) / 1000;
-      const foreignShare = foreignCpuSeconds(cpuBefore, foreignTicks(roots), ticksPerSecond) / (elapsed * cpuCount);
+      const foreign = foreignCpu(cpuBefore, foreignTicks(roots), ticksPerSecond);
+      const foreignShare = foreign.seconds / (elapsed * cpuCount);
       const logged = newLogLines(from);
       let note = result.error ?? '';
       if (running.server?.exitReason) note = `${note ? note + '; ' : ''}${target.label} ${running.server.exitReason}`;
@@ -776,7 +792,7 @@ async function main(): Promise<number> {
       }
       if (foreignShare >= busyThreshold) {
         note = `${note ? note + '; ' : ''}other processes used ${(foreignShare * 100).toFixed(0)} % of the CPU meanwhile`;
-        say(`${target.label} -M ${mode}: other processes on this machine used ${(foreignShare * 100).toFixed(0)} % of its CPU during the run`);
+        say(`${target.label} -M ${mode}: other processes on this machine used ${(foreignShare * 100).toFixed(0)} % of its CPU during the run, most of all ${foreign.top}`);
       }
       const row: Row = { target: target.label, mode, tps: result.error ? null : result.tps, latencyMs: result.error ? null : result.latencyMs, foreignShare, note };
       if (result.error) say(`${target.label} -M ${mode}: FAILED: ${note}`);

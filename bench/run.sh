@@ -1,31 +1,125 @@
 #!/usr/bin/env bash
-# Entry point of `npm run bench`: makes sure the peers we compare against (PgBouncer, pgpool-II) are installed,
-# then runs the relay benchmark, passing on its arguments (for example `--duration 20`).
-# The peers come from Debian's packages so that a fresh machine needs nothing installed by hand.
+# Entry point of `npm run bench`: runs the relay benchmark, then the load benchmark (`--only relay|load` runs one).
+# The relay benchmark compares against PgBouncer and pgpool-II, which are installed from Debian's packages when
+# missing, so that a fresh machine needs nothing installed by hand. Each option goes to the benchmark that knows it
+# (`--sf 0.02` to the load benchmark, `--duration 20` to the relay one); --docs and --keep go to both.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-# Debian puts pgpool in /usr/sbin, which a non-login root shell may lack on PATH.
-export PATH="$PATH:/usr/sbin:/sbin"
+usage="usage: bash bench/run.sh [--only relay|load] [options of the benchmarks run]
+  relay options: --duration S --warmup S --clients N --threads N --scale N
+  load options:  --sf SF --pgbench-scale N --runs N
+  both:          --docs FILE --keep
+  node dist/bench/relay-bench.js --help and node dist/bench/load-bench.js --help describe them"
 
-if ! command -v pgbouncer >/dev/null 2>&1 || ! command -v pgpool >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "bench: pgbouncer or pgpool is missing and installing them needs root (apt-get install pgbouncer pgpool2)" >&2
-    exit 1
-  fi
-  echo "bench: installing pgbouncer and pgpool2 from Debian packages" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || { echo "bench: apt-get update failed" >&2; exit 1; }
-  apt-get install -y -qq pgbouncer pgpool2 >/dev/null || { echo "bench: apt-get install pgbouncer pgpool2 failed" >&2; exit 1; }
-  for program in pgbouncer pgpool; do
-    command -v "$program" >/dev/null 2>&1 || { echo "bench: $program is still not on PATH after installing" >&2; exit 1; }
-  done
+only=""
+relay_only_options=""
+load_only_options=""
+relay_args=()
+load_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only)
+      [ $# -ge 2 ] || { echo "bench: --only needs relay or load" >&2; exit 2; }
+      case "$2" in
+        relay|load) only="$2" ;;
+        *) echo "bench: --only needs relay or load, not \"$2\"" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
+    --duration|--warmup|--clients|--threads|--scale)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      relay_args+=("$1" "$2"); relay_only_options+=" $1"; shift 2 ;;
+    --sf|--pgbench-scale|--runs)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      load_args+=("$1" "$2"); load_only_options+=" $1"; shift 2 ;;
+    --docs)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); shift 2 ;;
+    --keep)
+      relay_args+=("$1"); load_args+=("$1"); shift ;;
+    -h|--help)
+      echo "$usage"; exit 0 ;;
+    *)
+      echo "bench: unknown argument \"$1\"" >&2; echo "$usage" >&2; exit 2 ;;
+  esac
+done
+
+# Options for a benchmark that is not run are a mistake worth stopping for, not something to drop silently.
+if [ "$only" = "relay" ] && [ -n "$load_only_options" ]; then
+  echo "bench:$load_only_options: the load benchmark's options, but --only relay skips it" >&2; exit 2
+fi
+if [ "$only" = "load" ] && [ -n "$relay_only_options" ]; then
+  echo "bench:$relay_only_options: the relay benchmark's options, but --only load skips it" >&2; exit 2
 fi
 
-if [ ! -f dist/bench/relay-bench.js ]; then
-  echo "bench: dist/bench/relay-bench.js is missing; build first (npm run bench does)" >&2
+needs_build() {
+  if [ ! -f "dist/bench/$1.js" ]; then
+    echo "bench: dist/bench/$1.js is missing; build first (npm run bench does)" >&2
+    return 1
+  fi
+}
+
+# The benchmark runs in the background so that a SIGTERM or SIGHUP sent to this script alone reaches it at once
+# and it can stop what it started. SIGINT is not passed on: Ctrl-C already reaches the whole process group, and a
+# second SIGINT tells a benchmark to exit without cleaning up.
+child=""
+on_signal() {
+  if [ -n "$child" ]; then
+    [ "$1" = INT ] || kill -s "$1" "$child" 2>/dev/null || true
+    wait "$child" 2>/dev/null || true
+  fi
+  exit 130
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+trap 'on_signal HUP' HUP
+
+run_node() {
+  local status=0
+  node "$@" &
+  child=$!
+  wait "$child" || status=$?
+  child=""
+  return "$status"
+}
+
+run_relay() {
+  needs_build relay-bench || return 1
+  # Debian puts pgpool in /usr/sbin, which a non-login root shell may lack on PATH.
+  export PATH="$PATH:/usr/sbin:/sbin"
+  if ! command -v pgbouncer >/dev/null 2>&1 || ! command -v pgpool >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "bench: pgbouncer or pgpool is missing and installing them needs root (apt-get install pgbouncer pgpool2)" >&2
+      return 1
+    fi
+    echo "bench: installing pgbouncer and pgpool2 from Debian packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || { echo "bench: apt-get update failed" >&2; return 1; }
+    apt-get install -y -qq pgbouncer pgpool2 >/dev/null || { echo "bench: apt-get install pgbouncer pgpool2 failed" >&2; return 1; }
+    for program in pgbouncer pgpool; do
+      command -v "$program" >/dev/null 2>&1 || { echo "bench: $program is still not on PATH after installing" >&2; return 1; }
+    done
+  fi
+  run_node dist/bench/relay-bench.js ${relay_args[@]+"${relay_args[@]}"}
+}
+
+run_load() {
+  needs_build load-bench || return 1
+  run_node dist/bench/load-bench.js ${load_args[@]+"${load_args[@]}"}
+}
+
+case "$only" in
+  relay) run_relay; exit ;;
+  load) run_load; exit ;;
+esac
+
+# The load benchmark runs even when the relay benchmark failed: the two measure different things, and each
+# writes its own section. The exit status still reports any failure.
+failed=()
+run_relay || failed+=("relay (exit $?)")
+run_load || failed+=("load (exit $?)")
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "bench: failed: ${failed[*]}" >&2
   exit 1
 fi
-
-exec node dist/bench/relay-bench.js "$@"

@@ -81,6 +81,8 @@ export async function runDistributedStatement(route: DistributedRoute, statement
     }
     case 'insert-values':
       return insertValues(route, statement, port);
+    case 'insert-select':
+      return insertSelect(route, statement, port);
     default:
       throw new Error(`route ${route.kind} is not run here`);
   }
@@ -130,6 +132,69 @@ async function insertValues(route: Extract<DistributedRoute, { kind: 'insert-val
     return { connection: port.connectionFor(node), sql };
   });
   return scatter(parts, port, rowNodes.map((n) => nodes.indexOf(n)));
+}
+
+const fetchSize = 1000;
+
+/**
+ * INSERT ... SELECT from replicated tables: the source rows are read in batches through a cursor on the main node
+ * and inserted on their nodes as VALUES, keeping the statement's ON CONFLICT and RETURNING. All of it runs in one
+ * transaction per node, committed atomically.
+ */
+async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-select' }>, statement: { node: Node; sql: string }, port: SessionPort): Promise<DistributedOutcome> {
+  const { rule } = route;
+  const insert = (statement.node as { InsertStmt: Record<string, unknown> }).InsertStmt;
+  const columns = route.columns ?? (await tableColumnNames(rule, port));
+  const keyIndex = await keyPosition(rule, columns, port);
+  const connections = Array.from({ length: rule.nodeCount }, (_, node) => port.connectionFor(node));
+  const reader = connections[0];
+  const own = port.status === 'I';
+  const fail = async (frame: Buffer | null, error?: unknown): Promise<DistributedOutcome> => {
+    if (own) await Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    if (error) throw error;
+    port.write(frame!);
+    return { kind: 'answered', status: own ? 'I' : 'E', wroteOn: [] };
+  };
+  if (own) await Promise.all(connections.map((c) => c.query('BEGIN')));
+  const replies: NodeReply[][] = connections.map(() => []);
+  try {
+    await reader.query(`DECLARE parapool_insert_source NO SCROLL CURSOR FOR ${deparseSync(insert.selectStmt as Node)}`);
+    for (;;) {
+      const { rows } = await reader.query(`FETCH ${fetchSize} FROM parapool_insert_source`);
+      if (rows.length === 0) break;
+      if (rows[0].length <= keyIndex) throw new PgError({ code: '42601', message: `INSERT has more target columns than expressions: the SELECT gives no value for key "${rule.keyColumn}"` });
+      const nodes = await nodesForKeys(rule, rows.map((r) => r[keyIndex]), (sql) => port.evaluate(sql));
+      const batch = await Promise.all(
+        connections.map((connection, node) => {
+          const mine = rows.filter((_, i) => nodes[i] === node);
+          if (mine.length === 0) return null;
+          const valuesLists = mine.map((row) => ({ List: { items: row.map((v) => (v === null ? { A_Const: { isnull: true } } : { A_Const: { sval: { sval: v } } })) } }));
+          const cols = columns.slice(0, mine[0].length).map((name) => ({ ResTarget: { name } }));
+          return collectReply(connection, deparseSync({ InsertStmt: { ...insert, cols, selectStmt: { SelectStmt: { valuesLists, limitOption: 'LIMIT_OPTION_DEFAULT', op: 'SETOP_NONE' } } } } as Node));
+        }),
+      );
+      for (const [node, reply] of batch.entries()) {
+        if (!reply) continue;
+        if (reply.error) return fail(reply.error);
+        replies[node].push(reply);
+      }
+    }
+    await reader.query('CLOSE parapool_insert_source');
+  } catch (error) {
+    return fail(null, error);
+  }
+  const merged = connections.map((connection, node): NodeReply => ({
+    connection,
+    rowDescription: replies[node].find((r) => r.rowDescription)?.rowDescription ?? null,
+    rows: replies[node].flatMap((r) => r.rows),
+    notices: replies[node].flatMap((r) => r.notices),
+    tag: `INSERT 0 ${replies[node].reduce((n, r) => n + BigInt(r.tag?.split(' ').pop() ?? '0'), 0n)}`,
+    error: null,
+    errorCode: null,
+  }));
+  if (own) await commitEverywhere(connections);
+  for (const frame of mergeReplies(merged)) port.write(frame);
+  return { kind: 'answered', status: own ? 'I' : 'T', wroteOn: own ? [] : connections.map((c) => c.node.id) };
 }
 
 /**

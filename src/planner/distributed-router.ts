@@ -22,6 +22,8 @@ export type DistributedRoute =
   | { readonly kind: 'all-nodes'; readonly rule: DistributedRule }
   /** INSERT ... VALUES: each row to its key's node. */
   | { readonly kind: 'insert-values'; readonly rule: DistributedRule; readonly columns: readonly string[] | null; readonly rows: readonly (readonly Node[])[] }
+  /** INSERT ... SELECT reading only replicated tables: the rows are read on one node and routed like VALUES. */
+  | { readonly kind: 'insert-select'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   | { readonly kind: 'copy-in'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   /** DROP of tables with rules: every node drops them and forgets their rules. */
   | { readonly kind: 'drop'; readonly tables: readonly TableReference[] }
@@ -70,7 +72,8 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       if (conflict?.targetList?.some((t) => t.ResTarget.name === rule.keyColumn)) return keyChange(rule);
       const select = (body.selectStmt as { SelectStmt?: Record<string, unknown> } | undefined)?.SelectStmt;
       const values = select?.valuesLists as { List: { items: Node[] } }[] | undefined;
-      if (!select || !values) return refused(rule.table.name, 'INSERT ... SELECT into it', 'insert the rows with VALUES or COPY');
+      if (!select) return refused(rule.table.name, 'INSERT with DEFAULT VALUES into it', 'give the key value in the statement');
+      if (!values) return { kind: 'insert-select', rule, columns: columns.length > 0 ? columns : null };
       return { kind: 'insert-values', rule, columns: columns.length > 0 ? columns : null, rows: values.map((v) => v.List.items) };
     }
     case 'UpdateStmt':

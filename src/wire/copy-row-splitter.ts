@@ -708,11 +708,20 @@ export class CopyRowSplitter {
       for (;;) {
         let d = line.indexOf(delim, p);
         if (d < 0 || d >= end) d = end;
-        if (field === keyField) key = this.plainField(line, p, d, end);
+        if (field === keyField) key = this.plainField(line, p, d);
         field++;
         if (d === end) break;
         if (field === columns) throw this.fieldError(line, end, 'extra data after last expected column');
         p = d + 1;
+        if (field > keyField && end - p < (columns - field) * 32) {
+          // past the key only the count matters; over short fields a plain loop beats a call per field
+          for (let i = p; i < end; i++) {
+            if (line[i] !== delim) continue;
+            if (++field === columns) throw this.fieldError(line, end, 'extra data after last expected column');
+          }
+          field++;
+          break;
+        }
       }
     } else {
       for (;;) {
@@ -739,10 +748,10 @@ export class CopyRowSplitter {
     return key;
   }
 
-  private plainField(line: Buffer, start: number, stop: number, end: number): string | null {
+  private plainField(line: Buffer, start: number, stop: number): string | null {
     const nullBytes = this.nullBytes;
     if (stop - start === nullBytes.length && line.compare(nullBytes, 0, nullBytes.length, start, stop) === 0) return null;
-    this.checkEncoding(line, start, stop, end);
+    this.checkEncoding(line, start, stop);
     return line.toString('utf8', start, stop);
   }
 
@@ -791,7 +800,7 @@ export class CopyRowSplitter {
   }
 
   private decodeText(line: Buffer, start: number, stop: number, end: number): string {
-    this.checkEncoding(line, start, stop, end);
+    this.checkEncoding(line, start, stop);
     const out = Buffer.allocUnsafe(stop - start);
     let n = 0;
     let highBit = false;
@@ -825,7 +834,7 @@ export class CopyRowSplitter {
       out[n++] = c;
     }
     // escapes can spell bytes that are not UTF-8; PostgreSQL checks the field again then
-    if (highBit) this.checkEncoding(out, 0, n, n, line, end);
+    if (highBit) this.checkEncoding(out, 0, n, line, end);
     return out.toString('utf8', 0, n);
   }
 
@@ -875,7 +884,7 @@ export class CopyRowSplitter {
       const nullBytes = this.nullBytes;
       if (!sawQuote && rawEnd - start === nullBytes.length && line.compare(nullBytes, 0, nullBytes.length, start, rawEnd) === 0) this.value = null;
       else {
-        this.checkEncoding(line, start, rawEnd, end);
+        this.checkEncoding(line, start, rawEnd);
         this.value = out.toString('utf8', 0, n);
       }
     }
@@ -907,7 +916,7 @@ export class CopyRowSplitter {
    * PostgreSQL refuses bytes that are not UTF-8 (and NUL) anywhere in the data; the key is checked here so that
    * it is never routed by a mangled value, the other fields by the node that receives them.
    */
-  private checkEncoding(buf: Buffer, start: number, stop: number, end: number, decodedFrom: Buffer | null = null, lineEnd = 0): void {
+  private checkEncoding(buf: Buffer, start: number, stop: number, decodedFrom: Buffer | null = null, lineEnd = 0): void {
     let i = start;
     while (i < stop) {
       const c = buf[i];
@@ -917,8 +926,8 @@ export class CopyRowSplitter {
     if (i === stop) return;
     if (buf[i] !== 0 && isUtf8(buf.subarray(i, stop)) && buf.subarray(i, stop).indexOf(0) < 0) return;
     const bad = firstInvalidUtf8(buf, i, stop);
-    // like report_invalid_encoding: the bad character's bytes, which may run on past the field
-    const count = Math.min(utf8Length(buf[bad]), end - bad, 8);
+    // like report_invalid_encoding: the bad character's bytes, which for input bytes may run on past the field
+    const count = Math.min(utf8Length(buf[bad]), (decodedFrom ? stop : buf.length) - bad, 8);
     const bytes = Array.from(buf.subarray(bad, bad + count), (b) => `0x${b.toString(16).padStart(2, '0')}`).join(' ');
     throw new CopyDataError(
       // PostgreSQL meets bad input bytes while reading the line, bad escaped ones after: only then can it show the line

@@ -107,8 +107,12 @@ export class ProxyServer {
     });
   }
 
+  private readonly sockets = new Set<Socket>();
+
   private accept(socket: Socket): void {
     socket.on('error', () => undefined);
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
     new ClientSession(socket, this.context);
   }
 
@@ -121,6 +125,8 @@ export class ProxyServer {
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
+    // A client that does not close its side after our goodbye must not keep the proxy from stopping.
+    for (const socket of this.sockets) socket.destroy();
     await closed;
     this.servers.length = 0;
   }

@@ -272,3 +272,64 @@ test('COPY FROM STDIN streams each row to its node, in text and CSV; a bad row w
   await assertPlaced('copied', 2002);
   await assertPlaced('regions', 5);
 });
+
+test('INSERT ... SELECT from replicated tables routes every row, with ON CONFLICT and RETURNING', async () => {
+  await client.query('create table source_rows (id int, note text)');
+  await client.query("insert into source_rows select g, 'n' || g from generate_series(1, 2500) g");
+  await client.query('create table target_rows (id int primary key, note text)');
+  await client.query("select parapool.distribute_table('target_rows', 'id')");
+  const result = await client.query('insert into target_rows select id, note from source_rows where id <= 2400');
+  assert.equal(result.rowCount, 2400);
+  const again = await client.query("insert into target_rows (note, id) select 'new', id from source_rows where id > 2390 on conflict (id) do nothing returning id");
+  assert.equal(again.rowCount, 100);
+  assert.equal(again.rows.length, 100);
+  await assertPlaced('target_rows', 2500);
+  assert.deepEqual(await rowsOf(client, 'select note from target_rows where id = 2395'), [['n2395']]);
+  await expectError('insert into target_rows select id, note from source_rows', '23505');
+  await assertPlaced('target_rows', 2500);
+});
+
+test('rule changes are serialised: concurrent changes from two sessions leave one consistent catalog', async () => {
+  await client.query('create table race_a (k int)');
+  await client.query('create table race_b (k int)');
+  const other = await cluster.connect();
+  const results = await Promise.allSettled([
+    client.query("select parapool.distribute_table('race_a', 'k')"),
+    other.query("select parapool.distribute_table('race_b', 'k')"),
+    other.query("select parapool.distribute_table('race_a', 'k')").catch((e) => Promise.reject(e)),
+  ]);
+  await other.end();
+  assert.equal(results[0].status, 'fulfilled');
+  assert.equal(results[1].status, 'fulfilled');
+  assert.equal(results[2].status, 'rejected');
+  assert.match(String((results[2] as PromiseRejectedResult).reason.message), /already distributed/);
+  const catalogs = await catalogOnEachNode();
+  assert.equal(catalogs[1], catalogs[0]);
+  assert.equal(catalogs[2], catalogs[0]);
+});
+
+test('an interrupted distribution leaves the table intact and readable; a node down refuses the change', async () => {
+  await client.query('create table fragile (k int, v text)');
+  await client.query("insert into fragile select g, 'v' || g from generate_series(1, 500) g");
+  commitFailpoints.afterPrepare = true;
+  client.on('error', () => undefined); // the session ends as if the proxy had died
+  await assert.rejects(client.query("select parapool.distribute_table('fragile', 'k')"));
+  commitFailpoints.afterPrepare = false;
+  await client.end().catch(() => undefined);
+  await cluster.restartProxy();
+  client = await cluster.connect();
+  assert.deepEqual(await onEachNode('select count(*) from fragile'), [[['500']], [['500']], [['500']]]);
+  assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'fragile'"), [['0']]);
+  await client.end();
+  await cluster.nodes[2].stop('fast');
+  await cluster.restartProxy();
+  client = await cluster.connect();
+  await expectError("select parapool.distribute_table('fragile', 'k')", '55000', /every node is in service/);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from fragile'), [['500']]);
+  await cluster.nodes[2].start();
+  await client.end();
+  await cluster.restartProxy();
+  client = await cluster.connect();
+  await client.query("select parapool.distribute_table('fragile', 'k')");
+  await assertPlaced('fragile', 500);
+});
