@@ -93,8 +93,9 @@ function errorOf(o: Outcome): NonNullable<Outcome['error']> {
   return o.error;
 }
 
-const text = formatOf();
-const csv = formatOf('(format csv)');
+// built before the parser has loaded, from the DefElem nodes libpg-query produces
+const text = copyFormatFromOptions(undefined);
+const csv = copyFormatFromOptions([{ DefElem: { defname: 'format', arg: { String: { sval: 'csv' } }, location: 19 } }]);
 
 describe('text format', () => {
   test('rows end at \\n; each row keeps its bytes and its line number', () => {
