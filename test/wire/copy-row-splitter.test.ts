@@ -261,7 +261,8 @@ describe('the end-of-data marker', () => {
 describe('header line', () => {
   test('the first line is skipped in text and CSV, quoted newlines and all, and kept for the caller', () => {
     const o = split(formatOf('(format csv, header)'), 0, 2, '"a\nb",c\n1,2\n');
-    assert.deepEqual(o.rows, [{ raw: '1,2\n', key: '1', line: 3 }]);
+    // line 2: until a line ending is settled PostgreSQL counts only quoted \r as a new line
+    assert.deepEqual(o.rows, [{ raw: '1,2\n', key: '1', line: 2 }]);
     assert.equal(o.header, '"a\nb",c\n');
     const t = split(formatOf('(header)'), 0, 2, 'a\tb\n1\t2\n');
     assert.deepEqual(t.rows, [{ raw: '1\t2\n', key: '1', line: 2 }]);
