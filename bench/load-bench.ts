@@ -681,7 +681,7 @@ function disturbance(rows: Row[], facts: Facts): string {
   const worstMedian = Math.max(...medians);
   const text =
     `Processes outside the benchmark used at most ${(worstMedian * 100).toFixed(1)} % of the machine's CPU during a median run` +
-    (all.length > medians.length ? ` (${(Math.max(...all) * 100).toFixed(1)} % during the most disturbed run of all)` : '');
+    (Math.max(...all) > worstMedian + 0.0005 ? ` (${(Math.max(...all) * 100).toFixed(1)} % during the most disturbed run of all)` : '');
   return worstMedian >= busyThreshold
     ? `${text}: the rows flagged in the notes were slowed by other work and understate what this machine can do.`
     : `${text}, so the medians were not disturbed by other work.`;

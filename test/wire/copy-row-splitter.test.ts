@@ -64,14 +64,19 @@ function randomChunks(input: Buffer, random: () => number, maxPiece: number): Bu
 
 /**
  * Splits `input` whole, cut in two at every offset, byte by byte and in random chunkings, requiring the same
- * rows (or the same error) every time; returns that outcome. Rows that failed are dropped from the comparison
- * because a failing push discards the rows it completed.
+ * outcome every time, and returns it. After an error only the error is compared: a push that fails loses the
+ * rows it had completed.
  */
 function split(format: CopyFormat, key: number, columns: number, input: string | Buffer, options?: CopyRowSplitterOptions): Outcome {
   const bytes = typeof input === 'string' ? Buffer.from(input, 'utf8') : input;
   const whole = runChunks(format, key, columns, [bytes], options);
   const comparable = (o: Outcome) => (o.error ? { error: o.error } : o);
   const expected = comparable(whole);
+  if (!whole.error) {
+    // rows are the input's own bytes, in order; only a header line, an end marker and what follows it are left out
+    const kept = (whole.header ?? '') + whole.rows.map((r) => r.raw).join('');
+    assert.ok(bytes.toString('latin1').startsWith(kept), 'rows are not the input bytes');
+  }
   for (let cut = 0; cut <= bytes.length; cut++) {
     assert.deepEqual(comparable(runChunks(format, key, columns, [bytes.subarray(0, cut), bytes.subarray(cut)], options)), expected, `cut at ${cut}`);
   }
