@@ -316,7 +316,10 @@ async function changeOnEveryNode(
       await connection.query(`LOCK TABLE ${qualifiedName(table)} IN ACCESS EXCLUSIVE MODE`);
     }
     if (afterLock) await afterLock();
-    await Promise.all(connections.map((connection, index) => change(connection, index)));
+    // Every node's part must have finished before a failure rolls the others back.
+    const outcomes = await Promise.allSettled(connections.map((connection, index) => change(connection, index)));
+    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failed) throw failed.reason;
   } catch (error) {
     await Promise.all(connections.map((c) => (c.txStatus !== 'I' ? c.query('ROLLBACK') : Promise.resolve()).catch(() => undefined)));
     throw error;

@@ -134,6 +134,16 @@ async function insertValues(route: Extract<DistributedRoute, { kind: 'insert-val
   return scatter(parts, port, rowNodes.map((n) => nodes.indexOf(n)));
 }
 
+/** Opens a transaction on each connection; on a failure, closes the ones opened and rethrows. */
+export async function beginEverywhere(connections: readonly BackendConnection[]): Promise<void> {
+  const outcomes = await Promise.allSettled(connections.map((c) => c.query('BEGIN')));
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failed) {
+    await Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    throw failed.reason;
+  }
+}
+
 const fetchSize = 1000;
 
 /**
@@ -155,7 +165,7 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
     port.write(frame!);
     return { kind: 'answered', status: own ? 'I' : 'E', wroteOn: [] };
   };
-  if (own) await Promise.all(connections.map((c) => c.query('BEGIN')));
+  if (own) await beginEverywhere(connections);
   const replies: NodeReply[][] = connections.map(() => []);
   try {
     await reader.query(`DECLARE parapool_insert_source NO SCROLL CURSOR FOR ${deparseSync(insert.selectStmt as Node)}`);
@@ -203,14 +213,14 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
  */
 async function scatter(parts: { connection: BackendConnection; sql: string }[], port: SessionPort, order?: number[]): Promise<DistributedOutcome> {
   const own = port.status === 'I';
-  if (own) await Promise.all(parts.map((p) => p.connection.query('BEGIN')));
-  let replies: NodeReply[];
-  try {
-    replies = await Promise.all(parts.map((p) => collectReply(p.connection, p.sql)));
-  } catch (error) {
+  if (own) await beginEverywhere(parts.map((p) => p.connection));
+  const outcomes = await Promise.allSettled(parts.map((p) => collectReply(p.connection, p.sql)));
+  const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (lost) {
     if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));
-    throw new PgError({ code: SqlState.connectionFailure, message: `lost a node during the statement: ${(error as Error).message}` });
+    throw new PgError({ code: SqlState.connectionFailure, message: `lost a node during the statement: ${(lost.reason as Error).message}` });
   }
+  const replies = outcomes.map((o) => (o as PromiseFulfilledResult<NodeReply>).value);
   const failed = replies.find((r) => r.error);
   if (failed) {
     if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));

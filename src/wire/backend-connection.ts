@@ -268,6 +268,18 @@ export class BackendConnection {
    * (reset, time evaluation, checks), never for client traffic. Rejects with the node's error.
    */
   query(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
+    // N.B. one exchange at a time: a second query sent before the first's ReadyForQuery would take its replies.
+    const run = this.queryTail.then(() => this.runQuery(sql));
+    this.queryTail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private queryTail: Promise<void> = Promise.resolve();
+
+  private runQuery(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
     return new Promise((resolvePromise, reject) => {
       const rows: (string | null)[][] = [];
       const tags: string[] = [];

@@ -22,7 +22,7 @@ import type { Catalog, CatalogRegistry } from '../catalog/catalog';
 import { readCatalog } from '../catalog/catalog';
 import { quoteLiteral } from '../catalog/partition-rule';
 import { runRuleCommand } from '../catalog/rule-commands';
-import { keyPosition, nodesOfKeys, runDistributedStatement, tableColumnNames, type SessionPort } from '../executor/distributed-statement';
+import { beginEverywhere, keyPosition, nodesOfKeys, runDistributedStatement, tableColumnNames, type SessionPort } from '../executor/distributed-statement';
 import { CopyRouter, RelayedError } from '../executor/copy-router';
 import { sumTags } from '../executor/scatter-write';
 import { copyFormatFromOptions } from './copy-row-splitter';
@@ -849,7 +849,7 @@ export class ClientSession implements ClientSink {
     const columns = route.columns ?? (await tableColumnNames(rule, port));
     const keyField = await keyPosition(rule, columns, port);
     const own = this.status === 'I';
-    if (own) for (const connection of connections) await connection.query('BEGIN');
+    if (own) await beginEverywhere(connections);
     const rollback = async () => {
       if (own) await Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined)));
     };

@@ -333,3 +333,26 @@ test('an interrupted distribution leaves the table intact and readable; a node d
   await client.query("select parapool.distribute_table('fragile', 'k')");
   await assertPlaced('fragile', 500);
 });
+
+test('a node that dies while rows move leaves the table intact on every node', async () => {
+  await client.query('create function slow_node(k int) returns int language sql volatile as $$ select k % 3 + (pg_sleep(0.005)::text = \'x\')::int $$');
+  await client.query('create table doomed (k int, v text)');
+  await client.query("insert into doomed select g, 'v' || g from generate_series(1, 600) g");
+  client.on('error', () => undefined);
+  const change = client.query("select parapool.distribute_table('doomed', 'k', 'function', 'slow_node')").then(
+    () => null,
+    (error: Error) => error,
+  );
+  await new Promise((r) => setTimeout(r, 1000));
+  await cluster.nodes[2].stop('immediate');
+  const error = await change;
+  assert.ok(error, 'the change failed');
+  assert.match(error!.message, /node 2|lost|connection/);
+  await cluster.nodes[2].start();
+  await client.end().catch(() => undefined);
+  await cluster.restartProxy();
+  client = await cluster.connect();
+  assert.deepEqual(await onEachNode('select count(*) from doomed'), [[['600']], [['600']], [['600']]]);
+  assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'doomed'"), [['0']]);
+  assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+});
