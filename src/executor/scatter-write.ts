@@ -90,3 +90,55 @@ export function mergeReplies(replies: readonly NodeReply[], order?: readonly num
   frames.push(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'SELECT 0'))));
   return frames;
 }
+
+export interface BatchReply {
+  /** Every reply frame but ReadyForQuery and the replies to the proxy's own Parse/Close, in order. */
+  readonly frames: Buffer[];
+  /** The DataRows among them. */
+  readonly rows: Buffer[];
+  tag: string | null;
+  error: Buffer | null;
+}
+
+/**
+ * Sends an extended-protocol batch (ending with Sync) and keeps its replies until ReadyForQuery. `injected` marks,
+ * for each Parse or Close sent, whether it is the proxy's own, whose reply the client must not see.
+ */
+export function collectBatch(connection: BackendConnection, frames: readonly Buffer[], injected: readonly boolean[]): Promise<BatchReply> {
+  return new Promise((resolvePromise, reject) => {
+    const reply: BatchReply = { frames: [], rows: [], tag: null, error: null };
+    const queue = [...injected];
+    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
+    connection.onClose(lost);
+    connection.busy = true;
+    connection.setHandler((frame) => {
+      switch (frame.code) {
+        case BackendCode.parseComplete:
+        case BackendCode.closeComplete:
+          if (queue.shift() === true) return;
+          break;
+        case BackendCode.dataRow:
+          reply.rows.push(frame.raw);
+          return;
+        case BackendCode.commandComplete:
+          reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+          break;
+        case BackendCode.errorResponse:
+          reply.error = Buffer.from(frame.raw);
+          queue.length = 0;
+          break;
+        case BackendCode.copyInResponse:
+          connection.writeMany([serialize.copyFail('COPY through the extended protocol is not supported'), serialize.sync()]);
+          return;
+        case BackendCode.readyForQuery:
+          connection.setHandler(null);
+          connection.busy = false;
+          connection.removeCloseListener(lost);
+          resolvePromise(reply);
+          return;
+      }
+      reply.frames.push(frame.raw);
+    });
+    connection.writeMany(frames as Buffer[]);
+  });
+}

@@ -24,7 +24,7 @@ import { quoteLiteral } from '../catalog/partition-rule';
 import { runRuleCommand } from '../catalog/rule-commands';
 import { beginEverywhere, keyPosition, nodesOfKeys, runDistributedStatement, tableColumnNames, type SessionPort } from '../executor/distributed-statement';
 import { CopyRouter, RelayedError } from '../executor/copy-router';
-import { sumTags } from '../executor/scatter-write';
+import { collectBatch, sumTags, type BatchReply } from '../executor/scatter-write';
 import { copyFormatFromOptions } from './copy-row-splitter';
 import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
@@ -47,7 +47,7 @@ import {
   renameBindStatement,
   type BindMessage,
 } from './frontend-messages';
-import { FrontendCode, type TransactionStatus } from './message-codes';
+import { BackendCode, FrontendCode, type TransactionStatus } from './message-codes';
 import type { StoredSecret } from './password-file';
 import { serverMessages } from './server-messages';
 
@@ -574,15 +574,27 @@ export class ClientSession implements ClientSink {
       }
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
-    const routed = await this.routeExtendedBatch(messages, dispatch !== null);
+    const routed = await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
+    if (Array.isArray(routed)) return this.scatterExtended(messages, routed, terminator);
     if (!dispatch) {
       const targets = routed ? [routed] : this.targets(isWrite);
       dispatch = this.openDispatch(targets, isWrite, true);
     } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
+    const sends = this.buildSends(messages, dispatch.connections, terminator, isSync);
+    dispatch.send(sends);
+    if (isSync) await this.finishDispatch(dispatch);
+  }
+
+  /**
+   * What each node is sent for a batch: the client's messages, with the Parses (and Closes) that re-create on a
+   * node the statements it lacks, and the proxy's refusals in place of refused messages. Updates the session's
+   * view of statements and portals.
+   */
+  private buildSends(messages: readonly PendingMessage[], connections: readonly BackendConnection[], terminator: Frame, isSync: boolean): NodeSend[] {
     const rejections: PgError[] = [];
-    const sends: NodeSend[] = dispatch.connections.map((connection) => ({ connection, frames: [], injected: [], syncs: 0 }));
+    const sends: NodeSend[] = connections.map((connection) => ({ connection, frames: [], injected: [], syncs: 0 }));
     for (const message of messages) {
       if (message.rejection) {
         rejections.push(message.rejection);
@@ -641,8 +653,7 @@ export class ClientSession implements ClientSink {
       if (isSync) (send as { syncs: number }).syncs = 1;
     }
     this.rejections.push(...rejections);
-    dispatch.send(sends);
-    if (isSync) await this.finishDispatch(dispatch);
+    return sends;
   }
 
   private rejections: PgError[] = [];
@@ -669,8 +680,10 @@ export class ClientSession implements ClientSink {
    * (their keys read from the Bind parameters); null when the batch touches no distributed table. Messages whose
    * statements need more than one node, or a shape this protocol path does not route, get a rejection.
    */
-  private async routeExtendedBatch(messages: PendingMessage[], flushed: boolean): Promise<BackendConnection | null> {
+  private async routeExtendedBatch(messages: PendingMessage[], flushed: boolean): Promise<BackendConnection | BackendConnection[] | null> {
     let node: number | null = null;
+    let scatter: number[] | null = null;
+    const executes = messages.filter((m) => m.frame.code === FrontendCode.execute).length;
     for (const [index, message] of messages.entries()) {
       if (message.frame.code !== FrontendCode.bind || message.rejection) continue;
       const route = this.statementBefore(messages, index, message.statementName!)?.route;
@@ -682,25 +695,77 @@ export class ClientSession implements ClientSink {
         if (!(error instanceof PgError) || error.severity !== 'ERROR') throw error;
         nodes = error;
       }
-      if (!(nodes instanceof PgError) && nodes.length === 1 && (node === null || node === nodes[0]) && !flushed) {
+      if (!(nodes instanceof PgError) && nodes.length === 1 && (node === null || node === nodes[0]) && scatter === null && !flushed) {
         node = nodes[0];
+        continue;
+      }
+      // A write on several nodes runs as one batch per node, merged, when it is the batch's only execution.
+      const write = route.kind === 'all-nodes' || (route.kind === 'pinned' && route.write);
+      if (!(nodes instanceof PgError) && nodes.length > 1 && write && node === null && scatter === null && executes === 1 && !flushed) {
+        scatter = nodes;
         continue;
       }
       const error = nodes instanceof PgError ? nodes : new PgError({
         code: SqlState.featureNotSupported,
-        message: 'an extended-protocol batch whose rows live on more than one node is not supported yet',
-        hint: 'send one row or key per execution, or use the simple query protocol',
+        message: write
+          ? 'an extended-protocol batch that writes on several nodes must hold that one execution only'
+          : 'an extended-protocol batch whose rows live on more than one node is not supported yet',
+        hint: write ? 'send Sync after each such execution' : 'send one row or key per execution, or use the simple query protocol',
       });
       messages[index] = { ...message, rejection: error };
     }
-    if (node === null) return null;
     try {
-      return this.port.connectionFor(node);
+      if (scatter) return scatter.map((n) => this.port.connectionFor(n));
+      return node === null ? null : this.port.connectionFor(node);
     } catch (error) {
       if (!(error instanceof PgError)) throw error;
       for (const [index, message] of messages.entries()) if (message.frame.code === FrontendCode.bind) messages[index] = { ...message, rejection: error };
       return null;
     }
+  }
+
+  /**
+   * Runs one extended-protocol execution that writes on several nodes: each node runs the batch in a transaction,
+   * and the client gets one answer (the first node's replies, every node's rows, the summed command tag), then
+   * the nodes commit together.
+   */
+  private async scatterExtended(messages: PendingMessage[], connections: BackendConnection[], terminator: Frame): Promise<void> {
+    const own = this.status === 'I';
+    if (own) await beginEverywhere(connections);
+    const sends = this.buildSends(messages, connections, terminator, true);
+    const outcomes = await Promise.allSettled(sends.map((send) => collectBatch(send.connection, send.frames, send.injected)));
+    const rejections = this.rejections;
+    this.rejections = [];
+    const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    const rollback = () => (own ? Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined))) : Promise.resolve());
+    if (lost) {
+      await rollback();
+      throw new PgError({ code: SqlState.connectionFailure, message: `lost a node during the statement: ${(lost.reason as Error).message}` });
+    }
+    const replies = outcomes.map((o) => (o as PromiseFulfilledResult<BatchReply>).value);
+    const failed = replies.find((r) => r.error);
+    const leader = replies[0];
+    const resultAt = leader.frames.findIndex((f) => [BackendCode.dataRow, BackendCode.commandComplete, BackendCode.errorResponse, BackendCode.emptyQueryResponse, BackendCode.portalSuspended].includes(f[0]));
+    const prefix = resultAt < 0 ? leader.frames : leader.frames.slice(0, resultAt);
+    for (const frame of prefix) this.write(frame);
+    if (failed) {
+      await rollback();
+      const error = failed.error!;
+      this.write(error.includes(rejectionMarker) && rejections.length > 0 ? serverMessages.errorResponse(rejections[0]) : error);
+      this.status = own ? 'I' : 'E';
+      await this.reconcileTransactions();
+      this.write(serverMessages.readyForQuery(this.status));
+      return;
+    }
+    if (own) await commitEverywhere(connections);
+    else for (const connection of connections) this.writtenNodes.add(connection.node.id);
+    for (const reply of replies) for (const row of reply.rows) this.write(row);
+    this.write(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'UPDATE 0'))));
+    const after = leader.frames.slice(leader.frames.findIndex((f) => f[0] === BackendCode.commandComplete) + 1);
+    for (const frame of after) this.write(frame);
+    this.status = own ? 'I' : 'T';
+    if (this.status === 'I') this.portals.clear();
+    this.write(serverMessages.readyForQuery(this.status));
   }
 
   private async nodesForBind(route: DistributedRoute, bind: BindMessage): Promise<number[]> {
@@ -721,6 +786,8 @@ export class ClientSession implements ClientSink {
         const position = await keyPosition(route.rule, route.columns, port);
         return nodesOfKeys(route.rule, [keyValueOf(route.rows[0][position])], port, parameters);
       }
+      case 'all-nodes':
+        return Array.from({ length: route.rule.nodeCount }, (_, i) => i);
       case 'refused':
         throw route.error;
     }

@@ -356,3 +356,24 @@ test('a node that dies while rows move leaves the table intact on every node', a
   assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'doomed'"), [['0']]);
   assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
 });
+
+test('extended protocol: one-key statements go to their node; a write on all nodes is merged and atomic', async () => {
+  await client.query('create table ext_rows (id int primary key, v int)');
+  await client.query("select parapool.distribute_table('ext_rows', 'id')");
+  for (let id = 1; id <= 30; id++) await client.query({ text: 'insert into ext_rows values ($1, $2)', values: [id, id * 10] });
+  await assertPlaced('ext_rows', 30);
+  const updated = await client.query({ text: 'update ext_rows set v = v + $1 where v > $2 returning id', values: [1, 100] });
+  assert.equal(updated.rowCount, 20);
+  assert.deepEqual(updated.rows.map((r) => Number(r.id)).sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 11));
+  const prepared = { name: 'ext_delete', text: 'delete from ext_rows where v < $1' };
+  assert.equal((await client.query({ ...prepared, values: [50] })).rowCount, 4);
+  assert.equal((await client.query({ ...prepared, values: [70] })).rowCount, 2);
+  await assert.rejects(client.query({ text: 'update ext_rows set v = 1 / (v - $1)', values: [111] }), (e: { code?: string }) => e.code === '22012');
+  assert.deepEqual(await rowsOf(client, 'select v from ext_rows where id = 11'), [['111']], 'the failed update changed nothing anywhere');
+  await client.query('begin');
+  await client.query({ text: 'update ext_rows set v = v * 2 where v > $1', values: [0] });
+  await client.query('rollback');
+  assert.deepEqual(await rowsOf(client, 'select v from ext_rows where id = 30'), [['301']]);
+  await assert.rejects(client.query({ text: 'select count(*) from ext_rows where v > $1', values: [0] }), (e: { code?: string; message: string }) => e.code === '0A000' && /ext_rows/.test(e.message));
+  await assertPlaced('ext_rows', 24);
+});
