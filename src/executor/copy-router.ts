@@ -82,9 +82,19 @@ export class CopyRouter {
     this.wakeIfDrained();
   }
 
+  /** Connections whose drain this router already waits for (one listener each, not one per call). */
+  private readonly awaitingDrain = new Set<BackendConnection>();
+
   private wakeIfDrained(): void {
     if (this.queued >= 8 || this.connections.some((c) => c.needsDrain)) {
-      for (const c of this.connections) if (c.needsDrain) c.onceDrained(() => this.wakeIfDrained());
+      for (const c of this.connections) {
+        if (!c.needsDrain || this.awaitingDrain.has(c)) continue;
+        this.awaitingDrain.add(c);
+        c.onceDrained(() => {
+          this.awaitingDrain.delete(c);
+          this.wakeIfDrained();
+        });
+      }
       return;
     }
     const waiters = this.drainWaiters;

@@ -138,7 +138,7 @@ export class ReplicatedDispatch {
     let drained = true;
     for (const state of this.states) {
       if (state.lost) continue;
-      if (!state.connection.write(frame.raw)) drained = false;
+      if (!state.connection.writeCoalesced(frame.raw)) drained = false;
     }
     if (frame.code === FrontendCode.copyDone || frame.code === FrontendCode.copyFail) this.copyIn = false;
     return drained;

@@ -230,6 +230,26 @@ export class BackendConnection {
     return this.socket.write(bytes);
   }
 
+  private corked = false;
+
+  /**
+   * Writes bytes, coalescing every write of this turn of the event loop into one system call: for streams of
+   * small messages (a client's COPY data, one row a message) where a write per message would cost more than the
+   * message.
+   */
+  writeCoalesced(bytes: Buffer): boolean {
+    if (this.closed) return false;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    return this.socket.write(bytes);
+  }
+
   writeMany(chunks: Buffer[]): void {
     if (this.closed || chunks.length === 0) return;
     if (chunks.length === 1) {
