@@ -747,7 +747,7 @@ function reading(rows: Row[], options: Options, facts: Facts): string {
       `(${(p.seconds / d.seconds).toFixed(1)} times as long${biggest ? `; the difference is mostly in its ${biggest[0]} step, ${biggest[2].toFixed(2)} s directly and ${biggest[1].toFixed(2)} s through the proxy` : ''}),`,
       `and the proxy used ${p.cpu.proxy.toFixed(1)} CPU-seconds, ${percent(p.cpu.proxy / p.seconds)} of one core over the whole run.`,
       'With one node and no partition rules the COPY of pgbench_accounts is relayed as a replicated write, message by message, without',
-      'being cut into rows. But pgbench sends every row as a CopyData message of its own (about 100 bytes), where psql\'s `\\copy` packs',
+      'being cut into rows. But pgbench sends every row as a CopyData message of its own (a pgbench_accounts row is about 15 bytes), where psql\'s `\\copy` packs',
       `rows into 8 kB messages, so the proxy receives ${thousands(pgProxy.rows)} small messages and writes each on to the node with a socket write of its own:`,
       `about ${((p.cpu.proxy / pgProxy.rows) * 1e6).toFixed(1)} µs of proxy CPU a row, against the distributed COPY's cost above, which batches rows per node.`,
       'That per-message cost, not the bytes, is what the client-side generate step measures. The DDL, VACUUM and index builds are run by the node alone.',

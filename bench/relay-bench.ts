@@ -608,7 +608,9 @@ function reading(rows: Row[], targets: string[], options: Options, facts: Facts)
   const failures = rows.filter((r) => r.tps === null && !r.note.startsWith('n/a'));
   const fastest = modes.map((mode) => {
     const measured = rows.filter((r) => r.mode === mode && r.target !== 'direct' && r.tps !== null).sort((a, b) => b.tps! - a.tps!);
-    return measured.length > 0 ? `${measured[0].target} with -M ${mode}` : null;
+    if (measured.length === 0) return null;
+    const absent = rows.filter((r) => r.mode === mode && r.target !== 'direct' && r.tps === null).map((r) => r.target);
+    return `${measured[0].target} with -M ${mode}` + (absent.length > 0 ? ` (of the relays that ran it: not ${absent.join(', ')})` : '');
   }).filter((f) => f !== null);
   return [
     `Relative to direct connections, throughput was: ${parts.join('; ')}.`,
@@ -620,8 +622,8 @@ function reading(rows: Row[], targets: string[], options: Options, facts: Facts)
     'its own, or across a real network, the gap to direct would be smaller. The processes also differ in kind: parapool relays in one',
     'Node.js process and parses each statement to route it, PgBouncer is one single-threaded C process that only forwards messages, and',
     'pgpool-II runs one process per client session and also parses the SQL. Each row is one run of',
-    `${options.duration} s after a ${options.warmup} s warm-up; runs on a shared 2-core machine vary by several percent, so differences`,
-    'of less than about 5 % between rows mean little.',
+    `${options.duration} s after a ${options.warmup} s warm-up; on this 2-core machine the same row differed by up to about 15 % between`,
+    'quiet runs, so only larger differences between rows mean much.',
     ...(failures.length > 0 ? [`Failed rows: ${failures.map((f) => `${f.target} ${f.mode} (${f.note})`).join('; ')}.`] : []),
   ].join(' ');
 }

@@ -7,37 +7,18 @@ import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
 import type { PgError } from '../wire/errors';
 import { BackendCode } from '../wire/message-codes';
 
-/** Runs one exchange on a connection, calling `onFrame` for every frame until ReadyForQuery; rejects with the node's error. */
-function exchange(connection: BackendConnection, sql: string, onFrame: (code: number, raw: Buffer) => void, readyForData?: () => void): Promise<string> {
-  return new Promise((resolvePromise, reject) => {
-    let error: PgError | null = null;
-    let tag = '';
-    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
-    connection.onClose(lost);
-    connection.busy = true;
-    connection.setHandler((frame) => {
-      switch (frame.code) {
-        case BackendCode.errorResponse:
-          error = pgErrorFromBackend(decodeBackendNotice(frame));
-          break;
-        case BackendCode.commandComplete:
-          tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
-          break;
-        case BackendCode.copyInResponse:
-          readyForData?.();
-          break;
-        case BackendCode.readyForQuery:
-          connection.setHandler(null);
-          connection.busy = false;
-          connection.removeCloseListener(lost);
-          if (error) reject(error);
-          else resolvePromise(tag);
-          return;
-      }
-      onFrame(frame.code, frame.raw);
-    });
-    connection.write(serialize.query(sql));
+/** Runs a COPY statement, passing its frames on; resolves with its command tag, rejects with the node's error. */
+async function exchange(connection: BackendConnection, sql: string, onFrame: (code: number, raw: Buffer) => void, readyForData?: () => void): Promise<string> {
+  let error: PgError | null = null;
+  let tag = '';
+  await connection.exchange([serialize.query(sql)], (frame) => {
+    if (frame.code === BackendCode.errorResponse) error = pgErrorFromBackend(decodeBackendNotice(frame));
+    else if (frame.code === BackendCode.commandComplete) tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+    else if (frame.code === BackendCode.copyInResponse) readyForData?.();
+    onFrame(frame.code, frame.raw);
   });
+  if (error) throw error;
+  return tag;
 }
 
 /** Copies rows from `source` (a COPY ... TO STDOUT) into every target (a COPY ... FROM STDIN); returns the row count. */

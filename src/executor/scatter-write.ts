@@ -23,44 +23,33 @@ export interface NodeReply {
  * Runs one simple query on a node and keeps every reply frame; rejects only when the connection is lost. A COPY
  * FROM STDIN is refused unless `onCopyIn` takes its CopyInResponse (the caller then streams the data).
  */
-export function collectReply(connection: BackendConnection, sql: string, onCopyIn?: (raw: Buffer) => void): Promise<NodeReply> {
-  return new Promise((resolvePromise, reject) => {
-    const reply: NodeReply = { connection, rowDescription: null, rows: [], notices: [], tag: null, error: null, errorCode: null };
-    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
-    connection.onClose(lost);
-    connection.busy = true;
-    connection.setHandler((frame) => {
-      switch (frame.code) {
-        case BackendCode.rowDescription:
-          reply.rowDescription = frame.raw;
-          break;
-        case BackendCode.dataRow:
-          reply.rows.push(frame.raw);
-          break;
-        case BackendCode.noticeResponse:
-          reply.notices.push(frame.raw);
-          break;
-        case BackendCode.commandComplete:
-          reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
-          break;
-        case BackendCode.errorResponse:
-          reply.error = Buffer.from(frame.raw);
-          reply.errorCode = decodeBackendNotice(frame).code ?? null;
-          break;
-        case BackendCode.copyInResponse:
-          if (onCopyIn) onCopyIn(Buffer.from(frame.raw));
-          else connection.write(serialize.copyFail('no COPY data in this exchange'));
-          break;
-        case BackendCode.readyForQuery:
-          connection.setHandler(null);
-          connection.busy = false;
-          connection.removeCloseListener(lost);
-          resolvePromise(reply);
-          break;
-      }
-    });
-    connection.write(serialize.query(sql));
+export async function collectReply(connection: BackendConnection, sql: string, onCopyIn?: (raw: Buffer) => void): Promise<NodeReply> {
+  const reply: NodeReply = { connection, rowDescription: null, rows: [], notices: [], tag: null, error: null, errorCode: null };
+  await connection.exchange([serialize.query(sql)], (frame) => {
+    switch (frame.code) {
+      case BackendCode.rowDescription:
+        reply.rowDescription = frame.raw;
+        break;
+      case BackendCode.dataRow:
+        reply.rows.push(frame.raw);
+        break;
+      case BackendCode.noticeResponse:
+        reply.notices.push(frame.raw);
+        break;
+      case BackendCode.commandComplete:
+        reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+        break;
+      case BackendCode.errorResponse:
+        reply.error = Buffer.from(frame.raw);
+        reply.errorCode = decodeBackendNotice(frame).code ?? null;
+        break;
+      case BackendCode.copyInResponse:
+        if (onCopyIn) onCopyIn(Buffer.from(frame.raw));
+        else connection.write(serialize.copyFail('no COPY data in this exchange'));
+        break;
+    }
   });
+  return reply;
 }
 
 /** A command tag with the row counts of several nodes added up ("INSERT 0 n", "UPDATE n", "COPY n", ...). */
@@ -104,41 +93,30 @@ export interface BatchReply {
  * Sends an extended-protocol batch (ending with Sync) and keeps its replies until ReadyForQuery. `injected` marks,
  * for each Parse or Close sent, whether it is the proxy's own, whose reply the client must not see.
  */
-export function collectBatch(connection: BackendConnection, frames: readonly Buffer[], injected: readonly boolean[]): Promise<BatchReply> {
-  return new Promise((resolvePromise, reject) => {
-    const reply: BatchReply = { frames: [], rows: [], tag: null, error: null };
-    const queue = [...injected];
-    const lost = () => reject(new Error(`lost connection to node ${connection.node.id}`));
-    connection.onClose(lost);
-    connection.busy = true;
-    connection.setHandler((frame) => {
-      switch (frame.code) {
-        case BackendCode.parseComplete:
-        case BackendCode.closeComplete:
-          if (queue.shift() === true) return;
-          break;
-        case BackendCode.dataRow:
-          reply.rows.push(frame.raw);
-          return;
-        case BackendCode.commandComplete:
-          reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
-          break;
-        case BackendCode.errorResponse:
-          reply.error = Buffer.from(frame.raw);
-          queue.length = 0;
-          break;
-        case BackendCode.copyInResponse:
-          connection.writeMany([serialize.copyFail('COPY through the extended protocol is not supported'), serialize.sync()]);
-          return;
-        case BackendCode.readyForQuery:
-          connection.setHandler(null);
-          connection.busy = false;
-          connection.removeCloseListener(lost);
-          resolvePromise(reply);
-          return;
-      }
-      reply.frames.push(frame.raw);
-    });
-    connection.writeMany(frames as Buffer[]);
+export async function collectBatch(connection: BackendConnection, frames: readonly Buffer[], injected: readonly boolean[]): Promise<BatchReply> {
+  const reply: BatchReply = { frames: [], rows: [], tag: null, error: null };
+  const queue = [...injected];
+  await connection.exchange(frames, (frame) => {
+    switch (frame.code) {
+      case BackendCode.parseComplete:
+      case BackendCode.closeComplete:
+        if (queue.shift() === true) return;
+        break;
+      case BackendCode.dataRow:
+        reply.rows.push(frame.raw);
+        return;
+      case BackendCode.commandComplete:
+        reply.tag = frame.payload.toString('utf8', 0, frame.payload.length - 1);
+        break;
+      case BackendCode.errorResponse:
+        reply.error = Buffer.from(frame.raw);
+        queue.length = 0;
+        break;
+      case BackendCode.copyInResponse:
+        connection.writeMany([serialize.copyFail('COPY through the extended protocol is not supported'), serialize.sync()]);
+        return;
+    }
+    reply.frames.push(frame.raw);
   });
+  return reply;
 }

@@ -10,6 +10,7 @@ import { log } from '../log';
 import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
 import { decodeDataRowText } from './data-row';
 import { PgError, SqlState } from './errors';
+import { CoalescingWriter } from './coalescing-writer';
 import { FrameReader, type Frame } from './frame-reader';
 import { md5Response } from './md5-auth';
 import { BackendCode, type TransactionStatus } from './message-codes';
@@ -62,6 +63,7 @@ export class BackendConnection {
 
   private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string) {
     this.reader = new FrameReader(1024 * 1024 * 1024 + 5, describeNode(node));
+    this.coalescing = new CoalescingWriter(socket);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) => this.onClosed(error));
@@ -230,24 +232,12 @@ export class BackendConnection {
     return this.socket.write(bytes);
   }
 
-  private corked = false;
+  private readonly coalescing: CoalescingWriter;
 
-  /**
-   * Writes bytes, coalescing every write of this turn of the event loop into one system call: for streams of
-   * small messages (a client's COPY data, one row a message) where a write per message would cost more than the
-   * message.
-   */
+  /** Writes bytes together with the others of this turn (streams of small messages, such as COPY data). */
   writeCoalesced(bytes: Buffer): boolean {
     if (this.closed) return false;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    return this.socket.write(bytes);
+    return this.coalescing.write(bytes);
   }
 
   writeMany(chunks: Buffer[]): void {
@@ -299,38 +289,48 @@ export class BackendConnection {
 
   private queryTail: Promise<void> = Promise.resolve();
 
-  private runQuery(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
+  private async runQuery(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
+    const rows: (string | null)[][] = [];
+    const tags: string[] = [];
+    let error: PgError | null = null;
+    await this.exchange([serialize.query(sql)], (frame) => {
+      switch (frame.code) {
+        case BackendCode.dataRow:
+          rows.push(decodeDataRowText(frame.payload));
+          break;
+        case BackendCode.commandComplete:
+          tags.push(frame.payload.toString('utf8', 0, frame.payload.length - 1));
+          break;
+        case BackendCode.errorResponse:
+          error = pgErrorFromBackend(decodeBackendNotice(frame));
+          break;
+        case BackendCode.copyInResponse:
+          this.write(serialize.copyFail('parapool internal query does not take COPY data'));
+          break;
+      }
+    });
+    if (error) throw error;
+    return { rows, tags };
+  }
+
+  /**
+   * Sends `frames` (one exchange, ending in one ReadyForQuery) and passes every reply frame but ReadyForQuery to
+   * `onFrame`. Resolves at ReadyForQuery; rejects when the connection is lost first. The connection is busy
+   * meanwhile, so a cancel reaches it.
+   */
+  exchange(frames: readonly Buffer[], onFrame: (frame: Frame) => void): Promise<void> {
     return new Promise((resolvePromise, reject) => {
-      const rows: (string | null)[][] = [];
-      const tags: string[] = [];
-      let error: PgError | null = null;
-      const onClose = () => reject(new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(this.node)}` }));
-      this.onClose(onClose);
+      const lost = () => reject(new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(this.node)}` }));
+      this.onClose(lost);
       this.busy = true;
       this.handler = (frame) => {
-        switch (frame.code) {
-          case BackendCode.dataRow:
-            rows.push(decodeDataRowText(frame.payload));
-            break;
-          case BackendCode.commandComplete:
-            tags.push(frame.payload.toString('utf8', 0, frame.payload.length - 1));
-            break;
-          case BackendCode.errorResponse:
-            error = pgErrorFromBackend(decodeBackendNotice(frame));
-            break;
-          case BackendCode.copyInResponse:
-            this.write(serialize.copyFail('parapool internal query does not take COPY data'));
-            break;
-          case BackendCode.readyForQuery:
-            this.handler = null;
-            this.busy = false;
-            this.removeCloseListener(onClose);
-            if (error) reject(error);
-            else resolvePromise({ rows, tags });
-            break;
-        }
+        if (frame.code !== BackendCode.readyForQuery) return onFrame(frame);
+        this.handler = null;
+        this.busy = false;
+        this.removeCloseListener(lost);
+        resolvePromise();
       };
-      this.write(serialize.query(sql));
+      this.writeMany(frames as Buffer[]);
     });
   }
 }

@@ -32,6 +32,7 @@ import { routeDistributed, type DistributedRoute } from '../planner/distributed-
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
+import { CoalescingWriter } from './coalescing-writer';
 import { PgError, SqlState, protocolViolation } from './errors';
 import { FrameReader, readStartupPacket, StartupCode, type Frame } from './frame-reader';
 import {
@@ -127,7 +128,7 @@ export class ClientSession implements ClientSink {
   private pending: PendingMessage[] = [];
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, StatementClass>();
-  private corked = false;
+  private readonly output: CoalescingWriter;
   /** The partition rules of the session's database. */
   private catalog: Catalog | null = null;
   /** Nodes the open transaction wrote on: more than one means its COMMIT is a two-phase commit. */
@@ -138,6 +139,7 @@ export class ClientSession implements ClientSink {
     this.processId = (process.pid * 1000 + this.id) & 0x7fffffff;
     this.secretKey = (Math.random() * 0x7fffffff) | 0;
     this.reader = new FrameReader(context.config.clientMaxMessageSize, `client session ${this.id}`);
+    this.output = new CoalescingWriter(socket);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.close('socket error'));
@@ -153,17 +155,8 @@ export class ClientSession implements ClientSink {
 
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
-    if (!this.corked) {
-      // Uncork after the promise continuations of this turn too, so a reply and the ReadyForQuery written when
-      // every node is done leave in one system call.
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    return this.socket.write(bytes);
+    // A reply and the ReadyForQuery written once every node is done leave in one system call.
+    return this.output.write(bytes);
   }
 
   onceDrained(callback: () => void): void {
