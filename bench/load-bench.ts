@@ -608,6 +608,15 @@ interface Facts {
   parapool: string;
 }
 
+/** Which source the numbers belong to: the commit, and whether src/ differed from it when this ran. */
+function sourceRevision(): string {
+  const git = (args: string[]) => spawnSync('git', ['-C', repoRoot, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const head = git(['rev-parse', '--short', 'HEAD']);
+  if (head.status !== 0) return '';
+  const dirty = git(['status', '--porcelain', '--', 'src']);
+  return ` (commit ${head.stdout.toString().trim()}${dirty.status === 0 && dirty.stdout.length > 0 ? ', with uncommitted changes in src/' : ''})`;
+}
+
 function machineFacts(binDir: string, psql: string): Facts {
   const cpuinfo = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
   const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
@@ -620,7 +629,7 @@ function machineFacts(binDir: string, psql: string): Facts {
     postgres: firstLine(join(binDir, 'postgres'), ['--version']),
     psql: firstLine(psql, ['--version']),
     node: process.version,
-    parapool: parapoolVersion,
+    parapool: `${parapoolVersion}${sourceRevision()}`,
   };
 }
 
@@ -742,15 +751,18 @@ function reading(rows: Row[], options: Options, facts: Facts): string {
       .map(([name, s]) => [name, s, d.steps.find(([n]) => n === name)?.[1] ?? 0] as [string, number, number])
       .sort((a, b) => b[1] - b[2] - (a[1] - a[2]));
     const biggest = diffs[0];
+    const ratio = p.seconds / d.seconds;
+    const perMessage = (p.cpu.proxy / pgProxy.rows) * 1e6;
     parts.push(
       `\`pgbench -i -s ${options.pgbenchScale}\` through parapool in front of one node took ${p.seconds.toFixed(2)} s against ${d.seconds.toFixed(2)} s directly`,
-      `(${(p.seconds / d.seconds).toFixed(1)} times as long${biggest ? `; the difference is mostly in its ${biggest[0]} step, ${biggest[2].toFixed(2)} s directly and ${biggest[1].toFixed(2)} s through the proxy` : ''}),`,
+      `(${ratio.toFixed(2)} times as long${biggest && biggest[1] > biggest[2] ? `; the largest difference is in its ${biggest[0]} step, ${biggest[2].toFixed(2)} s directly and ${biggest[1].toFixed(2)} s through the proxy` : ''}),`,
       `and the proxy used ${p.cpu.proxy.toFixed(1)} CPU-seconds, ${percent(p.cpu.proxy / p.seconds)} of one core over the whole run.`,
       'With one node and no partition rules the COPY of pgbench_accounts is relayed as a replicated write, message by message, without',
-      'being cut into rows. But pgbench sends every row as a CopyData message of its own (a pgbench_accounts row is about 15 bytes), where psql\'s `\\copy` packs',
-      `rows into 8 kB messages, so the proxy receives ${thousands(pgProxy.rows)} small messages and writes each on to the node with a socket write of its own:`,
-      `about ${((p.cpu.proxy / pgProxy.rows) * 1e6).toFixed(1)} µs of proxy CPU a row, against the distributed COPY's cost above, which batches rows per node.`,
-      'That per-message cost, not the bytes, is what the client-side generate step measures. The DDL, VACUUM and index builds are run by the node alone.',
+      'being cut into rows. pgbench sends every row as a CopyData message of its own (a pgbench_accounts row is about 15 bytes), where',
+      `psql's \`\\copy\` packs rows into 8 kB messages, so the proxy handles ${thousands(pgProxy.rows)} small messages here, at about`,
+      `${perMessage.toFixed(2)} µs of proxy CPU each, against ${((p.cpu.postgres / pgProxy.rows) * 1e6).toFixed(2)} µs of PostgreSQL CPU a row over the whole run` +
+        `${ratio >= 1.5 ? ': that per-message cost, not the bytes, is what slows the load' : ''}.`,
+      'The DDL, VACUUM and index builds are run by the node alone.',
     );
   }
   parts.push(
