@@ -184,6 +184,16 @@ async function distributeTable(args: ReadonlyMap<string, string | null>, context
   if (unique.rows.length > 0) {
     throw new PgError({ code: SqlState.featureNotSupported, message: `cannot distribute table "${table.name}": constraint "${unique.rows[0][0]}" does not include the key column "${keyColumn}"`, detail: 'each node can enforce uniqueness only over the rows it holds' });
   }
+  const sequenced = await main.query(
+    `SELECT a.attname FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = ${table.oid} AND a.attnum > 0 AND NOT a.attisdropped AND (a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%') ORDER BY a.attnum LIMIT 1`,
+  );
+  if (sequenced.rows.length > 0) {
+    throw new PgError({
+      code: SqlState.featureNotSupported,
+      message: `cannot distribute table "${table.name}": column "${sequenced.rows[0][0]}" takes its values from a sequence, and each node would number its rows on its own`,
+      hint: 'drop the default or identity (give the values, or default to gen_random_uuid()) before distributing the table',
+    });
+  }
   requireAllNodes(context, nodeCount);
   await changeOnEveryNode(context, table, async (connection, nodeIndex) => {
     const placement = placementSql(rule, quoteIdent(keyColumn));

@@ -127,6 +127,8 @@ test('bad rules get clear errors and leave the catalog unchanged', async () => {
   await client.query('insert into free select g from generate_series(1, 5) g');
   await expectError("select parapool.distribute_table('free', 'a', 'function', 'too_far')", '22023', /maps key 3 to node 3, outside 0..2/);
   await expectError("select parapool.distribute_table('plain', 'a')", '0A000', /constraint "plain_u_key" does not include the key column "a"/);
+  await client.query('create table numbered (k int, n serial, i int generated always as identity)');
+  await expectError("select parapool.distribute_table('numbered', 'k')", '0A000', /column "n" takes its values from a sequence/);
   await expectError("select parapool.distribute_table('orders', 'o_orderkey')", '55000', /already distributed/);
   await expectError("select parapool.distribute_table('free', 'a', 'sideways')", '22023', /unknown distribution method/);
   await client.query('insert into free values (null)');
