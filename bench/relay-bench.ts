@@ -781,7 +781,9 @@ async function main(): Promise<number> {
       if (finishing) throw new StepError('stopping');
       const elapsed = (Date.now() - startedAt) / 1000;
       const foreign = foreignCpu(cpuBefore, foreignTicks(roots), ticksPerSecond);
-      const foreignShare = foreign.seconds / (elapsed * cpuCount);
+      // A child reaped during the run brings all its CPU time into its parent's count, even time spent before the
+      // run; the share is therefore an upper estimate, and capped at the whole machine.
+      const foreignShare = Math.min(1, foreign.seconds / (elapsed * cpuCount));
       const logged = newLogLines(from);
       let note = result.error ?? '';
       if (running.server?.exitReason) note = `${note ? note + '; ' : ''}${target.label} ${running.server.exitReason}`;
