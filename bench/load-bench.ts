@@ -2,30 +2,29 @@
 // in one run on one machine: COPY of a TPC-H-shaped lineitem into a table hash-distributed over 4 nodes, and
 // pgbench -i through the proxy in front of one node. It prints the table and writes it into docs/benchmarks.md.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Client } from 'pg';
-import { parapoolVersion } from '../src/admin/show-commands';
-import { freePort, LocalPostgres } from '../src/cluster/local-postgres';
+import type { LocalPostgres } from '../src/cluster/local-postgres';
 import { findPostgresBinDir } from '../src/cluster/postgres-install';
-import { configToText, defaultConfig } from '../src/config/config';
+import {
+  busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, firstLine, integerOption, isFinishing, killGroup, logNote, machineFacts,
+  machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, readProcesses, repoRoot, runBenchmark, say, startNodes, startParapool,
+  StepError, stopNodes, throwIfFinishing, ticksPerSecond, track, untrack, type CommonOptions, type CpuUse, type MachineFacts, type Server,
+} from './bench-support';
 
 const sectionHeading = '## Load: COPY and pgbench -i through the proxy';
-const repoRoot = resolve(__dirname, '..', '..');
 const distributedNodes = 4;
-/** Above this share of the CPU taken by other processes during a run, the row is flagged as disturbed. */
-const busyThreshold = 0.05;
 /** A load during which the client, the proxy and PostgreSQL together use almost no CPU for this long is hung. */
 const stallMs = 60_000;
+/** Half a CPU-second: less than that in a minute is idling, not loading. */
+const stallTicks = Math.ceil(ticksPerSecond / 2);
 
-interface Options {
+interface Options extends CommonOptions {
   sf: string;
   pgbenchScale: number;
   runs: number;
-  docs: string;
-  keep: boolean;
 }
 
 const usage = `usage: bash bench/run.sh --only load [--sf SF] [--pgbench-scale N] [--runs N] [--docs FILE] [--keep]
@@ -36,158 +35,34 @@ const usage = `usage: bash bench/run.sh --only load [--sf SF] [--pgbench-scale N
   --keep                leave the temporary directory (data directories, exported file, configs, logs) in place
 `;
 
-class StepError extends Error {}
-
 function parseOptions(argv: string[]): Options {
-  const options: Options = { sf: '0.2', pgbenchScale: 10, runs: 3, docs: join(repoRoot, 'docs', 'benchmarks.md'), keep: false };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
+  const own = { sf: '0.2', pgbenchScale: 10, runs: 3 };
+  const common = parseCommonOptions(argv, usage, (arg, value) => {
     switch (arg) {
       case '--sf': {
-        const value = argv[++i];
+        const text = value();
         // The value is pasted into the generator's SQL, so only a plain decimal gets through.
-        if (value === undefined || !/^\d+(\.\d+)?$/.test(value) || Number(value) <= 0 || Number(value) > 100) {
+        if (text === undefined || !/^\d+(\.\d+)?$/.test(text) || Number(text) <= 0 || Number(text) > 100) {
           throw new StepError(`--sf needs a decimal number above 0 and at most 100\n${usage}`);
         }
-        options.sf = value;
-        break;
+        own.sf = text;
+        return true;
       }
-      case '--pgbench-scale': {
-        const value = argv[++i];
-        if (value === undefined || !/^\d+$/.test(value) || Number(value) < 1) throw new StepError(`--pgbench-scale needs an integer of at least 1\n${usage}`);
-        options.pgbenchScale = Number(value);
-        break;
-      }
-      case '--runs': {
-        const value = argv[++i];
-        if (value === undefined || !/^\d+$/.test(value) || Number(value) < 1) throw new StepError(`--runs needs an integer of at least 1\n${usage}`);
-        options.runs = Number(value);
-        break;
-      }
-      case '--docs': {
-        const value = argv[++i];
-        if (!value) throw new StepError(`--docs needs a file name\n${usage}`);
-        options.docs = value === '-' ? '' : resolve(value);
-        break;
-      }
-      case '--keep':
-        options.keep = true;
-        break;
-      case '-h':
-      case '--help':
-        process.stdout.write(usage);
-        process.exit(0);
-        break;
+      case '--pgbench-scale':
+        own.pgbenchScale = integerOption(arg, value(), 1, usage);
+        return true;
+      case '--runs':
+        own.runs = integerOption(arg, value(), 1, usage);
+        return true;
       default:
-        throw new StepError(`unknown argument "${arg}"\n${usage}`);
+        return false;
     }
-  }
-  return options;
-}
-
-function say(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function tail(path: string, lines = 20): string {
-  if (!existsSync(path)) return '';
-  return readFileSync(path, 'utf8').split('\n').filter((l) => l !== '').slice(-lines).join('\n');
-}
-
-function firstLine(command: string, args: string[]): string {
-  try {
-    const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    if (result.error) throw result.error;
-    return `${result.stdout}${result.stderr}`.split('\n')[0].trim();
-  } catch (error) {
-    return `unknown (${(error as Error).message.split('\n')[0]})`;
-  }
-}
-
-/** A PostgreSQL client program: from the server's bin directory first, so client and server versions match. */
-function findClientProgram(binDir: string, name: string): string {
-  for (const dir of [binDir, ...(process.env.PATH ?? '').split(delimiter)]) {
-    if (dir && existsSync(join(dir, name))) return join(dir, name);
-  }
-  throw new StepError(`${name} not found in ${binDir} or on PATH (install the PostgreSQL client programs)`);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Everything started is registered here, so that a failure or a signal at any point stops it all.
-
-/** Set once clean-up begins, so that nothing new is started behind its back. */
-let finishing = false;
-/** --keep: data directories, the exported file, configs and logs stay for a look afterwards. */
-let keepFiles = false;
-const cleanups: { name: string; run: () => Promise<void> }[] = [];
-const liveChildren = new Set<ChildProcess>();
-
-async function cleanUp(): Promise<void> {
-  for (const child of liveChildren) killGroup(child, 'SIGKILL');
-  while (cleanups.length > 0) {
-    const { name, run } = cleanups.pop()!;
-    try {
-      await run();
-    } catch (error) {
-      say(`cleaning up ${name} failed: ${(error as Error).message}`);
-    }
-  }
-}
-
-function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    // Children run in their own process group (detached), so that Ctrl-C at the terminal reaches only us and
-    // the clean-up decides the order in which things stop.
-    process.kill(-child.pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
-/** Registers a clean-up and returns a function that runs it early (once) when its phase is over. */
-function onCleanup(name: string, run: () => Promise<void>): () => Promise<void> {
-  let done = false;
-  const once = async () => {
-    if (done) return;
-    done = true;
-    await run();
-  };
-  cleanups.push({ name, run: once });
-  return once;
-}
-
-async function startNodes(binDir: string, dir: string, names: string[]): Promise<LocalPostgres[]> {
-  if (finishing) throw new StepError('stopping');
-  const nodes: LocalPostgres[] = [];
-  for (const name of names) {
-    nodes.push(new LocalPostgres({ binDir, dataDir: join(dir, name), port: await freePort(), fast: true, settings: nodeSettings }));
-  }
-  for (const node of nodes) {
-    onCleanup(`PostgreSQL in ${node.dataDir}`, () => stopNodes([node]));
-  }
-  await Promise.all(nodes.map(async (node) => {
-    await node.init();
-    await node.start();
-  }));
-  return nodes;
-}
-
-async function stopNodes(nodes: LocalPostgres[]): Promise<void> {
-  // Stopped as soon as their phase ends: an idle server's checkpointer or autovacuum must not run during the next
-  // measurement, and the disk space goes back.
-  await Promise.all(nodes.map(async (node) => {
-    await node.stop();
-    if (!keepFiles) node.destroy();
-  }));
+  });
+  return { ...own, ...common };
 }
 
 async function withClient<T>(port: number, what: string, body: (client: Client) => Promise<T>): Promise<T> {
-  if (finishing) throw new StepError('stopping');
+  throwIfFinishing();
   const client = new Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
   try {
     await client.connect();
@@ -197,198 +72,6 @@ async function withClient<T>(port: number, what: string, body: (client: Client) 
     throw new StepError(`${what} (port ${port}): ${(error as Error).message}`);
   } finally {
     await client.end().catch(() => undefined);
-  }
-}
-
-/** The proxy as its own process, as it runs in production, with its output in a log file. */
-class Proxy {
-  private exit: string | null = null;
-  private readonly exited: Promise<void>;
-  readonly stop: () => Promise<void>;
-
-  private constructor(readonly child: ChildProcess, readonly port: number, readonly logPath: string) {
-    liveChildren.add(child);
-    this.exited = new Promise((resolveExit) => {
-      child.on('exit', (code, signal) => {
-        this.exit = signal ? `killed by ${signal}` : `exited with code ${code}`;
-        liveChildren.delete(child);
-        resolveExit();
-      });
-    });
-    this.stop = onCleanup('parapool', () => this.shutDown());
-  }
-
-  static async start(dir: string, name: string, nodes: LocalPostgres[]): Promise<Proxy> {
-    if (finishing) throw new StepError('stopping');
-    const main = join(repoRoot, 'dist', 'src', 'cli', 'main.js');
-    if (!existsSync(main)) throw new StepError(`${main} is missing: build first (npm run bench builds)`);
-    const port = await freePort();
-    const config = defaultConfig();
-    config.listenAddresses = ['127.0.0.1'];
-    config.port = port;
-    config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: null }));
-    config.logMinMessages = 'warning';
-    const confPath = join(dir, `${name}.conf`);
-    writeFileSync(confPath, configToText(config));
-    const logPath = join(dir, `${name}.log`);
-    const fd = openSync(logPath, 'a');
-    const child = spawn(process.execPath, [main, 'start', '-f', confPath], { detached: true, stdio: ['ignore', fd, fd] });
-    closeSync(fd);
-    const proxy = new Proxy(child, port, logPath);
-    await proxy.waitReady();
-    return proxy;
-  }
-
-  get pid(): number {
-    return this.child.pid ?? -1;
-  }
-
-  /** Why the proxy is gone, or null while it runs. */
-  get exitReason(): string | null {
-    return this.exit;
-  }
-
-  logSize(): number {
-    return existsSync(this.logPath) ? statSync(this.logPath).size : 0;
-  }
-
-  logLinesSince(offset: number): string[] {
-    if (!existsSync(this.logPath)) return [];
-    return readFileSync(this.logPath).subarray(offset).toString('utf8').split('\n').filter((l) => l.trim() !== '');
-  }
-
-  /** Waits until a real query succeeds through the port: a listening socket alone says little about a proxy. */
-  private async waitReady(timeoutMs = 30_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let lastError = '';
-    while (Date.now() < deadline) {
-      if (this.exit) throw new StepError(`parapool ${this.exit} while starting; last lines of ${this.logPath}:\n${tail(this.logPath)}`);
-      const client = new Client({ host: '127.0.0.1', port: this.port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
-      try {
-        await client.connect();
-        await client.query('SELECT 1');
-        await client.end();
-        return;
-      } catch (error) {
-        lastError = (error as Error).message;
-        await client.end().catch(() => undefined);
-      }
-      await sleep(200);
-    }
-    throw new StepError(`parapool did not answer a query on port ${this.port} within ${timeoutMs / 1000} s (${lastError}); last lines of ${this.logPath}:\n${tail(this.logPath)}`);
-  }
-
-  private async shutDown(): Promise<void> {
-    if (this.exit !== null) return;
-    try {
-      process.kill(this.pid, 'SIGTERM');
-    } catch {
-      // already gone
-    }
-    const timedOut = await Promise.race([this.exited.then(() => false), sleep(10_000).then(() => true)]);
-    if (timedOut) {
-      say(`parapool did not stop within 10 s of SIGTERM; killing it`);
-      killGroup(this.child, 'SIGKILL');
-      await Promise.race([this.exited, sleep(5_000)]);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// CPU accounting. Two cores leave no slack, so each load records the CPU that the client program, the proxy,
-// PostgreSQL and everything else on the machine used meanwhile: that, not the wall clock alone, shows what limits
-// the proxy, and whether other work on the machine disturbed the run.
-
-interface ProcStat {
-  ppid: number;
-  /** utime + stime + cutime + cstime, in clock ticks: reaped children count, so short-lived ones are seen. */
-  ticks: number;
-}
-
-function readProcesses(): Map<number, ProcStat> {
-  const processes = new Map<number, ProcStat>();
-  let entries: string[] = [];
-  try {
-    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
-  } catch {
-    return processes;
-  }
-  for (const entry of entries) {
-    try {
-      const text = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // The command name in parentheses may itself hold spaces and parentheses; the fields after the last ')' do not.
-      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
-      processes.set(Number(entry), { ppid: Number(fields[1]), ticks });
-    } catch {
-      // exited while we looked
-    }
-  }
-  return processes;
-}
-
-type Group = 'client' | 'proxy' | 'postgres' | 'other';
-
-interface CpuSnapshot {
-  /**
-   * Ticks per group, summed over live processes. A process that exits moves its ticks into its parent's cutime,
-   * so a group's sum only grows by the CPU used meanwhile, even across processes that come and go; counting
-   * process by process instead would count a child that ran before the load and exits during it in full.
-   */
-  groups: Record<Group, number>;
-}
-
-/** Classifies every process: this benchmark's own tree is the client programs, which it reaps. */
-function cpuSnapshot(proxyPid: number | null, postmasterPids: number[]): CpuSnapshot {
-  const processes = readProcesses();
-  const groupOf = (pid: number): Group => {
-    for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
-      if (p === proxyPid) return 'proxy';
-      if (postmasterPids.includes(p)) return 'postgres';
-      if (p === process.pid) return 'client';
-      const parent = processes.get(p)?.ppid;
-      if (parent === undefined) return 'other';
-      p = parent;
-    }
-    return 'other';
-  };
-  const groups: Record<Group, number> = { client: 0, proxy: 0, postgres: 0, other: 0 };
-  for (const [pid, stat] of processes) {
-    // Kernel threads (kthreadd, pid 2, and its children) are left out: over loopback they mostly carry the
-    // benchmark's own traffic, not other work.
-    if (pid === 2 || stat.ppid === 2) continue;
-    groups[groupOf(pid)] += stat.ticks;
-  }
-  return { groups };
-}
-
-interface CpuUse {
-  /** CPU seconds per group during the load. */
-  client: number;
-  proxy: number;
-  postgres: number;
-  other: number;
-}
-
-const ticksPerSecond = (() => {
-  const text = firstLine('getconf', ['CLK_TCK']);
-  return /^\d+$/.test(text) ? Number(text) : 100;
-})();
-
-/** Half a CPU-second: less than that in a minute is idling, not loading. */
-const stallTicks = Math.ceil(ticksPerSecond / 2);
-
-function cpuUse(before: CpuSnapshot, after: CpuSnapshot): CpuUse {
-  // A process whose reaper we cannot see takes its ticks with it, hence the floor at zero.
-  const seconds = (group: Group) => Math.max(0, after.groups[group] - before.groups[group]) / ticksPerSecond;
-  return { client: seconds('client'), proxy: seconds('proxy'), postgres: seconds('postgres'), other: seconds('other') };
-}
-
-function postmasterPid(node: LocalPostgres): number {
-  try {
-    return Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  } catch {
-    return -1;
   }
 }
 
@@ -410,7 +93,7 @@ interface RunResult {
  * a minute is killed as hung rather than waited for until some generous deadline.
  */
 function runClient(command: string, args: string[], watch: { proxyPid: number | null; nodes: LocalPostgres[]; stdoutFile?: string; timeoutMs: number }): Promise<RunResult> {
-  if (finishing) return Promise.reject(new StepError('stopping'));
+  if (isFinishing()) return Promise.reject(new StepError('stopping'));
   return new Promise((resolveRun, reject) => {
     const postmasters = watch.nodes.map(postmasterPid);
     const before = cpuSnapshot(watch.proxyPid, postmasters);
@@ -422,7 +105,7 @@ function runClient(command: string, args: string[], watch: { proxyPid: number | 
       env: { ...process.env, PGPASSWORD: '', PGOPTIONS: '', PGCONNECT_TIMEOUT: '10' },
     });
     if (stdoutFd !== null) closeSync(stdoutFd);
-    liveChildren.add(child);
+    track(child);
     let stdout = '';
     let stderr = '';
     let killed: string | null = null;
@@ -451,7 +134,7 @@ function runClient(command: string, args: string[], watch: { proxyPid: number | 
     const done = () => {
       clearInterval(watchdog);
       clearTimeout(timer);
-      liveChildren.delete(child);
+      untrack(child);
     };
     child.on('error', (error) => {
       done();
@@ -520,7 +203,7 @@ function medianRun(row: Row): Run {
   return sorted[Math.floor((sorted.length - 1) / 2)];
 }
 
-function describeFailure(what: string, result: RunResult, proxy: Proxy | null, logFrom: number): string {
+function describeFailure(what: string, result: RunResult, proxy: Server | null, logFrom: number): string {
   const lines = [`${what} failed: ${result.killed ?? `exit code ${result.code}`}`];
   const errors = `${result.stderr}\n${result.stdout}`.split('\n').filter((l) => l.trim() !== '').slice(-10);
   if (errors.length > 0) lines.push(`its output:\n${errors.join('\n')}`);
@@ -532,24 +215,19 @@ function describeFailure(what: string, result: RunResult, proxy: Proxy | null, l
   return lines.join('\n');
 }
 
-function proxyNote(proxy: Proxy | null, logFrom: number): string {
-  if (!proxy) return '';
-  const logged = proxy.logLinesSince(logFrom);
-  if (logged.length === 0) return '';
-  say(`parapool printed ${logged.length} lines during the load; first ones:\n${logged.slice(0, 10).join('\n')}`);
-  const first = logged[0].length > 140 ? `${logged[0].slice(0, 140)}...` : logged[0];
-  return `proxy printed ${logged.length} line(s), first: \`${first.replace(/`/g, "'")}\``;
+function proxyNote(proxy: Server | null, logFrom: number): string {
+  return proxy ? logNote('parapool', 'load', proxy.logLinesSince(logFrom)) : '';
 }
 
 function copyTimeout(rows: number): number {
   return 300_000 + rows; // 1 ms a row on top of five minutes: far beyond any healthy load, short of forever
 }
 
-async function timedCopy(psql: string, port: number, file: string, rows: number, proxy: Proxy | null, nodes: LocalPostgres[], label: string): Promise<Run> {
+async function timedCopy(psql: string, port: number, file: string, rows: number, proxy: Server | null, nodes: LocalPostgres[], label: string): Promise<Run> {
   const logFrom = proxy?.logSize() ?? 0;
   say(`${label}: COPY lineitem FROM STDIN (${rows} rows)`);
   const result = await runClient(psql, psqlArgs(port, [`\\copy lineitem from ${copyFileLiteral(file)}`]), { proxyPid: proxy?.pid ?? null, nodes, timeoutMs: copyTimeout(rows) });
-  if (finishing) throw new StepError('stopping');
+  throwIfFinishing();
   if (result.killed || result.code !== 0) throw new StepError(describeFailure(`${label}: psql \\copy`, result, proxy, logFrom));
   const reported = /COPY (\d+)/.exec(result.stdout);
   if (!reported || Number(reported[1]) !== rows) {
@@ -575,12 +253,12 @@ function parsePgbenchInit(output: string): PgbenchInit | null {
   return { total: Number(match[1]), steps };
 }
 
-async function timedPgbenchInit(pgbench: string, port: number, scale: number, proxy: Proxy | null, nodes: LocalPostgres[], label: string): Promise<Run> {
+async function timedPgbenchInit(pgbench: string, port: number, scale: number, proxy: Server | null, nodes: LocalPostgres[], label: string): Promise<Run> {
   const logFrom = proxy?.logSize() ?? 0;
   say(`${label}: pgbench -i -s ${scale}`);
   const args = ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', 'postgres'];
   const result = await runClient(pgbench, args, { proxyPid: proxy?.pid ?? null, nodes, timeoutMs: 300_000 + scale * 100_000 });
-  if (finishing) throw new StepError('stopping');
+  throwIfFinishing();
   if (result.killed || result.code !== 0) throw new StepError(describeFailure(`${label}: pgbench -i`, result, proxy, logFrom));
   const init = parsePgbenchInit(`${result.stderr}\n${result.stdout}`);
   if (!init) throw new StepError(`${label}: pgbench -i printed no "done in" line:\n${result.stderr.trim()}`);
@@ -595,17 +273,8 @@ async function countRows(port: number, sql: string, what: string): Promise<numbe
 // ---------------------------------------------------------------------------------------------------------------
 // Report
 
-interface Facts {
-  date: string;
-  nproc: string;
-  cpuModel: string;
-  memory: string;
-  /** One-minute load average before the run: other work on the machine skews every row. */
-  loadBefore: string;
-  postgres: string;
+interface Facts extends MachineFacts {
   psql: string;
-  node: string;
-  parapool: string;
 }
 
 /** Which source the numbers belong to: the commit, and whether src/ differed from it when this ran. */
@@ -615,26 +284,6 @@ function sourceRevision(): string {
   if (head.status !== 0) return '';
   const dirty = git(['status', '--porcelain', '--', 'src']);
   return ` (commit ${head.stdout.toString().trim()}${dirty.status === 0 && dirty.stdout.length > 0 ? ', with uncommitted changes in src/' : ''})`;
-}
-
-function machineFacts(binDir: string, psql: string): Facts {
-  const cpuinfo = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
-  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
-  return {
-    date: new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC'),
-    nproc: firstLine('nproc', []),
-    cpuModel: model,
-    memory: `${Math.round(totalmem() / 2 ** 30)} GiB`,
-    loadBefore: loadavg()[0].toFixed(2),
-    postgres: firstLine(join(binDir, 'postgres'), ['--version']),
-    psql: firstLine(psql, ['--version']),
-    node: process.version,
-    parapool: `${parapoolVersion}${sourceRevision()}`,
-  };
-}
-
-function cpuCount(facts: Facts): number {
-  return Number(facts.nproc) > 0 ? Number(facts.nproc) : cpus().length;
 }
 
 function direct(rows: Row[], load: Row['load']): Row | undefined {
@@ -790,7 +439,7 @@ function section(rows: Row[], options: Options, facts: Facts, fileBytes: number)
     '',
     markdownTable(rows, options, facts),
     '',
-    `Machine: ${facts.nproc} CPUs (\`nproc\`), ${facts.cpuModel}, ${facts.memory} of memory; one-minute load average ${facts.loadBefore} before the run.`,
+    machineLine(facts),
     `Software: ${facts.postgres}; ${facts.psql}; parapool ${facts.parapool} on Node.js ${facts.node}.`,
     '',
     'Set-up: every node is a fresh PostgreSQL server on 127.0.0.1 with fsync, synchronous_commit and full_page_writes off, autovacuum off',
@@ -803,33 +452,6 @@ function section(rows: Row[], options: Options, facts: Facts, fileBytes: number)
     reading(rows, options, facts),
     '',
   ].join('\n');
-}
-
-const docsIntro = [
-  '# Benchmarks',
-  '',
-  'Measurements of parapool against PostgreSQL directly and against other PostgreSQL middleware, on the machine named in each',
-  'section. Each section is rewritten by the command it names; the numbers are from that command\'s last run.',
-  '',
-].join('\n');
-
-/** Writes the section into the docs file, replacing only that section when it is already there. */
-function writeDocs(path: string, text: string): void {
-  mkdirSync(resolve(path, '..'), { recursive: true });
-  const current = existsSync(path) ? readFileSync(path, 'utf8') : docsIntro;
-  const lines = current.split('\n');
-  const start = lines.findIndex((l) => l.trim() === sectionHeading);
-  let next: string;
-  if (start === -1) {
-    next = current.replace(/\n*$/, '\n\n') + text;
-  } else {
-    let end = lines.findIndex((l, i) => i > start && /^##?\s/.test(l));
-    if (end === -1) end = lines.length;
-    const before = lines.slice(0, start).join('\n');
-    const after = lines.slice(end).join('\n');
-    next = (before === '' ? '' : before.replace(/\n*$/, '\n\n')) + text + (after === '' ? '' : '\n' + after);
-  }
-  writeFileSync(path, next.replace(/\n*$/, '\n'));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -852,29 +474,20 @@ const nodeSettings = {
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
-  keepFiles = options.keep;
   const binDir = findPostgresBinDir();
   const psql = findClientProgram(binDir, 'psql');
   const pgbench = findClientProgram(binDir, 'pgbench');
-  const facts = machineFacts(binDir, psql);
+  const base = machineFacts(binDir);
+  const facts: Facts = { ...base, psql: firstLine(psql, ['--version']), parapool: `${base.parapool}${sourceRevision()}` };
 
-  const dir = mkdtempSync(join(tmpdir(), 'parapool-load-bench-'));
-  chmodSync(dir, 0o755); // the postgres OS user must reach the nodes' data directories inside
-  cleanups.push({
-    name: 'temporary directory',
-    run: async () => {
-      if (options.keep) say(`kept ${dir}`);
-      else if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
-    },
-  });
-  say(`working in ${dir}`);
+  const dir = makeWorkDir('parapool-load-bench-', options.keep);
   const rows: Row[] = [];
   const file = join(dir, 'lineitem.copy');
   const createLineitem = lineitemTableSql();
 
   // 1. The source: generated once, so that every load reads byte for byte the same rows.
   say(`generating lineitem at scale factor ${options.sf}`);
-  const [source] = await startNodes(binDir, dir, ['source']);
+  const [source] = await startNodes(binDir, dir, ['source'], nodeSettings);
   await withClient(source.port, 'loading the schema into the source node', (c) => c.query(readFileSync(join(repoRoot, 'fixtures', 'tpch', 'schema.sql'), 'utf8')));
   await withClient(source.port, 'generating lineitem', (c) => c.query(lineitemInsertSql(options.sf)));
   const sourceRows = await countRows(source.port, 'SELECT count(*) FROM lineitem', 'counting the source rows');
@@ -888,9 +501,9 @@ async function main(): Promise<number> {
   // 2. COPY into one node directly and through parapool into lineitem distributed over four others, taking turns
   // so that a slow spell on the machine falls on both alike.
   {
-    const all = await startNodes(binDir, dir, ['direct', ...Array.from({ length: distributedNodes }, (_, i) => `node${i}`)]);
+    const all = await startNodes(binDir, dir, ['direct', ...Array.from({ length: distributedNodes }, (_, i) => `node${i}`)], nodeSettings);
     const [directNode, ...nodes] = all;
-    const proxy = await Proxy.start(dir, 'parapool-copy', nodes);
+    const proxy = await startParapool(dir, 'parapool-copy', nodes.map((n) => n.port));
     await withClient(directNode.port, 'creating lineitem on the direct node', (c) => c.query(createLineitem));
     const setupFrom = proxy.logSize();
     try {
@@ -944,8 +557,8 @@ async function main(): Promise<number> {
 
   // 3. pgbench -i directly and through parapool, taking turns on one node: pgbench -i drops its tables first.
   {
-    const [node] = await startNodes(binDir, dir, ['pgbench']);
-    const proxy = await Proxy.start(dir, 'parapool-pgbench', [node]);
+    const [node] = await startNodes(binDir, dir, ['pgbench'], nodeSettings);
+    const proxy = await startParapool(dir, 'parapool-pgbench', [node.port]);
     const accounts = options.pgbenchScale * 100_000;
     const checkAccounts = async (label: string) => {
       const count = await countRows(node.port, 'SELECT count(*) FROM pgbench_accounts', `${label}: counting pgbench_accounts`);
@@ -971,38 +584,8 @@ async function main(): Promise<number> {
   }
 
   const text = section(rows, options, facts, fileBytes);
-  process.stdout.write('\n' + text + '\n');
-  if (options.docs) {
-    writeDocs(options.docs, text);
-    say(`wrote the results to ${options.docs}`);
-  }
+  publish(options.docs, sectionHeading, text);
   return 0;
 }
 
-async function finish(code: number): Promise<void> {
-  if (finishing) return;
-  finishing = true;
-  await cleanUp();
-  process.exit(code);
-}
-
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(signal, () => {
-    if (finishing) {
-      say(`${signal} again: exiting without waiting for the clean-up`);
-      process.exit(1);
-    }
-    say(`${signal}: stopping everything that was started`);
-    void finish(130);
-  });
-}
-
-main()
-  .then((code) => finish(code))
-  .catch((error) => {
-    // After a signal, whatever was under way fails as a matter of course; the signal was already reported.
-    if (finishing) return;
-    const message = error instanceof StepError ? error.message : (error as Error).stack ?? String(error);
-    say(`failed: ${message}`);
-    return finish(1);
-  });
+runBenchmark(main);

@@ -2,32 +2,28 @@
 // through PgBouncer and through pgpool-II, all in one run on one machine, so that the ratios to direct compare
 // like with like. It prints the table and writes it into docs/benchmarks.md (bench/run.sh installs the peers).
 
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
-import { Client } from 'pg';
-import { parapoolVersion } from '../src/admin/show-commands';
-import { freePort, LocalPostgres } from '../src/cluster/local-postgres';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort } from '../src/cluster/local-postgres';
 import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-install';
-import { configToText, defaultConfig } from '../src/config/config';
+import {
+  busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, killGroup,
+  logNote, machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, startNodes, startParapool,
+  startServer, StepError, say, throwIfFinishing, track, untrack, waitReady, type CommonOptions, type MachineFacts, type Server,
+} from './bench-support';
 
 const sectionHeading = '## Relay: pgbench -S through the proxy';
-/** Above this share of the CPU taken by other processes during a run, the row is flagged as disturbed. */
-const busyThreshold = 0.05;
-const repoRoot = resolve(__dirname, '..', '..');
 
 type Mode = 'simple' | 'prepared';
 const modes: Mode[] = ['simple', 'prepared'];
 
-interface Options {
+interface Options extends CommonOptions {
   duration: number;
   warmup: number;
   clients: number;
   threads: number;
   scale: number;
-  docs: string;
-  keep: boolean;
 }
 
 const usage = `usage: npm run bench -- [--duration S] [--warmup S] [--clients N] [--threads N] [--scale N] [--docs FILE] [--keep]
@@ -38,196 +34,32 @@ const usage = `usage: npm run bench -- [--duration S] [--warmup S] [--clients N]
   --keep         leave the temporary directory (data, configs, logs) in place
 `;
 
-class StepError extends Error {}
-
 function parseOptions(argv: string[]): Options {
-  const options: Options = { duration: 15, warmup: 3, clients: 16, threads: 2, scale: 10, docs: join(repoRoot, 'docs', 'benchmarks.md'), keep: false };
-  const integer = (name: string, text: string | undefined, min: number): number => {
-    if (text === undefined || !/^\d+$/.test(text) || Number(text) < min) throw new StepError(`${name} needs an integer of at least ${min}\n${usage}`);
-    return Number(text);
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
+  const own = { duration: 15, warmup: 3, clients: 16, threads: 2, scale: 10 };
+  const common = parseCommonOptions(argv, usage, (arg, value) => {
     switch (arg) {
       case '--duration':
-        options.duration = integer(arg, argv[++i], 1);
-        break;
+        own.duration = integerOption(arg, value(), 1, usage);
+        return true;
       case '--warmup':
-        options.warmup = integer(arg, argv[++i], 0);
-        break;
+        own.warmup = integerOption(arg, value(), 0, usage);
+        return true;
       case '--clients':
-        options.clients = integer(arg, argv[++i], 1);
-        break;
+        own.clients = integerOption(arg, value(), 1, usage);
+        return true;
       case '--threads':
-        options.threads = integer(arg, argv[++i], 1);
-        break;
+        own.threads = integerOption(arg, value(), 1, usage);
+        return true;
       case '--scale':
-        options.scale = integer(arg, argv[++i], 1);
-        break;
-      case '--docs': {
-        const value = argv[++i];
-        if (!value) throw new StepError(`--docs needs a file name\n${usage}`);
-        options.docs = value === '-' ? '' : resolve(value);
-        break;
-      }
-      case '--keep':
-        options.keep = true;
-        break;
-      case '-h':
-      case '--help':
-        process.stdout.write(usage);
-        process.exit(0);
-        break;
+        own.scale = integerOption(arg, value(), 1, usage);
+        return true;
       default:
-        throw new StepError(`unknown argument "${arg}"\n${usage}`);
+        return false;
     }
-  }
+  });
+  const options = { ...own, ...common };
   if (options.clients % options.threads !== 0) throw new StepError('pgbench needs --clients to be a multiple of --threads');
   return options;
-}
-
-function say(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
-/** Finds a program on PATH, plus the sbin directories where Debian puts daemons such as pgbouncer and pgpool. */
-function findProgram(name: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
-  for (const dir of dirs) {
-    if (dir && existsSync(join(dir, name))) return join(dir, name);
-  }
-  return null;
-}
-
-function firstLine(command: string, args: string[]): string {
-  try {
-    // pgpool prints its version on stderr, the others on stdout.
-    const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    if (result.error) throw result.error;
-    return `${result.stdout}${result.stderr}`.split('\n')[0].trim();
-  } catch (error) {
-    return `unknown (${(error as Error).message.split('\n')[0]})`;
-  }
-}
-
-function tail(path: string, lines = 20): string {
-  if (!existsSync(path)) return '';
-  return readFileSync(path, 'utf8').split('\n').filter((l) => l !== '').slice(-lines).join('\n');
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Everything started is registered here, so that a failure or a signal at any point stops it all.
-
-/** Set once clean-up begins, so that nothing new is started behind its back. */
-let finishing = false;
-const cleanups: { name: string; run: () => Promise<void> }[] = [];
-const liveChildren = new Set<ChildProcess>();
-
-async function cleanUp(): Promise<void> {
-  for (const child of liveChildren) killGroup(child, 'SIGKILL');
-  while (cleanups.length > 0) {
-    const { name, run } = cleanups.pop()!;
-    try {
-      await run();
-    } catch (error) {
-      say(`cleaning up ${name} failed: ${(error as Error).message}`);
-    }
-  }
-}
-
-function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    // Children run in their own process group (detached), so the group takes pgpool's workers along too.
-    process.kill(-child.pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
-/** A long-running server we started (proxy or pooler), with its output in a log file. */
-class Server {
-  private exit: string | null = null;
-  private readonly exited: Promise<void>;
-
-  constructor(
-    readonly name: string,
-    readonly child: ChildProcess,
-    readonly logPath: string,
-    /** The signal that makes this program shut down promptly without waiting for clients. */
-    private readonly stopSignal: NodeJS.Signals,
-  ) {
-    liveChildren.add(child);
-    this.exited = new Promise((resolveExit) => {
-      child.on('exit', (code, signal) => {
-        this.exit = signal ? `killed by ${signal}` : `exited with code ${code}`;
-        liveChildren.delete(child);
-        resolveExit();
-      });
-    });
-  }
-
-  /** Why the server is gone, or null while it runs. */
-  get exitReason(): string | null {
-    return this.exit;
-  }
-
-  async stop(): Promise<void> {
-    if (this.exit !== null) return;
-    if (this.child.pid !== undefined) {
-      try {
-        process.kill(this.child.pid, this.stopSignal);
-      } catch {
-        // already gone
-      }
-    }
-    const timedOut = await Promise.race([this.exited.then(() => false), sleep(10_000).then(() => true)]);
-    if (timedOut) {
-      say(`${this.name} did not stop within 10 s of ${this.stopSignal}; killing it`);
-      killGroup(this.child, 'SIGKILL');
-      await Promise.race([this.exited, sleep(5_000)]);
-    }
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function startServer(name: string, command: string, args: string[], logPath: string, stopSignal: NodeJS.Signals, options: { asPostgres?: boolean; cwd?: string } = {}): Server {
-  if (finishing) throw new StepError('stopping');
-  const user = options.asPostgres ? postgresOsUser() : null;
-  const fd = openSync(logPath, 'a');
-  const child = user
-    ? spawn('runuser', ['-u', user, '--', command, ...args], { detached: true, stdio: ['ignore', fd, fd], cwd: options.cwd })
-    : spawn(command, args, { detached: true, stdio: ['ignore', fd, fd], cwd: options.cwd });
-  closeSync(fd);
-  const server = new Server(name, child, logPath, stopSignal);
-  cleanups.push({ name, run: () => server.stop() });
-  return server;
-}
-
-/** Waits until a real query succeeds through the port: a listening socket alone says little about a proxy. */
-async function waitReady(name: string, port: number, server: Server | null, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError = '';
-  while (Date.now() < deadline) {
-    if (server?.exitReason) {
-      throw new StepError(`${name} ${server.exitReason} while starting; last lines of ${server.logPath}:\n${tail(server.logPath)}`);
-    }
-    const client = new Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
-    try {
-      await client.connect();
-      await client.query('SELECT 1');
-      await client.end();
-      return;
-    } catch (error) {
-      lastError = (error as Error).message;
-      await client.end().catch(() => undefined);
-    }
-    await sleep(200);
-  }
-  throw new StepError(`${name} did not answer a query on port ${port} within ${timeoutMs / 1000} s (${lastError})` + (server ? `; last lines of ${server.logPath}:\n${tail(server.logPath)}` : ''));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -241,10 +73,10 @@ interface PgbenchResult {
 }
 
 function runPgbench(pgbench: string, args: string[], timeoutMs: number): Promise<PgbenchResult> {
-  if (finishing) return Promise.reject(new StepError('stopping'));
+  if (isFinishing()) return Promise.reject(new StepError('stopping'));
   return new Promise((resolveRun, reject) => {
     const child = spawn(pgbench, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGPASSWORD: '', PGOPTIONS: '' } });
-    liveChildren.add(child);
+    track(child);
     let stdout = '';
     let stderr = '';
     let timedOut = false;
@@ -256,12 +88,12 @@ function runPgbench(pgbench: string, args: string[], timeoutMs: number): Promise
     }, timeoutMs);
     child.on('error', (error) => {
       clearTimeout(timer);
-      liveChildren.delete(child);
+      untrack(child);
       reject(error);
     });
     child.on('close', (code) => {
       clearTimeout(timer);
-      liveChildren.delete(child);
+      untrack(child);
       resolveRun({ code, stdout, stderr, timedOut });
     });
   });
@@ -336,22 +168,12 @@ function parapoolTarget(dir: string, nodePort: number): Target {
     label: 'parapool',
     notApplicable: {},
     async start() {
-      const port = await freePort();
-      const config = defaultConfig();
-      config.listenAddresses = ['127.0.0.1'];
-      config.port = port;
-      config.backends = [{ id: 0, host: '127.0.0.1', port: nodePort, weight: 1, dataDirectory: null }];
-      // Every pgbench client's backend connection goes back to the pool on disconnect, so a measured run reuses the
-      // warm-up's connections, as the poolers below do.
-      config.maxPool = 32;
-      config.logMinMessages = 'warning';
-      const confPath = join(dir, 'parapool.conf');
-      writeFileSync(confPath, configToText(config));
-      const main = join(repoRoot, 'dist', 'src', 'cli', 'main.js');
-      if (!existsSync(main)) throw new StepError(`${main} is missing: build first (npm run bench builds)`);
-      const server = startServer('parapool', process.execPath, [main, 'start', '-f', confPath], join(dir, 'parapool.log'), 'SIGTERM');
-      await waitReady('parapool', port, server);
-      return { port, server, stop: () => server.stop() };
+      const server = await startParapool(dir, 'parapool', [nodePort], (config) => {
+        // Every pgbench client's backend connection goes back to the pool on disconnect, so a measured run reuses
+        // the warm-up's connections, as the poolers below do.
+        config.maxPool = 32;
+      });
+      return { port: server.port, server, stop: () => server.stop() };
     },
   };
 }
@@ -397,7 +219,7 @@ function pgbouncerTarget(dir: string, nodePort: number, program: string, version
       postgresOwnedDir(home);
       // PgBouncer refuses to run as root ("PgBouncer should not run as root"), hence the postgres OS user. Through
       // runuser, SIGTERM reaches pgbouncer as its immediate shutdown.
-      const server = startServer('pgbouncer', program, [iniPath], join(dir, 'pgbouncer.log'), 'SIGTERM', { asPostgres: true, cwd: home });
+      const server = startServer('pgbouncer', program, [iniPath], port, join(dir, 'pgbouncer.log'), 'SIGTERM', { asPostgres: true, cwd: home });
       await waitReady('pgbouncer', port, server);
       return { port, server, stop: () => server.stop() };
     },
@@ -452,86 +274,11 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
       // pgpool-II 4.3 runs as root without complaint, so it runs as whoever runs the benchmark. SIGINT is its fast
       // shutdown (SIGTERM would wait for clients); -n keeps it in the foreground as our child, -D ignores any old
       // node status file.
-      const server = startServer('pgpool', program, ['-n', '-D', '-f', confPath, '-F', join(home, 'pcp.conf'), '-a', join(home, 'pool_hba.conf')], join(dir, 'pgpool.log'), 'SIGINT', { cwd: home });
+      const server = startServer('pgpool', program, ['-n', '-D', '-f', confPath, '-F', join(home, 'pcp.conf'), '-a', join(home, 'pool_hba.conf')], port, join(dir, 'pgpool.log'), 'SIGINT', { cwd: home });
       await waitReady('pgpool', port, server);
       return { port, server, stop: () => server.stop() };
     },
   };
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Other work on the machine. Two cores leave no slack: a test suite running beside the benchmark takes CPU from
-// every row it overlaps, so each run measures the CPU that processes outside the benchmark used meanwhile.
-
-interface ProcStat {
-  ppid: number;
-  name: string;
-  /** utime + stime + cutime + cstime, in clock ticks: the waited-for children count, so short-lived ones are seen. */
-  ticks: number;
-}
-
-function readProcesses(): Map<number, ProcStat> {
-  const processes = new Map<number, ProcStat>();
-  let entries: string[] = [];
-  try {
-    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
-  } catch {
-    return processes;
-  }
-  for (const entry of entries) {
-    try {
-      const text = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // The command name in parentheses may itself hold spaces and parentheses; the fields after the last ')' do not.
-      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
-      processes.set(Number(entry), { ppid: Number(fields[1]), name: text.slice(text.indexOf('(') + 1, text.lastIndexOf(')')), ticks });
-    } catch {
-      // exited while we looked
-    }
-  }
-  return processes;
-}
-
-/**
- * CPU ticks of every process outside the trees rooted at `roots` (this benchmark, its postmaster). Kernel threads
- * (children of kthreadd, pid 2) are left out: under a loopback benchmark they mostly carry our own network traffic.
- */
-function foreignTicks(roots: number[]): Map<number, { name: string; ticks: number }> {
-  const processes = readProcesses();
-  const ours = (pid: number): boolean => {
-    for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
-      if (roots.includes(p)) return true;
-      const parent = processes.get(p)?.ppid;
-      if (parent === undefined) return false;
-      p = parent;
-    }
-    return false;
-  };
-  const foreign = new Map<number, { name: string; ticks: number }>();
-  for (const [pid, stat] of processes) {
-    if (pid === 2 || stat.ppid === 2 || ours(pid)) continue;
-    foreign.set(pid, { name: stat.name, ticks: stat.ticks });
-  }
-  return foreign;
-}
-
-/** CPU seconds other processes used between two snapshots, and the busiest of them by name. */
-function foreignCpu(before: Map<number, { ticks: number }>, after: Map<number, { name: string; ticks: number }>, ticksPerSecond: number): { seconds: number; top: string } {
-  let ticks = 0;
-  const byPid: { pid: number; name: string; ticks: number }[] = [];
-  for (const [pid, now] of after) {
-    const delta = Math.max(0, now.ticks - (before.get(pid)?.ticks ?? 0));
-    ticks += delta;
-    if (delta > 0) byPid.push({ pid, name: now.name, ticks: delta });
-  }
-  byPid.sort((a, b) => b.ticks - a.ticks);
-  const top = byPid.slice(0, 3).map((p) => `${p.name} (pid ${p.pid}, ${(p.ticks / ticksPerSecond).toFixed(1)} s)`).join(', ');
-  return { seconds: ticks / ticksPerSecond, top };
-}
-
-function clockTicksPerSecond(): number {
-  const text = firstLine('getconf', ['CLK_TCK']);
-  return /^\d+$/.test(text) ? Number(text) : 100;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -547,35 +294,9 @@ interface Row {
   note: string;
 }
 
-interface Facts {
-  date: string;
-  nproc: string;
-  cpuModel: string;
-  memory: string;
-  /** One-minute load average before the run: other work on the machine skews every row. */
-  loadBefore: string;
-  postgres: string;
+interface Facts extends MachineFacts {
   pgbouncer: string;
   pgpool: string;
-  node: string;
-  parapool: string;
-}
-
-function machineFacts(binDir: string, pgbouncer: string, pgpool: string): Facts {
-  const cpuinfo = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
-  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
-  return {
-    date: new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC'),
-    nproc: firstLine('nproc', []),
-    cpuModel: model,
-    memory: `${Math.round(totalmem() / 2 ** 30)} GiB`,
-    loadBefore: loadavg()[0].toFixed(2),
-    postgres: firstLine(join(binDir, 'postgres'), ['--version']),
-    pgbouncer: firstLine(pgbouncer, ['--version']),
-    pgpool: firstLine(pgpool, ['--version']),
-    node: process.version,
-    parapool: parapoolVersion,
-  };
 }
 
 function ratio(row: Row, rows: Row[]): string {
@@ -646,7 +367,7 @@ function section(rows: Row[], targets: string[], options: Options, facts: Facts)
     '',
     markdownTable(rows),
     '',
-    `Machine: ${facts.nproc} CPUs (\`nproc\`), ${facts.cpuModel}, ${facts.memory} of memory; one-minute load average ${facts.loadBefore} before the run.`,
+    machineLine(facts),
     `Software: ${facts.postgres}; parapool ${facts.parapool} on Node.js ${facts.node}; ${facts.pgbouncer}; ${facts.pgpool}.`,
     '',
     'Set-up: parapool runs as its own process (`node dist/src/cli/main.js start -f parapool.conf`, `log_min_messages = warning`);',
@@ -660,81 +381,25 @@ function section(rows: Row[], targets: string[], options: Options, facts: Facts)
   ].join('\n');
 }
 
-const docsIntro = [
-  '# Benchmarks',
-  '',
-  'Measurements of parapool against PostgreSQL directly and against other PostgreSQL middleware, on the machine named in each',
-  'section. Each section is rewritten by the command it names; the numbers are from that command\'s last run.',
-  '',
-].join('\n');
-
-/** Writes the section into the docs file, replacing only that section when it is already there. */
-function writeDocs(path: string, text: string): void {
-  mkdirSync(resolve(path, '..'), { recursive: true });
-  const current = existsSync(path) ? readFileSync(path, 'utf8') : docsIntro;
-  const lines = current.split('\n');
-  const start = lines.findIndex((l) => l.trim() === sectionHeading);
-  let next: string;
-  if (start === -1) {
-    next = current.replace(/\n*$/, '\n\n') + text;
-  } else {
-    let end = lines.findIndex((l, i) => i > start && /^##?\s/.test(l));
-    if (end === -1) end = lines.length;
-    const before = lines.slice(0, start).join('\n');
-    const after = lines.slice(end).join('\n');
-    next = (before === '' ? '' : before.replace(/\n*$/, '\n\n')) + text + (after === '' ? '' : '\n' + after);
-  }
-  writeFileSync(path, next.replace(/\n*$/, '\n'));
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const binDir = findPostgresBinDir();
-  const pgbench = join(binDir, 'pgbench');
-  if (!existsSync(pgbench)) throw new StepError(`pgbench not found in ${binDir}`);
+  const pgbench = findClientProgram(binDir, 'pgbench');
   const pgbouncer = findProgram('pgbouncer');
   const pgpool = findProgram('pgpool');
   if (!pgbouncer || !pgpool) {
     throw new StepError(`${!pgbouncer ? 'pgbouncer' : 'pgpool'} is not installed: run the benchmark with \`npm run bench\` (bench/run.sh installs pgbouncer and pgpool2)`);
   }
-  const facts = machineFacts(binDir, pgbouncer, pgpool);
+  const facts: Facts = { ...machineFacts(binDir), pgbouncer: firstLine(pgbouncer, ['--version']), pgpool: firstLine(pgpool, ['--version']) };
 
-  const dir = mkdtempSync(join(tmpdir(), 'parapool-bench-'));
-  chmodSync(dir, 0o755); // the postgres OS user must reach the node's data directory and PgBouncer's files inside
-  cleanups.push({
-    name: 'temporary directory',
-    run: async () => {
-      if (options.keep) say(`kept ${dir}`);
-      else if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
-    },
-  });
-  say(`working in ${dir}`);
-
-  const node = new LocalPostgres({
-    binDir,
-    dataDir: join(dir, 'node0'),
-    port: await freePort(),
-    fast: true,
-    // The whole scale-10 data set stays in shared buffers, so every target reads the same warm pages.
-    settings: { max_connections: '200', shared_buffers: "'512MB'" },
-  });
-  say(`starting PostgreSQL on port ${node.port}`);
-  await node.init();
-  cleanups.push({ name: 'PostgreSQL node', run: () => node.stop() });
-  await node.start();
+  const dir = makeWorkDir('parapool-bench-', options.keep);
+  say('starting PostgreSQL');
+  // The whole scale-10 data set stays in shared buffers, so every target reads the same warm pages.
+  const [node] = await startNodes(binDir, dir, ['node0'], { max_connections: '200', shared_buffers: "'512MB'" });
+  say(`PostgreSQL is on port ${node.port}`);
   await waitReady('PostgreSQL', node.port, null);
-  // pg_ctl detaches the postmaster from us, so its process tree is told apart from other work by its own pid.
-  const postmasterPid = (): number => {
-    try {
-      return Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    } catch {
-      return -1;
-    }
-  };
-  const ticksPerSecond = clockTicksPerSecond();
-  const cpuCount = Number(facts.nproc) > 0 ? Number(facts.nproc) : cpus().length;
 
   say(`pgbench -i -s ${options.scale}`);
   const common = ['-h', '127.0.0.1', '-U', 'postgres'];
@@ -753,12 +418,6 @@ async function main(): Promise<number> {
   for (const target of targets) {
     say(`${target.label}: starting`);
     const running = await target.start();
-    // Lines the relay logs during its runs (warnings and errors only) are reported with the row.
-    const logOffset = () => (running.server && existsSync(running.server.logPath) ? statSync(running.server.logPath).size : 0);
-    const newLogLines = (from: number): string[] => {
-      if (!running.server || !existsSync(running.server.logPath)) return [];
-      return readFileSync(running.server.logPath).subarray(from).toString('utf8').split('\n').filter((l) => l.trim() !== '');
-    };
     const benchArgs = (mode: Mode, seconds: number) => ['-S', '-c', String(options.clients), '-j', String(options.threads), '-T', String(seconds), '-M', mode, '-n', ...common, '-p', String(running.port), 'postgres'];
     for (const mode of modes) {
       const na = target.notApplicable[mode];
@@ -772,31 +431,28 @@ async function main(): Promise<number> {
         const warmResult = parsePgbench(warm, runTimeout(options.warmup));
         if (warmResult.error) say(`${target.label} -M ${mode}: warm-up failed: ${warmResult.error}`);
       }
-      const from = logOffset();
+      // Lines the relay logs during its runs are reported with the row.
+      const from = running.server?.logSize() ?? 0;
       say(`${target.label} -M ${mode}: ${options.duration} s`);
-      const roots = [process.pid, postmasterPid()];
-      const cpuBefore = foreignTicks(roots);
+      // The relays are children of this process, so the 'other' group is all that is not the benchmark.
+      const postmasters = [postmasterPid(node)];
+      const cpuBefore = cpuSnapshot(null, postmasters);
       const startedAt = Date.now();
       const result = parsePgbench(await runPgbench(pgbench, benchArgs(mode, options.duration), runTimeout(options.duration)), runTimeout(options.duration));
-      if (finishing) throw new StepError('stopping');
+      throwIfFinishing();
       const elapsed = (Date.now() - startedAt) / 1000;
-      const foreign = foreignCpu(cpuBefore, foreignTicks(roots), ticksPerSecond);
-      // A child reaped during the run brings all its CPU time into its parent's count, even time spent before the
-      // run; the share is therefore an upper estimate, and capped at the whole machine.
-      const foreignShare = Math.min(1, foreign.seconds / (elapsed * cpuCount));
-      const logged = newLogLines(from);
+      const cpuAfter = cpuSnapshot(null, postmasters);
+      // Capped at the whole machine: the run's wall clock and the sampled ticks are not taken at the same instant.
+      const foreignShare = Math.min(1, cpuUse(cpuBefore, cpuAfter).other / (elapsed * cpuCount(facts)));
       let note = result.error ?? '';
       if (running.server?.exitReason) note = `${note ? note + '; ' : ''}${target.label} ${running.server.exitReason}`;
       // parapool logs at warning and above only, so anything it printed during a run is worth a look; the peers'
       // routine log lines are not.
-      if (logged.length > 0 && target.label === 'parapool') {
-        say(`${target.label} printed ${logged.length} lines during the run; first ones:\n${logged.slice(0, 10).join('\n')}`);
-        const first = logged[0].length > 140 ? `${logged[0].slice(0, 140)}...` : logged[0];
-        note = `${note ? note + '; ' : ''}proxy printed ${logged.length} line(s), first: \`${first.replace(/`/g, "'")}\``;
-      }
+      const printed = target.label === 'parapool' ? logNote(target.label, 'run', running.server?.logLinesSince(from) ?? []) : '';
+      if (printed) note = `${note ? note + '; ' : ''}${printed}`;
       if (foreignShare >= busyThreshold) {
         note = `${note ? note + '; ' : ''}other processes used ${(foreignShare * 100).toFixed(0)} % of the CPU meanwhile`;
-        say(`${target.label} -M ${mode}: other processes on this machine used ${(foreignShare * 100).toFixed(0)} % of its CPU during the run, most of all ${foreign.top}`);
+        say(`${target.label} -M ${mode}: other processes on this machine used ${(foreignShare * 100).toFixed(0)} % of its CPU during the run, most of all ${busiestOthers(cpuBefore, cpuAfter)}`);
       }
       const row: Row = { target: target.label, mode, tps: result.error ? null : result.tps, latencyMs: result.error ? null : result.latencyMs, foreignShare, note };
       if (result.error) say(`${target.label} -M ${mode}: FAILED: ${note}`);
@@ -808,11 +464,7 @@ async function main(): Promise<number> {
   }
 
   const text = section(rows, targets.map((t) => t.label), options, facts);
-  process.stdout.write('\n' + text + '\n');
-  if (options.docs) {
-    writeDocs(options.docs, text);
-    say(`wrote the results to ${options.docs}`);
-  }
+  publish(options.docs, sectionHeading, text);
   const bad = rows.filter((r) => r.tps === null && !r.note.startsWith('n/a'));
   if (bad.length > 0) {
     say(`${bad.length} measurement(s) failed: ${bad.map((r) => `${r.target} -M ${r.mode}`).join(', ')}`);
@@ -821,30 +473,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-async function finish(code: number): Promise<void> {
-  if (finishing) return;
-  finishing = true;
-  await cleanUp();
-  process.exit(code);
-}
-
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(signal, () => {
-    if (finishing) {
-      say(`${signal} again: exiting without waiting for the clean-up`);
-      process.exit(1);
-    }
-    say(`${signal}: stopping everything that was started`);
-    void finish(130);
-  });
-}
-
-main()
-  .then((code) => finish(code))
-  .catch((error) => {
-    // After a signal, whatever was under way fails as a matter of course; the signal was already reported.
-    if (finishing) return;
-    const message = error instanceof StepError ? error.message : (error as Error).stack ?? String(error);
-    say(`failed: ${message}`);
-    return finish(1);
-  });
+runBenchmark(main);
