@@ -3,6 +3,7 @@
 // rewrite their own section of docs/benchmarks.md. Kept in one place so that the two report alike.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { findPostgresProgram } from '../src/cluster/postgres-install';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
@@ -53,11 +54,12 @@ export function findProgram(name: string): string | null {
 }
 
 /** A PostgreSQL client program: from the server's bin directory first, so client and server versions match. */
-export function findClientProgram(binDir: string, name: string): string {
-  for (const dir of [binDir, ...(process.env.PATH ?? '').split(delimiter)]) {
-    if (dir && existsSync(join(dir, name))) return join(dir, name);
+export function findClientProgram(name: string): string {
+  try {
+    return findPostgresProgram(name);
+  } catch (error) {
+    throw new StepError((error as Error).message);
   }
-  throw new StepError(`${name} not found in ${binDir} or on PATH (install the PostgreSQL client programs)`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

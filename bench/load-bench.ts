@@ -475,8 +475,8 @@ const nodeSettings = {
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const binDir = findPostgresBinDir();
-  const psql = findClientProgram(binDir, 'psql');
-  const pgbench = findClientProgram(binDir, 'pgbench');
+  const psql = findClientProgram('psql');
+  const pgbench = findClientProgram('pgbench');
   const base = machineFacts(binDir);
   const facts: Facts = { ...base, psql: firstLine(psql, ['--version']), parapool: `${base.parapool}${sourceRevision()}` };
 

@@ -386,7 +386,7 @@ function section(rows: Row[], targets: string[], options: Options, facts: Facts)
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const binDir = findPostgresBinDir();
-  const pgbench = findClientProgram(binDir, 'pgbench');
+  const pgbench = findClientProgram('pgbench');
   const pgbouncer = findProgram('pgbouncer');
   const pgpool = findProgram('pgpool');
   if (!pgbouncer || !pgpool) {

@@ -2,7 +2,7 @@
 // user when the proxy itself runs as root, because PostgreSQL refuses to start as root.
 
 import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { spawn, type SpawnOptions } from 'node:child_process';
 
 /** The directory holding initdb, postgres and pg_ctl: $PARAPOOL_PG_BIN, else the newest /usr/lib/postgresql/N/bin. */
@@ -29,6 +29,20 @@ export function findPostgresBinDir(): string {
     throw new Error('no PostgreSQL server binaries found under /usr/lib/postgresql/*/bin (install postgresql, or set PARAPOOL_PG_BIN)');
   }
   return candidates[0].dir;
+}
+
+/** A PostgreSQL program (psql, pgbench, ...): from the server's bin directory first, so versions match, else PATH. */
+export function findPostgresProgram(name: string): string {
+  let binDir = '';
+  try {
+    binDir = findPostgresBinDir();
+  } catch {
+    // no server binaries: the client may still be on PATH
+  }
+  for (const dir of [binDir, ...(process.env.PATH ?? '').split(delimiter)]) {
+    if (dir && existsSync(join(dir, name))) return join(dir, name);
+  }
+  throw new Error(`${name} not found in ${binDir || '/usr/lib/postgresql/*/bin'} or on PATH (install the PostgreSQL client programs)`);
 }
 
 /** The OS user PostgreSQL runs as: `postgres` when we are root, else ourselves. */

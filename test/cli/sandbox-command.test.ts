@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { freePort, LocalPostgres } from '../../src/cluster/local-postgres';
-import { findPostgresBinDir } from '../../src/cluster/postgres-install';
+import { findPostgresBinDir, findPostgresProgram } from '../../src/cluster/postgres-install';
 
 const mainJs = join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const dirs: string[] = [];
@@ -39,17 +39,6 @@ function tempDir(): string {
   return dir;
 }
 
-function findProgram(name: string): string {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir !== '' && existsSync(join(dir, name))) return join(dir, name);
-  }
-  const root = '/usr/lib/postgresql';
-  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => parseFloat(b) - parseFloat(a)) : [];
-  for (const version of versions) {
-    if (existsSync(join(root, version, 'bin', name))) return join(root, version, 'bin', name);
-  }
-  throw new Error(`${name} not found on PATH or under ${root}/*/bin`);
-}
 
 interface Finished {
   code: number | null;
@@ -80,7 +69,7 @@ function launch(command: string, args: string[], timeoutMs: number): { child: Ch
 }
 
 function psql(port: number, sql: string): Promise<Finished> {
-  return launch(findProgram('psql'), ['-X', '-v', 'ON_ERROR_STOP=1', '-A', '-F', '|', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql], 60_000).done;
+  return launch(findPostgresProgram('psql'), ['-X', '-v', 'ON_ERROR_STOP=1', '-A', '-F', '|', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql], 60_000).done;
 }
 
 test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => {

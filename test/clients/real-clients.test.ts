@@ -6,10 +6,11 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import type { Client } from 'pg';
+import { findPostgresProgram } from '../../src/cluster/postgres-install';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 
 let cluster: TestCluster;
@@ -25,19 +26,6 @@ after(async () => {
   if (workDir) rmSync(workDir, { recursive: true, force: true });
 });
 
-/** A PostgreSQL client program: from PATH, else the newest /usr/lib/postgresql/<version>/bin. */
-function findProgram(name: string): string {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir !== '' && existsSync(join(dir, name))) return join(dir, name);
-  }
-  const root = '/usr/lib/postgresql';
-  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => parseFloat(b) - parseFloat(a)) : [];
-  for (const version of versions) {
-    const path = join(root, version, 'bin', name);
-    if (existsSync(path)) return path;
-  }
-  throw new Error(`${name} not found on PATH or under ${root}/*/bin`);
-}
 
 interface ProgramResult {
   code: number | null;
@@ -49,7 +37,7 @@ function run(program: string, args: string[], cwd = workDir, timeoutMs = 120_000
     const env: NodeJS.ProcessEnv = { ...process.env, PGCONNECT_TIMEOUT: '30' };
     delete env.PGPASSWORD;
     delete env.PGSERVICE;
-    const child = spawn(findProgram(program), args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(findPostgresProgram(program), args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (d) => (output += d));
     child.stderr.on('data', (d) => (output += d));
