@@ -22,7 +22,10 @@ CREATE TABLE IF NOT EXISTS parapool.partition_rules (
   version bigint NOT NULL,
   placement text,
   PRIMARY KEY (table_schema, table_name)
-);`;
+);
+-- Every session reads the rules of its database, whatever its user may do with the tables themselves.
+GRANT USAGE ON SCHEMA parapool TO PUBLIC;
+GRANT SELECT ON parapool.partition_rules TO PUBLIC;`;
 
 /** Rows in a fixed order and text form, so that two nodes' catalogs compare as strings. */
 export const loadCatalogSql = `

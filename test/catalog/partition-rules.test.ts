@@ -379,3 +379,19 @@ test('extended protocol: one-key statements go to their node; a write on all nod
   await assert.rejects(client.query({ text: 'select count(*) from ext_rows where v > $1', values: [0] }), (e: { code?: string; message: string }) => e.code === '0A000' && /ext_rows/.test(e.message));
   await assertPlaced('ext_rows', 24);
 });
+
+test('a user without rights on the tables still reads the rules and is routed', async () => {
+  for (let node = 0; node < 3; node++) {
+    const direct = await cluster.connectDirect(node);
+    await direct.query('create role reader login');
+    await direct.query('grant select on orders to reader');
+    await direct.end();
+  }
+  await client.end();
+  await cluster.restartProxy();
+  const reader = await cluster.connect({ user: 'reader' });
+  assert.deepEqual(await rowsOf(reader, 'select o_orderkey from orders where o_orderkey = 7'), [['7']]);
+  await assert.rejects(reader.query('select count(*) from orders'), (e: { code?: string }) => e.code === '0A000');
+  await reader.end();
+  client = await cluster.connect();
+});
