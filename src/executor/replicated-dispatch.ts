@@ -220,8 +220,10 @@ export class ReplicatedDispatch {
         state.pendingSyncs++;
         state.connection.writeMany([serialize.parse({ text: abortMarker }), serialize.sync()]);
       } else if (this.heldStatus === 'E') {
-        state.pendingSyncs++;
-        state.connection.write(serialize.query(abortMarker));
+        // The leader's failed exchange may itself have opened the transaction: open it here too (a BEGIN inside
+        // one only warns), then fail it, so every node ends where the leader is.
+        state.pendingSyncs += 2;
+        state.connection.writeMany([serialize.query('BEGIN'), serialize.query(abortMarker)]);
       }
     }
   }

@@ -707,6 +707,21 @@ export class ClientSession implements ClientSink {
       });
       messages[index] = { ...message, rejection: error };
     }
+    if (node !== null || scatter !== null) {
+      // A write for every node (BEGIN, SET, a replicated table) cannot share a batch that runs on some nodes only.
+      const forEveryNode = messages.some((m, i) => m.frame.code === FrontendCode.bind && !m.rejection && m.statementClass.kind === 'write' && !this.statementBefore(messages, i, m.statementName!)?.route);
+      if (forEveryNode) {
+        const error = new PgError({
+          code: SqlState.featureNotSupported,
+          message: 'a statement on a distributed table cannot share an extended-protocol batch with statements that run on every node',
+          hint: 'send Sync between them',
+        });
+        for (const [index, message] of messages.entries()) {
+          if (message.frame.code === FrontendCode.bind && this.statementBefore(messages, index, message.statementName!)?.route) messages[index] = { ...message, rejection: error };
+        }
+        return null;
+      }
+    }
     try {
       if (scatter) return scatter.map((n) => this.port.connectionFor(n));
       return node === null ? null : this.port.connectionFor(node);

@@ -395,3 +395,22 @@ test('a user without rights on the tables still reads the rules and is routed', 
   await reader.end();
   client = await cluster.connect();
 });
+
+test('extended protocol: a distributed statement cannot share a batch with statements for every node', async () => {
+  const { RawClient, errorFields } = await import('../support/raw-client');
+  const { serialize } = await import('pg-protocol');
+  const raw = await RawClient.ready(cluster.proxy.port);
+  raw.send([
+    serialize.parse({ text: 'begin' }), serialize.bind({}), serialize.execute({}),
+    serialize.parse({ name: 'ins', text: 'insert into orders values ($1, 1, 1)' }), serialize.bind({ statement: 'ins', values: ['9001'] }), serialize.execute({}),
+    serialize.sync(),
+  ]);
+  const replies = await raw.readUntil('Z');
+  assert.equal(errorFields(replies.find((m) => m.type === 'E')!).C, '0A000');
+  raw.send(serialize.query('rollback'));
+  await raw.readUntil('Z');
+  raw.end();
+  assert.deepEqual(await rowsOf(client, 'select count(*) from orders where o_orderkey = 9001'), [['0']]);
+  const nodes = (await client.query('show pool_nodes')).rows;
+  assert.ok(nodes.every((n: { status: string }) => n.status === 'up'));
+});

@@ -227,3 +227,18 @@ test('a pinned write inside an aborted transaction fails like any statement ther
   assert.deepEqual(await rowsOf(client, 'select count(*) from aborted_pin'), [['1']]);
   await client.end();
 });
+
+test('a message that opens a transaction and fails on the main node leaves every node in the failed transaction', async () => {
+  await cluster.restartProxy();
+  const client = await cluster.connect();
+  await assert.rejects(client.query('begin; insert into tx values (40); select 1/0'), (e: { code?: string }) => e.code === '22012');
+  await assert.rejects(client.query('insert into tx values (41)'), (e: { code?: string }) => e.code === '25P02');
+  await client.query('rollback');
+  await client.query('insert into tx values (42)');
+  await client.end();
+  const nodes = (await poolNodes()).filter((n) => n.node_id !== '2');
+  assert.ok(nodes.every((n) => n.status === 'up'), JSON.stringify(nodes));
+  const contents = await onEachNode('select array_agg(a order by a) from tx');
+  assert.deepEqual(contents[0], [['{3,42}']]);
+  assert.deepEqual(contents[1], contents[0]);
+});
