@@ -60,10 +60,13 @@ export class LocalPostgres {
 
   constructor(private readonly options: LocalPostgresOptions) {
     this.dataDir = resolve(options.dataDir);
+    this.currentPort = options.port;
   }
 
+  private currentPort: number;
+
   get port(): number {
-    return this.options.port;
+    return this.currentPort;
   }
 
   /** Creates the data directory if it does not exist yet. */
@@ -76,11 +79,26 @@ export class LocalPostgres {
     chownToPostgres(this.dataDir);
   }
 
-  /** Starts the server on its port (rewriting the port in its settings) and waits until it accepts connections. */
+  /**
+   * Starts the server and waits until it accepts connections. A free port can be taken by another process between
+   * the moment it was chosen and the server's bind: then the server moves to another free port (the port getter
+   * says which), a few times before giving up.
+   */
   async start(): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startOnce();
+      } catch (error) {
+        if (attempt >= 5 || !/could not bind|Address already in use|could not create any TCP\/IP sockets/.test((error as Error).message)) throw error;
+        this.currentPort = await freePort();
+      }
+    }
+  }
+
+  private async startOnce(): Promise<void> {
     const settings: Record<string, string> = {
       listen_addresses: "'127.0.0.1'",
-      port: String(this.options.port),
+      port: String(this.currentPort),
       unix_socket_directories: "''",
       max_connections: '200',
       max_prepared_transactions: '64',
@@ -98,7 +116,7 @@ export class LocalPostgres {
     const result = await runPostgresProgram(this.options.binDir, 'pg_ctl', ['-D', this.dataDir, '-l', join(this.dataDir, 'server.log'), '-w', '-t', '60', 'start']);
     if (result.code !== 0) {
       const logText = existsSync(join(this.dataDir, 'server.log')) ? readFileSync(join(this.dataDir, 'server.log'), 'utf8').slice(-2000) : '';
-      throw new Error(`could not start PostgreSQL in ${this.dataDir} on port ${this.options.port}: ${result.stderr}${logText}`);
+      throw new Error(`could not start PostgreSQL in ${this.dataDir} on port ${this.currentPort}: ${result.stderr}${logText}`);
     }
     this.running = true;
   }
