@@ -35,10 +35,16 @@ export async function startNodes(count: number, dir: string, fast = false): Prom
   for (let i = 0; i < count; i++) {
     nodes.push(new LocalPostgres({ binDir, dataDir: join(dir, `node${i}`), port: await freePort(), fast }));
   }
-  await Promise.all(nodes.map(async (node) => {
+  const started = await Promise.allSettled(nodes.map(async (node) => {
     await node.init();
     await node.start();
   }));
+  const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) {
+    // Leave nothing running behind a failed start.
+    await Promise.all(nodes.map((node) => node.stop('immediate').catch(() => undefined)));
+    throw failed.reason;
+  }
   return nodes;
 }
 
