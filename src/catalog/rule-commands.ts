@@ -13,7 +13,7 @@ import { PgError, SqlState } from '../wire/errors';
 import { readCatalog, type Catalog, type CatalogRegistry } from './catalog';
 import { catalogSchemaSql } from './catalog-store';
 import { type DistributedRule, type DistributionMethod, type PartitionRule, qualifiedName, quoteIdent, quoteLiteral } from './partition-rule';
-import { isHashableKeyType, placementSql } from './placement';
+import { arrayLiteral, isHashableKeyType, placementSql } from './placement';
 
 export type RuleCommandName = 'distribute_table' | 'replicate_table' | 'undistribute_table';
 
@@ -300,7 +300,7 @@ async function writeRule(connection: BackendConnection, rule: PartitionRule): Pr
   const placement = d ? placementSql(d, quoteIdent(d.keyColumn)) : null;
   await connection.query(
     `INSERT INTO parapool.partition_rules VALUES (${value(rule.table.schema)}, ${value(rule.table.name)}, ${value(rule.kind)}, ${value(d?.method)}, ${value(d?.keyColumn)}, ` +
-      `${value(d?.keyType)}, ${value(d?.keyTypeOid)}, ${d?.bounds ? `${quoteLiteral(`{${d.bounds.map((b) => `"${b.replace(/["\\]/g, '\\$&')}"`).join(',')}}`)}::text[]` : 'NULL'}, ` +
+      `${value(d?.keyType)}, ${value(d?.keyTypeOid)}, ${d?.bounds ? arrayLiteral(d.bounds, 'text') : 'NULL'}, ` +
       `${d?.lists ? `${quoteLiteral(JSON.stringify(d.lists))}::jsonb` : 'NULL'}, ${value(d?.functionName)}, ${value(d?.colocationGroup)}, ${rule.nodeCount}, ${rule.version}, ${value(placement)}) ` +
       `ON CONFLICT (table_schema, table_name) DO UPDATE SET distribution = EXCLUDED.distribution, method = EXCLUDED.method, key_column = EXCLUDED.key_column, ` +
       `key_type = EXCLUDED.key_type, key_type_oid = EXCLUDED.key_type_oid, bounds = EXCLUDED.bounds, list_values = EXCLUDED.list_values, ` +

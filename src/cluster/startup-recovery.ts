@@ -24,20 +24,23 @@ async function connectAll(options: RecoveryOptions, database: string): Promise<B
 /** Resolves in-doubt transactions and checks catalogs in every database; logs what it found, never throws. */
 export async function recoverAtStartup(options: RecoveryOptions): Promise<void> {
   if (options.nodes.length === 0) return;
-  let databases: string[] = [];
+  // Every node's databases: a database one node lacks is still checked (and reported) on the others.
+  const databases = new Set<string>();
   const inDoubt = new Set<string>();
+  let connections: BackendConnection[] = [];
   try {
-    const connections = await connectAll(options, 'postgres');
+    connections = await connectAll(options, 'postgres');
     for (const connection of connections) {
       const dbs = await connection.query('SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1');
-      databases = dbs.rows.map((r) => r[0]!);
+      for (const [db] of dbs.rows) databases.add(db!);
       const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
       for (const [db] of pending.rows) inDoubt.add(db!);
-      connection.destroy();
     }
   } catch (error) {
     log('warning', 'startup_recovery_skipped', { user: options.user, error: (error as Error).message });
     return;
+  } finally {
+    for (const connection of connections) connection.destroy();
   }
   for (const database of databases) {
     let connections: BackendConnection[] = [];

@@ -55,11 +55,10 @@ export class CopyRouter {
         }),
       ),
     );
-    const replies = this.replies.then((r) => r);
-    await Promise.race([allReady, replies]);
+    await Promise.race([allReady, this.replies]);
     if (ready < this.connections.length) {
       for (const connection of this.connections) connection.write(serialize.copyFail('another node refused the COPY'));
-      const failed = (await replies).find((r) => r.error);
+      const failed = (await this.replies).find((r) => r.error);
       throw failed ? new RelayedError(failed.error!) : new Error('a node ended the COPY before it began');
     }
     return response!;

@@ -21,16 +21,6 @@ after(async () => {
   await cluster?.stop();
 });
 
-async function onEachNode(sql: string): Promise<(string | null)[][][]> {
-  const out: (string | null)[][][] = [];
-  for (let node = 0; node < cluster.nodes.length; node++) {
-    const direct = await cluster.connectDirect(node);
-    out.push(await rowsOf(direct, sql));
-    await direct.end();
-  }
-  return out;
-}
-
 /** Every row is on exactly the node the placement column of parapool.partition_rules names. */
 async function assertPlaced(table: string, expectedTotal: number): Promise<number[]> {
   const counts: number[] = [];
@@ -47,7 +37,7 @@ async function assertPlaced(table: string, expectedTotal: number): Promise<numbe
 }
 
 async function catalogOnEachNode(): Promise<string[]> {
-  return (await onEachNode('select table_name, distribution, method, key_column, bounds::text, list_values::text, function_name, node_count, version from parapool.partition_rules order by 1')).map((r) => JSON.stringify(r));
+  return (await cluster.onEachNode('select table_name, distribution, method, key_column, bounds::text, list_values::text, function_name, node_count, version from parapool.partition_rules order by 1')).map((r) => JSON.stringify(r));
 }
 
 async function expectError(sql: string, code: string, pattern?: RegExp): Promise<void> {
@@ -137,7 +127,7 @@ test('bad rules get clear errors and leave the catalog unchanged', async () => {
   await expectError("select parapool.distribute_table('free', 'b')", '25001', /cannot run inside a transaction block/);
   await client.query('rollback');
   assert.deepEqual(await catalogOnEachNode(), before);
-  assert.deepEqual(await onEachNode('select count(*) from free'), [[['6']], [['6']], [['6']]], 'the table is untouched');
+  assert.deepEqual(await cluster.onEachNode('select count(*) from free'), [[['6']], [['6']], [['6']]], 'the table is untouched');
 });
 
 test('INSERT routes each row to its node; RETURNING comes back in statement order', async () => {
@@ -189,7 +179,7 @@ test('a write on several nodes in a transaction commits with two-phase commit; a
   await assert.rejects(client.query('insert into orders values (6001, 1, 1)'), (e: { code?: string }) => e.code === '23505');
   await client.query('rollback');
   await assertPlaced('orders', 3003);
-  assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+  assert.deepEqual(await cluster.onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
 });
 
 test('a proxy that dies between PREPARE and COMMIT PREPARED is resolved by the next one', async () => {
@@ -198,28 +188,28 @@ test('a proxy that dies between PREPARE and COMMIT PREPARED is resolved by the n
     await assert.rejects(client.query(`insert into orders values (${7000 + expected}, 1, 1), (${7100 + expected}, 2, 2)`));
     commitFailpoints[failpoint] = false;
     await client.end().catch(() => undefined);
-    const prepared = await onEachNode("select count(*) from pg_prepared_xacts where gid like 'parapool:%'");
+    const prepared = await cluster.onEachNode("select count(*) from pg_prepared_xacts where gid like 'parapool:%'");
     assert.ok(prepared.some((r) => r[0][0] !== '0'), 'transactions were left prepared');
     await cluster.restartProxy();
     client = await cluster.connect();
-    assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+    assert.deepEqual(await cluster.onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
     await assertPlaced('orders', expected);
   }
 });
 
 test('undistribute_table gathers the rows back onto every node', async () => {
   await client.query("select parapool.undistribute_table('by_function')");
-  assert.deepEqual(await onEachNode('select count(*), sum(k) from by_function'), [[['30', '465']], [['30', '465']], [['30', '465']]]);
+  assert.deepEqual(await cluster.onEachNode('select count(*), sum(k) from by_function'), [[['30', '465']], [['30', '465']], [['30', '465']]]);
   assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'by_function'"), [['0']]);
   assert.deepEqual(await rowsOf(client, 'select count(*) from by_function'), [['30']]);
 });
 
 test('DROP TABLE of a distributed table forgets its rule', async () => {
   await client.query('drop table events');
-  assert.deepEqual(await onEachNode("select count(*) from parapool.partition_rules where table_name = 'events'"), [[['0']], [['0']], [['0']]]);
+  assert.deepEqual(await cluster.onEachNode("select count(*) from parapool.partition_rules where table_name = 'events'"), [[['0']], [['0']], [['0']]]);
   await client.query('create table events (day date, v int)');
   await client.query("insert into events values ('2024-05-05', 1)");
-  assert.deepEqual(await onEachNode('select count(*) from events'), [[['1']], [['1']], [['1']]], 'a new table of the same name is replicated');
+  assert.deepEqual(await cluster.onEachNode('select count(*) from events'), [[['1']], [['1']], [['1']]], 'a new table of the same name is replicated');
 });
 
 test('a restarted proxy reads the rules back; nodes that disagree are refused by name', async () => {
@@ -320,7 +310,7 @@ test('an interrupted distribution leaves the table intact and readable; a node d
   await client.end().catch(() => undefined);
   await cluster.restartProxy();
   client = await cluster.connect();
-  assert.deepEqual(await onEachNode('select count(*) from fragile'), [[['500']], [['500']], [['500']]]);
+  assert.deepEqual(await cluster.onEachNode('select count(*) from fragile'), [[['500']], [['500']], [['500']]]);
   assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'fragile'"), [['0']]);
   await client.end();
   await cluster.nodes[2].stop('fast');
@@ -354,9 +344,9 @@ test('a node that dies while rows move leaves the table intact on every node', a
   await client.end().catch(() => undefined);
   await cluster.restartProxy();
   client = await cluster.connect();
-  assert.deepEqual(await onEachNode('select count(*) from doomed'), [[['600']], [['600']], [['600']]]);
+  assert.deepEqual(await cluster.onEachNode('select count(*) from doomed'), [[['600']], [['600']], [['600']]]);
   assert.deepEqual(await rowsOf(client, "select count(*) from parapool.partition_rules where table_name = 'doomed'"), [['0']]);
-  assert.deepEqual(await onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
+  assert.deepEqual(await cluster.onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
 });
 
 test('extended protocol: one-key statements go to their node; a write on all nodes is merged and atomic', async () => {

@@ -18,16 +18,6 @@ after(async () => {
   await cluster?.stop();
 });
 
-async function onEachNode(sql: string): Promise<(string | null)[][][]> {
-  const results: (string | null)[][][] = [];
-  for (let node = 0; node < cluster.nodes.length; node++) {
-    const direct = await cluster.connectDirect(node);
-    results.push(await rowsOf(direct, sql));
-    await direct.end();
-  }
-  return results;
-}
-
 async function poolNodes(): Promise<Record<string, string | null>[]> {
   const client = await cluster.connect();
   const result = await client.query('show pool_nodes');
@@ -42,7 +32,7 @@ test('writes reach every node; reads are spread by backend_weight', async () => 
   await client.query("update kv set v = v || '!' where k <= 10");
   await client.query('delete from kv where k > 90');
   await client.end();
-  const sums = await onEachNode("select count(*), md5(string_agg(k || v, ',' order by k)) from kv");
+  const sums = await cluster.onEachNode("select count(*), md5(string_agg(k || v, ',' order by k)) from kv");
   assert.equal(sums[0][0][0], '90');
   assert.deepEqual(sums[1], sums[0]);
   assert.deepEqual(sums[2], sums[0]);
@@ -97,7 +87,7 @@ test('time functions in writes are pinned to one value on every node', async () 
   await client.query({ name: 'ev', text: 'insert into events values ($1, clock_timestamp(), localtimestamp)', values: [5] });
   await client.query({ name: 'ev', text: 'insert into events values ($1, clock_timestamp(), localtimestamp)', values: [6] });
   await client.end();
-  const results = await onEachNode('select id, at, day, t from events order by id');
+  const results = await cluster.onEachNode('select id, at, day, t from events order by id');
   assert.equal(results[0].length, 6);
   assert.deepEqual(results[1], results[0]);
   assert.deepEqual(results[2], results[0]);
@@ -116,7 +106,7 @@ test('writes with per-node values are refused with 0A000 and change nothing', as
   await client.query('rollback');
   assert.deepEqual(await rowsOf(client, 'select random() < 2'), [['t']], 'a read may call random()');
   await client.end();
-  const results = await onEachNode('select count(*) from events where id >= 10');
+  const results = await cluster.onEachNode('select count(*) from events where id >= 10');
   assert.deepEqual(results, [[['0']], [['0']], [['0']]]);
 });
 
@@ -126,7 +116,7 @@ test('a SELECT that calls nextval() is a write: every node advances its sequence
   assert.deepEqual(await rowsOf(client, "select nextval('seq')"), [['1']]);
   assert.deepEqual(await rowsOf(client, "select nextval('seq')"), [['2']]);
   await client.end();
-  assert.deepEqual(await onEachNode('select last_value from seq'), [[['2']], [['2']], [['2']]]);
+  assert.deepEqual(await cluster.onEachNode('select last_value from seq'), [[['2']], [['2']], [['2']]]);
 });
 
 test('an error in a read inside a transaction aborts the transaction on every node', async () => {
@@ -139,7 +129,7 @@ test('an error in a read inside a transaction aborts the transaction on every no
   await client.query('rollback');
   await client.query('insert into tx values (3)');
   await client.end();
-  assert.deepEqual(await onEachNode('select array_agg(a) from tx'), [[['{3}']], [['{3}']], [['{3}']]]);
+  assert.deepEqual(await cluster.onEachNode('select array_agg(a) from tx'), [[['{3}']], [['{3}']], [['{3}']]]);
   assert.ok((await poolNodes()).every((n) => n.status === 'up'), 'no node was detached');
 });
 
@@ -238,7 +228,7 @@ test('a message that opens a transaction and fails on the main node leaves every
   await client.end();
   const nodes = (await poolNodes()).filter((n) => n.node_id !== '2');
   assert.ok(nodes.every((n) => n.status === 'up'), JSON.stringify(nodes));
-  const contents = await onEachNode('select array_agg(a order by a) from tx');
+  const contents = await cluster.onEachNode('select array_agg(a order by a) from tx');
   assert.deepEqual(contents[0], [['{3,42}']]);
   assert.deepEqual(contents[1], contents[0]);
 });

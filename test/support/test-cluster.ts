@@ -29,6 +29,8 @@ export interface TestCluster {
   connect(overrides?: Partial<ClientConfig>): Promise<Client>;
   /** A connected client straight to node i (or to the reference with 'reference'). */
   connectDirect(target: number | 'reference', overrides?: Partial<ClientConfig>): Promise<Client>;
+  /** Runs SQL on every node directly, returning each node's rows as text, in node order. */
+  onEachNode(sql: string): Promise<(string | null)[][][]>;
   restartProxy(configure?: (config: ProxyConfig) => void): Promise<void>;
   stop(): Promise<void>;
 }
@@ -65,6 +67,15 @@ export async function startTestCluster(options: TestClusterOptions): Promise<Tes
       const client = new Client({ host: '127.0.0.1', port: node.port, user: 'postgres', database: 'postgres', types: textTypes, ...overrides });
       await client.connect();
       return client;
+    },
+    async onEachNode(sql) {
+      const results: (string | null)[][][] = [];
+      for (let node = 0; node < nodes.length; node++) {
+        const direct = await cluster.connectDirect(node);
+        results.push(await rowsOf(direct, sql));
+        await direct.end();
+      }
+      return results;
     },
     async restartProxy(configure) {
       await cluster.proxy.stop();
