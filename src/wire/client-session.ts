@@ -456,7 +456,7 @@ export class ClientSession implements ClientSink {
    */
   private async pinTime(node: Node): Promise<string | PgError> {
     try {
-      return await pinTimeFunctions(node, async (select) => (await this.mainConnection().query(select)).rows[0] ?? []);
+      return await pinTimeFunctions(node, async (select) => (await this.port.evaluate(select))[0] ?? []);
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return error;
       throw error;
