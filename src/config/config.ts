@@ -40,6 +40,8 @@ export interface ProxyConfig {
   connectTimeout: number;
   /** Largest message accepted from a client, in bytes. */
   clientMaxMessageSize: number;
+  /** Most bytes of rows the proxy holds for one merge that must keep state (its hash aggregate of partial groups). */
+  mergeMemoryLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
   logMinMessages: LogLevel;
@@ -65,6 +67,7 @@ export function defaultConfig(): ProxyConfig {
     poolPasswd: null,
     connectTimeout: 10,
     clientMaxMessageSize: 256 * 1024 * 1024,
+    mergeMemoryLimit: 256 * 1024 * 1024,
     recoveryUser: 'postgres',
     logMinMessages: 'info',
     logConnections: false,
@@ -142,6 +145,9 @@ const settings: Record<string, Setter> = {
   },
   connect_timeout: (c, v, fail) => {
     c.connectTimeout = parseInteger(v, fail, 1, 3600);
+  },
+  merge_memory_limit: (c, v, fail) => {
+    c.mergeMemoryLimit = parseInteger(v, fail, 1024 * 1024, 64 * 1024 * 1024 * 1024);
   },
   client_max_message_size: (c, v, fail) => {
     c.clientMaxMessageSize = parseInteger(v, fail, 1024, 1024 * 1024 * 1024);
@@ -259,6 +265,7 @@ export function configToText(config: ProxyConfig): string {
     `pool_passwd = ${quote(config.poolPasswd ?? '')}`,
     `connect_timeout = ${config.connectTimeout}`,
     `client_max_message_size = ${config.clientMaxMessageSize}`,
+    `merge_memory_limit = ${config.mergeMemoryLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,

@@ -30,6 +30,8 @@ export interface SessionPort {
 export type DistributedOutcome =
   /** The session runs the statement unchanged on these connections (one node: relayed as is). */
   | { readonly kind: 'run'; readonly connections: BackendConnection[]; readonly write: boolean }
+  /** A read of keys held by several nodes: the distributed planner runs it on those nodes. */
+  | { readonly kind: 'read-nodes'; readonly nodes: number[] }
   /** The reply frames are written; the session sends ReadyForQuery with this status. */
   | { readonly kind: 'answered'; readonly status: TransactionStatus; readonly wroteOn: readonly number[] };
 
@@ -65,13 +67,7 @@ export async function runDistributedStatement(route: DistributedRoute, statement
   switch (route.kind) {
     case 'pinned': {
       const nodes = await nodesOfKeys(route.rule, route.keys, port);
-      if (!route.write && nodes.length > 1) {
-        throw new PgError({
-          code: SqlState.featureNotSupported,
-          message: `table "${route.rule.table.name}" is distributed: this query reads keys held by ${nodes.length} nodes, which is not supported yet`,
-          hint: 'query the keys of one node at a time',
-        });
-      }
+      if (!route.write && nodes.length > 1) return { kind: 'read-nodes', nodes };
       if (nodes.length === 1) return { kind: 'run', connections: [port.connectionFor(nodes[0])], write: route.write };
       return scatter(nodes.map((n) => ({ connection: port.connectionFor(n), sql: statement.sql })), port);
     }

@@ -25,6 +25,10 @@ export type DistributedRoute =
   /** INSERT ... SELECT reading only replicated tables: the rows are read on one node and routed like VALUES. */
   | { readonly kind: 'insert-select'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   | { readonly kind: 'copy-in'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
+  /** A read over several nodes: the distributed planner decides how (select-planner.ts). */
+  | { readonly kind: 'select'; readonly statement: Node }
+  /** EXPLAIN [ANALYZE] of such a read: the distributed plan is shown. */
+  | { readonly kind: 'explain'; readonly statement: Node; readonly analyze: boolean; readonly route: DistributedRoute }
   /** DROP of tables with rules: every node drops them and forgets their rules. */
   | { readonly kind: 'drop'; readonly tables: readonly TableReference[] }
   | { readonly kind: 'refused'; readonly error: PgError };
@@ -58,8 +62,8 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       const from = (body.fromClause as Node[] | undefined) ?? [];
       const direct = from.length === 1 && 'RangeVar' in from[0];
       const keys = direct && sameTableOnly ? pinnedKeyValues(body.whereClause as Node | undefined, first.rule.keyColumn, names) : null;
-      if (!keys) return refused(first.rule.table.name, 'a query that reads it from more than one node');
       const locks = Array.isArray(body.lockingClause) && body.lockingClause.length > 0;
+      if (!keys) return locks ? refused(first.rule.table.name, 'SELECT ... FOR UPDATE of rows on several nodes') : { kind: 'select', statement: node };
       return { kind: 'pinned', rule: first.rule, keys, write: locks };
     }
     case 'InsertStmt': {
@@ -93,14 +97,29 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       const columns = ((body.attlist as { String: { sval: string } }[] | undefined) ?? []).map((a) => a.String.sval);
       return { kind: 'copy-in', rule: first.rule, columns: columns.length > 0 ? columns : null };
     }
-    case 'ExplainStmt':
-      return refused(first.rule.table.name, 'EXPLAIN of a statement on it');
+    case 'ExplainStmt': {
+      const inner = body.query as Node;
+      const options = ((body.options as { DefElem: { defname: string; arg?: unknown } }[] | undefined) ?? []).map((o) => o.DefElem);
+      const analyze = options.some((o) => o.defname === 'analyze' && !isFalse(o.arg));
+      if (options.some((o) => !['analyze', 'verbose', 'costs', 'timing', 'summary', 'buffers', 'format'].includes(o.defname))) {
+        return refused(first.rule.table.name, 'that EXPLAIN option on a distributed statement');
+      }
+      const route = routeDistributed(inner, catalog);
+      if (nodeTag(inner) !== 'SelectStmt' || (route.kind !== 'select' && route.kind !== 'pinned')) return refused(first.rule.table.name, 'EXPLAIN of a statement other than SELECT on it');
+      return { kind: 'explain', statement: inner, analyze, route };
+    }
     case 'MergeStmt':
       return refused(first.rule.table.name, 'MERGE into it');
     default:
       // DDL and maintenance (ALTER, CREATE INDEX, TRUNCATE, VACUUM, LOCK, GRANT, ...) apply to every node's part.
       return { kind: 'none' };
   }
+}
+
+function isFalse(arg: unknown): boolean {
+  const value = arg as { String?: { sval: string }; A_Const?: { sval?: { sval: string }; boolval?: { boolval?: boolean } } } | undefined;
+  const text = value?.String?.sval ?? value?.A_Const?.sval?.sval;
+  return text === 'false' || text === 'off' || (value?.A_Const?.boolval !== undefined && !value.A_Const.boolval.boolval);
 }
 
 function keyChange(rule: DistributedRule): DistributedRoute {

@@ -29,6 +29,7 @@ import { copyFormatFromOptions } from './copy-row-splitter';
 import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
+import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort } from '../executor/plan-executor';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -863,6 +864,27 @@ export class ClientSession implements ClientSink {
           if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
           throw error;
         }
+      case 'select':
+        return this.runDistributedRead(statement);
+      case 'explain': {
+        if (route.route.kind === 'pinned') {
+          let nodes: number[];
+          try {
+            nodes = await nodesOfKeys(route.route.rule, route.route.keys, { ...this.port, status: this.status });
+          } catch (error) {
+            if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
+            throw error;
+          }
+          if (nodes.length === 1 && !route.analyze) {
+            explainRouter(nodes, 'the distribution key is pinned to one node', this.readPort());
+            this.write(serverMessages.readyForQuery(this.status));
+            return;
+          }
+          if (nodes.length === 1) return this.runOnNodes([frame.raw], { kind: 'read', reason: 'pinned key' }, sql, undefined, false, [this.port.connectionFor(nodes[0])]);
+          return this.runDistributedRead(explainedStatement(statement.sql, route.statement), nodes, { analyze: route.analyze });
+        }
+        return this.runDistributedRead(explainedStatement(statement.sql, route.statement), undefined, { analyze: route.analyze });
+      }
       default: {
         const port: SessionPort = { ...this.port, status: this.status };
         let outcome;
@@ -875,12 +897,49 @@ export class ClientSession implements ClientSink {
         if (outcome.kind === 'run') {
           return this.runOnNodes([frame.raw], outcome.write ? { kind: 'write', reason: 'rows on these nodes' } : { kind: 'read', reason: 'pinned key' }, sql, undefined, false, outcome.connections);
         }
+        if (outcome.kind === 'read-nodes') return this.runDistributedRead(statement, outcome.nodes);
         this.status = outcome.status;
         for (const node of outcome.wroteOn) this.writtenNodes.add(node);
         await this.reconcileTransactions();
         this.write(serverMessages.readyForQuery(this.status));
       }
     }
+  }
+
+  private temporaryCounter = 0;
+
+  /** What a distributed read borrows from this session. */
+  private readPort(): DistributedReadPort {
+    const main = this.mainConnection();
+    return {
+      nodeCount: this.context.cluster.nodes.length,
+      finalNode: main.node.id,
+      connectionFor: (node) => this.port.connectionFor(node),
+      plannerConnection: () => this.mainConnection(),
+      sink: this,
+      textOrderIsBytewise: () => textOrderIsBytewise(this.catalog!, main),
+      temporaryName: (prefix) => `parapool_${prefix}_${this.id}_${++this.temporaryCounter}`,
+      mergeMemoryLimit: this.context.config.mergeMemoryLimit,
+    };
+  }
+
+  /**
+   * A read over several nodes, through the distributed planner. A failure inside a transaction aborts it on
+   * every node, as one server's failed statement aborts its transaction.
+   */
+  private async runDistributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }): Promise<void> {
+    let outcome;
+    try {
+      outcome = await runDistributedRead(statement.node, statement.sql, this.catalog!, this.readPort(), { nodes, explain });
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') outcome = { ok: false as const, error, errorFrame: null };
+      else throw error;
+    }
+    if (!outcome.ok) {
+      if (this.status !== 'I') return this.refuse(outcome.error);
+      this.write(outcome.errorFrame ?? serverMessages.errorResponse(outcome.error));
+    }
+    this.write(serverMessages.readyForQuery(this.status));
   }
 
   private async runRuleCommandStatement(command: Parameters<typeof runRuleCommand>[0]): Promise<void> {
@@ -1185,4 +1244,10 @@ function negotiateProtocolVersion(unsupported: string[]): Buffer {
   out.writeInt32BE(unsupported.length, 9);
   names.copy(out, 13);
   return out;
+}
+
+/** The statement an EXPLAIN explains, with its own text (the EXPLAIN keywords and options cut off). */
+function explainedStatement(sql: string, node: Node): { node: Node; sql: string } {
+  const prefix = /^\s*explain\s*(\([^)]*\)\s*|analy[sz]e\s+|verbose\s+)*/i.exec(sql);
+  return { node, sql: sql.slice(prefix ? prefix[0].length : 0) };
 }

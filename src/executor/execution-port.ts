@@ -1,0 +1,32 @@
+// What the executors borrow from the session that runs them: its connection to each node, the client's socket,
+// and one fact about the database. Executors write rows and the command tag; the session writes the rest.
+
+import type { BackendConnection } from '../wire/backend-connection';
+import type { PgError } from '../wire/errors';
+import type { ClientSink } from './client-sink';
+
+export interface ExecutionPort {
+  /** The session's connection to a node; throws a PgError naming the node when it is out of service. */
+  connectionFor(node: number): BackendConnection;
+  readonly sink: ClientSink;
+  /** True when the database's collation orders text byte by byte (C or POSIX), so the proxy may merge text. */
+  textOrderIsBytewise(): Promise<boolean>;
+  /** A name unique within the session, for temporary tables. */
+  temporaryName(prefix: string): string;
+  /** The most bytes of rows an operator that must hold state (the proxy's hash aggregate) may keep. */
+  readonly mergeMemoryLimit: number;
+}
+
+export interface StepStats {
+  readonly step: string;
+  readonly rows: number;
+  readonly ms: number;
+}
+
+export type ExecutionOutcome =
+  | { readonly ok: true; readonly rows: number; readonly stats: readonly StepStats[] }
+  /**
+   * `errorFrame` is a node's own ErrorResponse, relayed as is when present. `fallback` says nothing reached the
+   * client yet and the next tier can answer instead (a type the merge cannot order, found at run time).
+   */
+  | { readonly ok: false; readonly error: PgError; readonly errorFrame: Buffer | null; readonly fallback?: boolean };

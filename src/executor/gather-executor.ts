@@ -1,0 +1,73 @@
+// Runs a GatherPlan: for each distributed table the query reads, the finishing node copies its own rows into a
+// temporary table and the other nodes' rows stream in through the proxy (COPY, all nodes at once); then that node
+// runs the query against the temporary tables and its answer is relayed to the client.
+
+import type { GatherPlan } from '../planner/distributed-plan';
+import { gatheredTableName } from '../planner/gather-planner';
+import { dataRowFields } from '../wire/data-row';
+import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
+import { firstError, FragmentStream } from './fragment-stream';
+import { copyInto, FinalNodeTransaction, relayFinal, runQuiet, type NodeFailure } from './intermediate-result';
+
+export async function executeGather(plan: GatherPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
+  const connection = port.connectionFor(plan.finalNode);
+  const transaction = new FinalNodeTransaction(connection);
+  const stats: StepStats[] = [];
+  const names = plan.tables.map(() => `pg_temp.${port.temporaryName('gather')}`);
+  const statements = plan.tables.map((t, i) => {
+    transaction.track(names[i]);
+    return `CREATE TEMPORARY TABLE ${names[i]} (LIKE ${t.table} INCLUDING INDEXES)${transaction.onCommit}; INSERT INTO ${names[i]} ${t.fragment.sql}`;
+  });
+  let failure: NodeFailure | null = null;
+  let result: ExecutionOutcome | null = null;
+  const localStarted = process.hrtime.bigint();
+  if (plan.tables.length > 0) failure = await runQuiet(connection, `${transaction.prelude}${statements.join('; ')}`);
+  if (!failure) stats.push({ step: `local rows on node ${plan.finalNode}`, rows: 0, ms: Number(process.hrtime.bigint() - localStarted) / 1e6 });
+  for (let t = 0; t < plan.tables.length && !failure && !result; t++) {
+    const table = plan.tables[t];
+    const streams = table.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), table.fragment.sql));
+    const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, async (send) => {
+      for (;;) {
+        let moved = false;
+        for (const stream of streams) {
+          let frame;
+          while ((frame = stream.shift())) {
+            moved = true;
+            await send(dataRowFields(frame.payload));
+          }
+        }
+        if (firstError(streams)) return;
+        if (!moved) {
+          const live = streams.filter((s) => !s.done);
+          if (live.length === 0) return;
+          await Promise.race(live.map((s) => s.whenReady()));
+        }
+      }
+    }).catch(async (error: unknown) => {
+      for (const stream of streams) stream.discard();
+      throw error;
+    });
+    const streamFailure = firstError(streams);
+    for (const stream of streams) stream.discard();
+    await Promise.all(streams.map((s) => s.finished));
+    streams.forEach((s, i) => stats.push({ step: `${table.table} from node ${table.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
+    if (streamFailure) result = { ok: false, error: streamFailure.error, errorFrame: streamFailure.frame };
+    else failure = copied;
+  }
+  if (!failure && !result && plan.tables.length > 0) failure = await runQuiet(connection, `ANALYZE ${names.join(', ')}`);
+  let rows = 0;
+  if (!failure && !result) {
+    let sql = plan.finalSql;
+    // Highest first: parapool_gathered_1 is a prefix of parapool_gathered_10.
+    for (let i = plan.tables.length - 1; i >= 0; i--) sql = sql.split(`pg_temp.${gatheredTableName(i)}`).join(names[i]);
+    const finalStarted = process.hrtime.bigint();
+    const outcome = await relayFinal(connection, sql, port.sink);
+    failure = outcome.failure;
+    rows = outcome.rows;
+    stats.push({ step: `final on node ${plan.finalNode}`, rows, ms: Number(process.hrtime.bigint() - finalStarted) / 1e6 });
+  }
+  await transaction.finish(failure !== null || result !== null);
+  if (result) return result;
+  if (failure) return { ok: false, error: failure.error, errorFrame: failure.frame };
+  return { ok: true, rows, stats };
+}

@@ -1,0 +1,132 @@
+// Runs a distributed read for a session: plans it (asking a node for types when the split needs them), runs the
+// plan's executor, or answers EXPLAIN with the plan's text. Rows and the command tag go to the client; the caller
+// writes ReadyForQuery, and on failure decides how the session's transaction ends.
+
+import type { Node } from '@pgsql/types';
+import { serialize } from 'pg-protocol';
+import type { Catalog } from '../catalog/catalog';
+import { assertNever, type DistributedPlan } from '../planner/distributed-plan';
+import { explainPlan } from '../planner/explain-plan';
+import type { PlannerPort } from '../planner/pushdown-planner';
+import { planSelect } from '../planner/select-planner';
+import { planGather } from '../planner/gather-planner';
+import type { BackendConnection } from '../wire/backend-connection';
+import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
+import { PgError } from '../wire/errors';
+import { BackendCode } from '../wire/message-codes';
+import { decodeRowDescription } from '../wire/row-description';
+import { serverMessages } from '../wire/server-messages';
+import { executeAggregate } from './aggregate-executor';
+import type { ExecutionOutcome, ExecutionPort } from './execution-port';
+import { executeGather } from './gather-executor';
+import { executeMerge } from './merge-executor';
+
+export interface DistributedReadPort extends ExecutionPort {
+  readonly nodeCount: number;
+  /** The node that finishes merges in SQL: the session's main node. */
+  readonly finalNode: number;
+  /** The session's connection to the main node, idle, for Describe and catalog questions. */
+  plannerConnection(): BackendConnection;
+}
+
+export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
+  switch (plan.kind) {
+    case 'merge':
+      return executeMerge(plan, port);
+    case 'aggregate':
+      return executeAggregate(plan, port);
+    case 'gather':
+      return executeGather(plan, port);
+    case 'router':
+      throw new Error('a router plan is relayed by the session');
+    default:
+      return assertNever(plan);
+  }
+}
+
+export function plannerPortOf(port: DistributedReadPort): PlannerPort {
+  return {
+    nodeCount: port.nodeCount,
+    finalNode: port.finalNode,
+    describe: (sql) => describeTypes(port.plannerConnection(), sql),
+    aggregateNames: async (names) => {
+      if (names.length === 0) return new Set<string>();
+      const list = names.map((n) => `'${n.replace(/'/g, "''")}'`).join(', ');
+      const result = await port.plannerConnection().query(`SELECT DISTINCT proname FROM pg_catalog.pg_proc WHERE prokind = 'a' AND proname IN (${list})`);
+      return new Set(result.rows.map((r) => r[0]!));
+    },
+  };
+}
+
+/** The result column types of a statement, from a Describe on a node (the statement is planned, not run). */
+async function describeTypes(connection: BackendConnection, sql: string): Promise<number[]> {
+  let types: number[] = [];
+  let error: PgError | null = null;
+  await connection.exchange([serialize.parse({ name: '', text: sql, types: [] }), serialize.describe({ type: 'S', name: '' }), serialize.sync()], (frame) => {
+    if (frame.code === BackendCode.rowDescription) types = decodeRowDescription(frame.payload).map((f) => f.typeOid);
+    else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
+  });
+  if (error) throw error;
+  return types;
+}
+
+export type ReadOutcome = { readonly ok: true } | { readonly ok: false; readonly error: PgError; readonly errorFrame: Buffer | null };
+
+/** Plans and runs a distributed read, or answers its EXPLAIN [ANALYZE]. */
+export async function runDistributedRead(statement: Node, sql: string, catalog: Catalog, port: DistributedReadPort, options: { nodes?: readonly number[]; explain?: { analyze: boolean } } = {}): Promise<ReadOutcome> {
+  let plan: DistributedPlan;
+  try {
+    plan = await planSelect(statement, sql, catalog, plannerPortOf(port), options.nodes);
+  } catch (error) {
+    if (error instanceof PgError) return { ok: false, error, errorFrame: null };
+    throw error;
+  }
+  const run = async (sink: ExecutionPort['sink']) => {
+    const outcome = await executePlan(plan, { ...port, sink });
+    if (outcome.ok || !outcome.fallback) return outcome;
+    plan = planGather(sql, catalog, plannerPortOf(port), outcome.error.message);
+    return executePlan(plan, { ...port, sink });
+  };
+  if (!options.explain) {
+    const outcome = await run(port.sink);
+    return outcome.ok ? { ok: true } : outcome;
+  }
+  let lines: string[];
+  if (options.explain.analyze) {
+    const outcome = await run({ write: () => true, onceDrained: (callback: () => void) => callback(), closed: false });
+    if (!outcome.ok) return outcome;
+    lines = explainPlan(plan, outcome.stats);
+  } else {
+    lines = explainPlan(plan);
+  }
+  port.sink.write(serverMessages.textRowDescription(['QUERY PLAN']));
+  for (const line of lines) port.sink.write(serverMessages.dataRow([line]));
+  port.sink.write(serverMessages.commandComplete('EXPLAIN'));
+  return { ok: true };
+}
+
+/** The plan of a read pinned to one node, for EXPLAIN. */
+export function routerPlan(nodes: readonly number[], reason: string): DistributedPlan {
+  return { kind: 'router', nodes, reason };
+}
+
+export function explainRouter(nodes: readonly number[], reason: string, port: ExecutionPort): void {
+  port.sink.write(serverMessages.textRowDescription(['QUERY PLAN']));
+  for (const line of explainPlan(routerPlan(nodes, reason))) port.sink.write(serverMessages.dataRow([line]));
+  port.sink.write(serverMessages.commandComplete('EXPLAIN'));
+}
+
+const bytewiseText = new WeakMap<Catalog, Promise<boolean>>();
+
+/** Whether the database's collation orders text byte by byte (C or POSIX); asked once per catalog. */
+export function textOrderIsBytewise(catalog: Catalog, connection: BackendConnection): Promise<boolean> {
+  let known = bytewiseText.get(catalog);
+  if (!known) {
+    known = connection
+      .query("SELECT datcollate IN ('C', 'POSIX') FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()")
+      .then((r) => r.rows[0]?.[0] === 't');
+    known.catch(() => bytewiseText.delete(catalog));
+    bytewiseText.set(catalog, known);
+  }
+  return known;
+}

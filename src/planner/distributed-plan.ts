@@ -1,0 +1,88 @@
+// The distributed plan of a SELECT over distributed tables: plain data (structured-clone safe), one `kind` per
+// strategy, carrying everything the executor needs so that it never re-reads the SQL. Printed by explain-plan.ts.
+
+/** One SQL text run on each of several nodes (the same text everywhere: every node holds its share). */
+export interface Fragment {
+  readonly sql: string;
+  readonly nodes: readonly number[];
+}
+
+/** A merge sort key: a column of the fragment's result, counted from the start, or from the end for hidden ones. */
+export interface SortKey {
+  readonly column: { readonly from: 'start' | 'end'; readonly index: number };
+  readonly descending: boolean;
+  readonly nullsFirst: boolean;
+}
+
+/** LIMIT count OFFSET offset as the client wrote them (constants), applied after the merge. */
+export interface LimitSpec {
+  readonly count: bigint | null;
+  readonly offset: bigint;
+}
+
+/** How the proxy folds one partial-state column of several nodes' rows into one. */
+export type StateCombine = 'sum' | 'min' | 'max' | 'and' | 'or' | 'bit-and' | 'bit-or' | 'bit-xor' | 'key';
+
+/** Tier 1: the statement, unchanged, on the nodes owning its keys (or any one node when all it reads is replicated). */
+export interface RouterPlan {
+  readonly kind: 'router';
+  readonly nodes: readonly number[];
+  readonly reason: string;
+}
+
+/**
+ * Tier 2, rows: every node computes its part of the whole answer (no row of the result needs rows of two
+ * nodes); the proxy merges the sorted streams, applies OFFSET/LIMIT and drops the hidden sort columns.
+ */
+export interface MergePlan {
+  readonly kind: 'merge';
+  readonly fragment: Fragment;
+  readonly hiddenColumns: number;
+  readonly sortKeys: readonly SortKey[];
+  readonly limit: LimitSpec | null;
+  readonly reason: string;
+}
+
+/**
+ * Tier 2, aggregates: every node computes partial aggregate states per group; the proxy combines the states of
+ * equal groups (a hash aggregate), ships the combined rows to one node as a temporary table, and that node runs
+ * `finalSql` (final aggregates, expressions over them, HAVING, DISTINCT, ORDER BY, LIMIT), so the text and
+ * types of the answer are PostgreSQL's own.
+ */
+export interface AggregatePlan {
+  readonly kind: 'aggregate';
+  readonly fragment: Fragment;
+  /** The first `groupColumns` fragment columns are group keys; the rest are partial states. */
+  readonly groupColumns: number;
+  readonly combine: readonly StateCombine[];
+  /** SQL over the temporary table, written `{{partials}}` here; its columns are c0, c1, ... */
+  readonly finalSql: string;
+  readonly finalNode: number;
+  readonly reason: string;
+}
+
+/**
+ * Tier 3: the rows of each distributed table the query reads (filtered where a filter names only that table)
+ * are shipped into temporary tables on one node, and that node runs the query with those tables in place.
+ */
+export interface GatherPlan {
+  readonly kind: 'gather';
+  readonly tables: readonly GatheredTable[];
+  /** The query with each gathered table replaced by `{{table N}}`. */
+  readonly finalSql: string;
+  readonly finalNode: number;
+  readonly reason: string;
+}
+
+export interface GatheredTable {
+  /** The table as the query names it, for EXPLAIN. */
+  readonly table: string;
+  readonly fragment: Fragment;
+}
+
+export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan;
+export type PlanKind = DistributedPlan['kind'];
+
+export function assertNever(value: never): never {
+  throw new Error(`unhandled plan node ${JSON.stringify(value)}`);
+}

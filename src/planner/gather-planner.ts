@@ -1,0 +1,86 @@
+// Tier 3 of the cascade, for any shape tier 2 cannot split: the rows of every distributed table the statement
+// reads are shipped into temporary tables on one node, and that node runs the statement against them, so
+// PostgreSQL itself computes the answer, whatever its shape. Every reference to one table shares one copy.
+// N.B. the statement's own text is kept and only the table names are replaced in it: no deparse can change what
+// it means.
+
+import type { Catalog } from '../catalog/catalog';
+import { qualifiedName, quoteIdent } from '../catalog/partition-rule';
+import { walkAst } from './ast-walk';
+import type { GatherPlan } from './distributed-plan';
+import type { PlannerPort } from './pushdown-planner';
+import { parseSql } from './sql-parser';
+
+/** The placeholder the executor replaces with the temporary table of gathered table `index`. */
+export function gatheredTableName(index: number): string {
+  return `parapool_gathered_${index}`;
+}
+
+export function planGather(sql: string, catalog: Catalog, port: PlannerPort, reason: string): GatherPlan {
+  const parsed = parseSql(sql);
+  if (!parsed.ok) throw parsed.error;
+  const statement = parsed.statements[0].node;
+  const ctes = new Set<string>();
+  walkAst(statement, (tag, body) => {
+    if (tag === 'CommonTableExpr') ctes.add(body.ctename as string);
+  });
+  const tables: string[] = [];
+  const edits: { start: number; end: number; text: string }[] = [];
+  walkAst(statement, (tag, body) => {
+    if (tag !== 'RangeVar') return;
+    const schema = body.schemaname as string | undefined;
+    const name = body.relname as string;
+    if (!schema && ctes.has(name)) return;
+    const rule = catalog.distributed(schema, name);
+    if (!rule) return;
+    const key = qualifiedName(rule.table);
+    let index = tables.indexOf(key);
+    if (index < 0) {
+      index = tables.length;
+      tables.push(key);
+    }
+    const start = body.location as number;
+    const alias = body.alias ? '' : ` AS ${quoteIdent(name)}`;
+    edits.push({ start, end: endOfName(sql, start), text: `pg_temp.${gatheredTableName(index)}${alias}` });
+  });
+  edits.sort((a, b) => b.start - a.start);
+  let finalSql = sql;
+  for (const edit of edits) finalSql = finalSql.slice(0, edit.start) + edit.text + finalSql.slice(edit.end);
+  const others = Array.from({ length: port.nodeCount }, (_, i) => i).filter((n) => n !== port.finalNode);
+  return {
+    kind: 'gather',
+    tables: tables.map((table) => ({ table, fragment: { sql: `SELECT * FROM ${table}`, nodes: others } })),
+    finalSql,
+    finalNode: port.finalNode,
+    reason,
+  };
+}
+
+/** Where a possibly qualified, possibly quoted name that starts at `start` ends. */
+function endOfName(sql: string, start: number): number {
+  let position = start;
+  const identifier = () => {
+    if (sql[position] === '"') {
+      position++;
+      while (position < sql.length) {
+        if (sql[position] === '"' && sql[position + 1] === '"') position += 2;
+        else if (sql[position] === '"') {
+          position++;
+          return;
+        } else position++;
+      }
+      return;
+    }
+    while (position < sql.length && /[\p{L}\p{N}_$]/u.test(sql[position])) position++;
+  };
+  identifier();
+  for (;;) {
+    let look = position;
+    while (/\s/.test(sql[look] ?? '')) look++;
+    if (sql[look] !== '.') return position;
+    look++;
+    while (/\s/.test(sql[look] ?? '')) look++;
+    position = look;
+    identifier();
+  }
+}

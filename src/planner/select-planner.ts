@@ -1,0 +1,23 @@
+// The cascade for a SELECT that reads distributed tables and is not pinned to one node's keys: tier 2
+// (push down and merge) when the shape splits, else tier 3 (gather the tables' rows on one node). The reason
+// tier 2 gave up travels into the plan, so EXPLAIN says why.
+
+import type { Node } from '@pgsql/types';
+import type { Catalog } from '../catalog/catalog';
+import type { DistributedPlan } from './distributed-plan';
+import { planGather } from './gather-planner';
+import { planPushdown, type PlannerPort } from './pushdown-planner';
+
+/** `sql` is the statement's own text (its tree's positions count from its start). */
+export async function planSelect(statement: Node, sql: string, catalog: Catalog, port: PlannerPort, nodes?: readonly number[]): Promise<DistributedPlan> {
+  const select = (statement as { SelectStmt?: Record<string, unknown> }).SelectStmt;
+  if (select) {
+    const pushed = await planPushdown(select, catalog, port, sql);
+    if (pushed.ok) {
+      // Keys pinned to several nodes: only those nodes hold rows.
+      return nodes ? { ...pushed.plan, fragment: { ...pushed.plan.fragment, nodes } } : pushed.plan;
+    }
+    return planGather(sql, catalog, port, pushed.reason);
+  }
+  return planGather(sql, catalog, port, 'not a plain SELECT');
+}
