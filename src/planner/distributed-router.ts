@@ -26,7 +26,7 @@ export type DistributedRoute =
   | { readonly kind: 'insert-select'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   | { readonly kind: 'copy-in'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   /** A read over several nodes: the distributed planner decides how (select-planner.ts). */
-  | { readonly kind: 'select'; readonly statement: Node }
+  | { readonly kind: 'select'; readonly statement: Node; readonly table: string }
   /** EXPLAIN [ANALYZE] of such a read: the distributed plan is shown. */
   | { readonly kind: 'explain'; readonly statement: Node; readonly analyze: boolean; readonly route: DistributedRoute }
   /** DROP of tables with rules: every node drops them and forgets their rules. */
@@ -63,7 +63,7 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       const direct = from.length === 1 && 'RangeVar' in from[0];
       const keys = direct && sameTableOnly ? pinnedKeyValues(body.whereClause as Node | undefined, first.rule.keyColumn, names) : null;
       const locks = Array.isArray(body.lockingClause) && body.lockingClause.length > 0;
-      if (!keys) return locks ? refused(first.rule.table.name, 'SELECT ... FOR UPDATE of rows on several nodes') : { kind: 'select', statement: node };
+      if (!keys) return locks ? refused(first.rule.table.name, 'SELECT ... FOR UPDATE of rows on several nodes') : { kind: 'select', statement: node, table: first.rule.table.name };
       return { kind: 'pinned', rule: first.rule, keys, write: locks };
     }
     case 'InsertStmt': {

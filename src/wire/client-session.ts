@@ -799,6 +799,12 @@ export class ClientSession implements ClientSink {
         return Array.from({ length: route.rule.nodeCount }, (_, i) => i);
       case 'refused':
         throw route.error;
+      case 'select':
+        throw new PgError({
+          code: SqlState.featureNotSupported,
+          message: `table "${route.table}" is distributed: a read of rows on several nodes is supported only with the simple query protocol for now`,
+          hint: 'send it as a simple query, or pin the distribution key with = or IN',
+        });
     }
     throw new PgError({
       code: SqlState.featureNotSupported,

@@ -8,19 +8,10 @@ import assert from 'node:assert/strict';
 import { loadParser } from '../../src/planner/sql-parser';
 import { differenceOf, isOrdered, loadCorpus, loadTpch, runForText } from '../support/differential';
 import { startTestCluster, type TestCluster } from '../support/test-cluster';
+import { distributionSql } from '../support/tpch-distribution';
 
 let cluster: TestCluster;
 
-export const distributionSql = [
-  "SELECT parapool.distribute_table('orders', 'o_orderkey')",
-  "SELECT parapool.distribute_table('lineitem', 'l_orderkey', colocate_with => 'orders')",
-  "SELECT parapool.distribute_table('part', 'p_partkey')",
-  "SELECT parapool.distribute_table('partsupp', 'ps_partkey', colocate_with => 'part')",
-  "SELECT parapool.distribute_table('customer', 'c_custkey')",
-  "SELECT parapool.distribute_table('typed_values', 'id')",
-  "SELECT parapool.distribute_table('empty_table', 'id', colocate_with => 'typed_values')",
-  "SELECT parapool.distribute_table('departments', 'id')",
-];
 
 before(async () => {
   await loadParser();
