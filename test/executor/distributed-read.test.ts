@@ -1,0 +1,106 @@
+// Distributed reads under failure and at their limits: statement_timeout and CancelRequest stop every node's
+// fragment, a node dying mid-query gives an error naming it while the session goes on, the proxy's hash aggregate
+// stops at merge_memory_limit, temporary tables never outlive the statement, EXPLAIN ANALYZE counts rows per step,
+// and a read inside a transaction sees the transaction's own writes.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { serialize } from 'pg-protocol';
+import { loadParser } from '../../src/planner/sql-parser';
+import { errorFields, RawClient } from '../support/raw-client';
+import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+
+let cluster: TestCluster;
+
+before(async () => {
+  await loadParser();
+  cluster = await startTestCluster({ nodes: 3, configure: (config) => (config.mergeMemoryLimit = 1024 * 1024) });
+  const client = await cluster.connect();
+  await client.query('create table events (id int primary key, kind text, amount numeric(12,2))');
+  await client.query("select parapool.distribute_table('events', 'id')");
+  await client.query("insert into events select g, 'kind ' || (g % 7), g * 1.25 from generate_series(1, 3000) g");
+  await client.end();
+});
+
+after(async () => {
+  await cluster?.stop();
+});
+
+async function temporaryTablesOnNodes(): Promise<number> {
+  const counts = await cluster.onEachNode("select count(*) from pg_class where relpersistence = 't' and relname like 'parapool_%'");
+  return counts.reduce((sum, rows) => sum + Number(rows[0][0]), 0);
+}
+
+test('a merged read gives one answer; its temporary tables are gone afterwards, in and out of transactions', async () => {
+  const client = await cluster.connect();
+  assert.deepEqual(await rowsOf(client, 'select kind, count(*), sum(amount) from events group by kind order by kind limit 2'), [
+    ['kind 0', '428', '803302.50'],
+    ['kind 1', '429', '803838.75'],
+  ]);
+  assert.equal(await temporaryTablesOnNodes(), 0);
+  await client.query('begin');
+  await client.query("insert into events values (5001, 'new kind', 1)");
+  assert.deepEqual(await rowsOf(client, "select count(*) from events where kind like 'new%'"), [['1']], 'the read sees the transaction\'s own write');
+  assert.deepEqual(await rowsOf(client, "select kind, count(*) from events where kind like 'new%' group by kind"), [['new kind', '1']]);
+  assert.equal(await temporaryTablesOnNodes(), 0, 'dropped inside the transaction too');
+  await client.query('rollback');
+  assert.deepEqual(await rowsOf(client, "select count(*) from events where kind like 'new%'"), [['0']]);
+  await client.end();
+});
+
+test('statement_timeout and CancelRequest stop the fragments on every node; the session goes on', async () => {
+  const client = await cluster.connect();
+  await client.query("set statement_timeout = '300ms'");
+  await assert.rejects(client.query('select count(*) from events where pg_sleep(0.01) is not null'), (e: { code?: string }) => e.code === '57014');
+  await client.query('reset statement_timeout');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from events'), [['3000']]);
+  await client.end();
+
+  const raw = await RawClient.ready(cluster.proxy.port);
+  raw.send(serialize.query('select id from events where pg_sleep(0.01) is not null order by id'));
+  await new Promise((r) => setTimeout(r, 300));
+  const canceller = await RawClient.connect(cluster.proxy.port);
+  canceller.send(serialize.cancel(raw.processId, raw.secretKey));
+  const replies = await raw.readUntil('Z', 20000);
+  assert.equal(errorFields(replies.find((m) => m.type === 'E')!).C, '57014');
+  raw.send(serialize.query('select count(*) from events'));
+  const after = await raw.readUntil('Z');
+  assert.ok(after.some((m) => m.type === 'D'), 'the session answers the next query');
+  raw.end();
+  const busy = await cluster.onEachNode("select count(*) from pg_stat_activity where query like '%pg_sleep(0.01)%' and state = 'active' and pid <> pg_backend_pid()");
+  assert.deepEqual(busy, [[['0']], [['0']], [['0']]], 'no node still runs a fragment');
+});
+
+test('the proxy hash aggregate stops at merge_memory_limit with 54000', async () => {
+  const client = await cluster.connect();
+  await assert.rejects(client.query('select repeat(kind, 100) || id, count(*) from events group by 1'), (e: { code?: string; message: string }) => e.code === '54000' && /merge_memory_limit/.test(e.message));
+  assert.deepEqual(await rowsOf(client, 'select count(*) from events'), [['3000']]);
+  assert.equal(await temporaryTablesOnNodes(), 0);
+  await client.end();
+});
+
+test('EXPLAIN ANALYZE counts the rows of every fragment and merge step', async () => {
+  const client = await cluster.connect();
+  const lines = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
+  assert.match(lines[0]!, /^Distributed Aggregate/);
+  const fragmentRows = lines.filter((l) => /fragment on node/.test(l!)).map((l) => Number(/rows=(\d+)/.exec(l!)![1]));
+  assert.equal(fragmentRows.length, 3);
+  assert.ok(lines.some((l) => /final on node \d+: rows=7 /.test(l!)), lines.join('\n'));
+  await client.end();
+});
+
+test('a node that dies mid-query gives an error naming it; the session goes on', async () => {
+  const client = await cluster.connect();
+  const running = client.query('select id from events where pg_sleep(0.002) is not null order by id').then(
+    () => null,
+    (error: { code?: string; message: string }) => error,
+  );
+  await new Promise((r) => setTimeout(r, 400));
+  await cluster.nodes[2].stop('immediate');
+  const error = await running;
+  assert.ok(error, 'the query fails');
+  assert.match(error.message, /node 2|127\.0\.0\.1:\d+/);
+  const survivor = await rowsOf(client, 'select 1').catch((e: Error) => e);
+  assert.ok(!(survivor instanceof Error) || /node 2|out of service|detached/.test(survivor.message), String(survivor));
+  await client.end().catch(() => undefined);
+});
