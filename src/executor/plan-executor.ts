@@ -5,7 +5,8 @@
 import type { Node } from '@pgsql/types';
 import { serialize } from 'pg-protocol';
 import type { Catalog } from '../catalog/catalog';
-import { assertNever, type DistributedPlan } from '../planner/distributed-plan';
+import { assertNever, type DistributedPlan, type RouterPlan } from '../planner/distributed-plan';
+import { relayFinal } from './intermediate-result';
 import { explainPlan } from '../planner/explain-plan';
 import type { PlannerPort } from '../planner/pushdown-planner';
 import { planSelect } from '../planner/select-planner';
@@ -27,6 +28,7 @@ export interface DistributedReadPort extends ExecutionPort {
   readonly finalNode: number;
   /** The session's connection to the main node, idle, for Describe and catalog questions. */
   plannerConnection(): BackendConnection;
+  nodesOfKeys: PlannerPort['nodesOfKeys'];
 }
 
 export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
@@ -38,14 +40,23 @@ export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise
     case 'gather':
       return executeGather(plan, port);
     case 'router':
-      throw new Error('a router plan is relayed by the session');
+      return executeRouter(plan, port);
     default:
       return assertNever(plan);
   }
 }
 
+/** The statement, unchanged, on its one node; the node's bytes are relayed as they come. */
+async function executeRouter(plan: RouterPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
+  const started = process.hrtime.bigint();
+  const { failure, rows } = await relayFinal(port.connectionFor(plan.nodes[0]), plan.sql, port.sink);
+  if (failure) return { ok: false, error: failure.error, errorFrame: failure.frame };
+  return { ok: true, rows, stats: [{ step: `statement on node ${plan.nodes[0]}`, rows, ms: Number(process.hrtime.bigint() - started) / 1e6 }] };
+}
+
 export function plannerPortOf(port: DistributedReadPort): PlannerPort {
   return {
+    nodesOfKeys: port.nodesOfKeys,
     nodeCount: port.nodeCount,
     finalNode: port.finalNode,
     describe: (sql) => describeTypes(port.plannerConnection(), sql),
@@ -107,7 +118,7 @@ export async function runDistributedRead(statement: Node, sql: string, catalog: 
 
 /** The plan of a read pinned to one node, for EXPLAIN. */
 export function routerPlan(nodes: readonly number[], reason: string): DistributedPlan {
-  return { kind: 'router', nodes, reason };
+  return { kind: 'router', nodes, sql: '', reason };
 }
 
 export function explainRouter(nodes: readonly number[], reason: string, port: ExecutionPort): void {

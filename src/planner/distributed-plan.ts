@@ -27,6 +27,8 @@ export type StateCombine = 'sum' | 'min' | 'max' | 'and' | 'or' | 'bit-and' | 'b
 export interface RouterPlan {
   readonly kind: 'router';
   readonly nodes: readonly number[];
+  /** The statement's own text, sent unchanged. */
+  readonly sql: string;
   readonly reason: string;
 }
 

@@ -5,10 +5,12 @@
 
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
+import type { DistributedRule } from '../catalog/partition-rule';
+import { pinnedKeyValues, type KeyValue } from './key-values';
 import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, isNullConstant, parseExpression, rewriteTree, sameExpression, unwrap } from './ast-tools';
 import { splitAggregate, type AggregateCall } from './aggregate-split';
 import { analyzeColocation, containsAggregateCall, isKnownAggregate, keyTableOf, type Scope } from './colocation';
-import type { AggregatePlan, LimitSpec, MergePlan, SortKey, StateCombine } from './distributed-plan';
+import type { AggregatePlan, LimitSpec, MergePlan, RouterPlan, SortKey, StateCombine } from './distributed-plan';
 
 type Body = Record<string, unknown>;
 
@@ -21,6 +23,8 @@ export interface PlannerPort {
   describe(sql: string): Promise<number[]>;
   /** Those of `names` that name aggregate functions on the nodes. */
   aggregateNames(names: readonly string[]): Promise<ReadonlySet<string>>;
+  /** The nodes that hold these values of a rule's key, in node order. */
+  nodesOfKeys(rule: DistributedRule, keys: readonly KeyValue[]): Promise<number[]>;
 }
 
 export type Planned<T> = { readonly ok: true; readonly plan: T } | { readonly ok: false; readonly reason: string };
@@ -30,11 +34,32 @@ const allNodes = (port: PlannerPort) => Array.from({ length: port.nodeCount }, (
 const unwritable = { ok: false as const, reason: 'the SQL of a fragment cannot be written back exactly' };
 
 /** `sql` is the statement's own text, sent unchanged when a fragment needs no rewrite. */
-export async function planPushdown(select: Body, catalog: Catalog, port: PlannerPort, sql?: string): Promise<Planned<MergePlan | AggregatePlan>> {
+export async function planPushdown(select: Body, catalog: Catalog, port: PlannerPort, sql?: string, nodes?: readonly number[]): Promise<Planned<MergePlan | AggregatePlan | RouterPlan>> {
   if (select.intoClause) return { ok: false, reason: 'SELECT INTO' };
   const colocation = analyzeColocation(select, catalog);
   if (!colocation.ok) return colocation;
   const { scope } = colocation;
+  // Tables joined on their keys keep a key's rows on one node: a key pinned on any of them pins them all.
+  for (const table of colocation.distributed) {
+    if (table.nullable || !table.rule) continue;
+    const keys = pinnedKeyValues(select.whereClause as Node | undefined, table.rule.keyColumn, new Set([table.alias]));
+    if (!keys || keys.some((k) => k.kind === 'param')) continue;
+    const pinned = await port.nodesOfKeys(table.rule, keys);
+    const restrict = nodes;
+    let owning = restrict ? pinned.filter((n) => restrict.includes(n)) : pinned;
+    // No node holds both: the answer has no rows, and any one node gives it with the right columns.
+    if (owning.length === 0) owning = pinned.slice(0, 1);
+    if (owning.length === 1 && sql !== undefined) return { ok: true, plan: { kind: 'router', nodes: owning, sql, reason: `the key of "${table.alias}" is pinned to one node` } };
+    nodes = owning;
+    break;
+  }
+  const planned = await planPushdownOnNodes(select, scope, port, sql);
+  if (!planned.ok || !nodes) return planned;
+  const only = nodes;
+  return { ok: true, plan: { ...planned.plan, fragment: { ...planned.plan.fragment, nodes: only } } };
+}
+
+async function planPushdownOnNodes(select: Body, scope: Scope, port: PlannerPort, sql?: string): Promise<Planned<MergePlan | AggregatePlan>> {
   const extraAggregates = await port.aggregateNames(unknownFunctionNames(select));
   const targets = (select.targetList as { ResTarget: Body }[]) ?? [];
   if (containsWindow([select.targetList, select.sortClause, select.havingClause]) || (select.windowClause as unknown[] | undefined)?.length) {

@@ -12,11 +12,8 @@ import { planPushdown, type PlannerPort } from './pushdown-planner';
 export async function planSelect(statement: Node, sql: string, catalog: Catalog, port: PlannerPort, nodes?: readonly number[]): Promise<DistributedPlan> {
   const select = (statement as { SelectStmt?: Record<string, unknown> }).SelectStmt;
   if (select) {
-    const pushed = await planPushdown(select, catalog, port, sql);
-    if (pushed.ok) {
-      // Keys pinned to several nodes: only those nodes hold rows.
-      return nodes ? { ...pushed.plan, fragment: { ...pushed.plan.fragment, nodes } } : pushed.plan;
-    }
+    const pushed = await planPushdown(select, catalog, port, sql, nodes);
+    if (pushed.ok) return pushed.plan;
     return planGather(sql, catalog, port, pushed.reason);
   }
   return planGather(sql, catalog, port, 'not a plain SELECT');

@@ -922,6 +922,7 @@ export class ClientSession implements ClientSink {
       finalNode: main.node.id,
       connectionFor: (node) => this.port.connectionFor(node),
       plannerConnection: () => this.mainConnection(),
+      nodesOfKeys: (rule, keys) => nodesOfKeys(rule, keys, { ...this.port, status: this.status }),
       sink: this,
       textOrderIsBytewise: () => textOrderIsBytewise(this.catalog!, main),
       temporaryName: (prefix) => `parapool_${prefix}_${this.id}_${++this.temporaryCounter}`,
