@@ -6,7 +6,7 @@ import { dataRowFields } from '../wire/data-row';
 import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription } from '../wire/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
-import { firstError, FragmentStream, whenDescribed } from './fragment-stream';
+import { firstError, forEachRow, FragmentStream, whenDescribed } from './fragment-stream';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
 
@@ -28,22 +28,7 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   const fields = decodeRowDescription(streams[0].rowDescription.subarray(5));
   const combiner = PartialCombiner.create(fields, plan.groupColumns, plan.combine, textBytewise, port.mergeMemoryLimit);
   try {
-    for (;;) {
-      let moved = false;
-      for (const stream of streams) {
-        let frame;
-        while ((frame = stream.shift())) {
-          moved = true;
-          combiner.add(dataRowFields(frame.payload));
-        }
-      }
-      if (firstError(streams)) break;
-      if (!moved) {
-        const live = streams.filter((s) => !s.done);
-        if (live.length === 0) break;
-        await Promise.race(live.map((s) => s.whenReady()));
-      }
-    }
+    await forEachRow(streams, (frame) => combiner.add(dataRowFields(frame.payload)));
   } catch (error) {
     await settle();
     if (error instanceof PgError) return { ok: false, error, errorFrame: null };

@@ -140,3 +140,27 @@ export function firstError(streams: readonly FragmentStream[]): { frame: Buffer 
   for (const stream of streams) if (stream.error && !stream.discarded) return stream.error;
   return null;
 }
+
+/**
+ * Passes every row of the streams to `onRow` in arrival order, whichever node sends it, waiting on `onRow` when
+ * it returns a promise (back-pressure from where the rows go). Ends when every stream has, or at the first error.
+ */
+export async function forEachRow(streams: readonly FragmentStream[], onRow: (frame: Frame) => void | Promise<void>): Promise<void> {
+  for (;;) {
+    let moved = false;
+    for (const stream of streams) {
+      let frame;
+      while ((frame = stream.shift())) {
+        moved = true;
+        const waiting = onRow(frame);
+        if (waiting) await waiting;
+      }
+    }
+    if (firstError(streams)) return;
+    if (!moved) {
+      const live = streams.filter((s) => !s.done);
+      if (live.length === 0) return;
+      await Promise.race(live.map((s) => s.whenReady()));
+    }
+  }
+}

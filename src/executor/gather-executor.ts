@@ -6,7 +6,7 @@ import type { GatherPlan } from '../planner/distributed-plan';
 import { gatheredTableName } from '../planner/gather-planner';
 import { dataRowFields } from '../wire/data-row';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
-import { firstError, FragmentStream } from './fragment-stream';
+import { firstError, forEachRow, FragmentStream } from './fragment-stream';
 import { copyInto, FinalNodeTransaction, relayFinal, runQuiet, type NodeFailure } from './intermediate-result';
 
 export async function executeGather(plan: GatherPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
@@ -26,24 +26,7 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
   for (let t = 0; t < plan.tables.length && !failure && !result; t++) {
     const table = plan.tables[t];
     const streams = table.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), table.fragment.sql));
-    const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, async (send) => {
-      for (;;) {
-        let moved = false;
-        for (const stream of streams) {
-          let frame;
-          while ((frame = stream.shift())) {
-            moved = true;
-            await send(dataRowFields(frame.payload));
-          }
-        }
-        if (firstError(streams)) return;
-        if (!moved) {
-          const live = streams.filter((s) => !s.done);
-          if (live.length === 0) return;
-          await Promise.race(live.map((s) => s.whenReady()));
-        }
-      }
-    }).catch(async (error: unknown) => {
+    const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, (send) => forEachRow(streams, (frame) => send(dataRowFields(frame.payload)))).catch(async (error: unknown) => {
       for (const stream of streams) stream.discard();
       throw error;
     });
