@@ -29,7 +29,9 @@ import { copyFormatFromOptions } from './copy-row-splitter';
 import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
-import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort } from '../executor/plan-executor';
+import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort, type ReadOutcome } from '../executor/plan-executor';
+import { bindParameters } from '../planner/bound-parameters';
+import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -543,6 +545,7 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
+    if (isSync && !this.dispatch && this.isDistributedReadBatch(messages)) return this.runExtendedDistributedRead(messages);
     const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
     let dispatch = this.dispatch;
     if (dispatch && isWrite && !this.dispatchIsWrite) {
@@ -674,6 +677,142 @@ export class ClientSession implements ClientSink {
    * (their keys read from the Bind parameters); null when the batch touches no distributed table. Messages whose
    * statements need more than one node, or a shape this protocol path does not route, get a rejection.
    */
+  /** The route of a statement when it is a read of rows on several nodes, which the proxy answers itself. */
+  private multiNodeRead(statement: PreparedStatement | undefined): boolean {
+    return statement?.route?.kind === 'select' || (statement?.route?.kind === 'pinned' && !statement.route.write);
+  }
+
+  /**
+   * A batch the proxy answers itself, without any node seeing its messages: one execution of a multi-node read,
+   * with the Parse, Describe and Close messages around it that name that read.
+   */
+  private isDistributedReadBatch(messages: readonly PendingMessage[]): boolean {
+    let reads = 0;
+    let executes = 0;
+    const portals = new Set<string>();
+    for (const [index, message] of messages.entries()) {
+      if (message.rejection) return false;
+      switch (message.frame.code) {
+        case FrontendCode.parse:
+          if (!this.multiNodeRead(message.statement)) return false;
+          break;
+        case FrontendCode.bind: {
+          const statement = this.statementBefore(messages, index, message.statementName!);
+          if (!this.multiNodeRead(statement)) return false;
+          if (statement!.route!.kind === 'select') reads++;
+          portals.add(message.portal!);
+          break;
+        }
+        case FrontendCode.describe:
+        case FrontendCode.close:
+          if (message.statementName !== undefined ? !this.multiNodeRead(this.statementBefore(messages, index, message.statementName)) : !portals.has(message.portal!)) return false;
+          break;
+        case FrontendCode.execute:
+          if (!portals.has(message.portal!)) return false;
+          executes++;
+          break;
+        default:
+          return false;
+      }
+    }
+    return reads > 0 && executes <= 1;
+  }
+
+  /**
+   * Answers a batch of one multi-node read (see isDistributedReadBatch) as a node would: ParseComplete,
+   * BindComplete, the descriptions (asked of the main node), then the read with its parameters written in as
+   * literals, planned and run like a simple query, and ReadyForQuery at the Sync.
+   */
+  private async runExtendedDistributedRead(messages: readonly PendingMessage[]): Promise<void> {
+    const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage }>();
+    const fail = async (error: PgError): Promise<void> => {
+      if (this.status !== 'I') return this.refuse(error);
+      this.write(serverMessages.errorResponse(error));
+      this.write(serverMessages.readyForQuery(this.status));
+    };
+    try {
+      for (const [index, message] of messages.entries()) {
+        switch (message.frame.code) {
+          case FrontendCode.parse: {
+            const name = message.statement!.name;
+            if (name !== '' && this.statements.has(name)) return await fail(new PgError({ code: '42P05', message: `prepared statement "${name}" already exists` }));
+            this.statements.set(name, message.statement!);
+            this.write(serverMessages.parseComplete);
+            break;
+          }
+          case FrontendCode.bind: {
+            const statement = this.statementBefore(messages, index, message.statementName!)!;
+            const bind = message.bind!;
+            if (bind.parameterFormats.some((f) => f !== 0) || bind.resultFormats.some((f) => f !== 0)) {
+              return await fail(new PgError({ code: SqlState.featureNotSupported, message: 'a read of rows on several nodes takes parameters and returns results in text format only', hint: 'bind in text format' }));
+            }
+            bound.set(message.portal!, { statement, bind });
+            this.portals.set(message.portal!, message.statementClass);
+            this.write(serverMessages.bindComplete);
+            break;
+          }
+          case FrontendCode.describe: {
+            const statement = message.statementName !== undefined ? this.statementBefore(messages, index, message.statementName)! : bound.get(message.portal!)!.statement;
+            const parse = decodeParse(statement.parseFrame.subarray(5));
+            const frames = await this.describeOnMainNode(parse.sql, parse.parameterTypes);
+            for (const frame of frames) {
+              if (message.statementName !== undefined || frame[0] !== BackendCode.parameterDescription) this.write(frame);
+            }
+            break;
+          }
+          case FrontendCode.execute: {
+            const { maxRows } = decodeExecute(message.frame.payload);
+            const portal = bound.get(message.portal!)!;
+            if (maxRows > 0) return await fail(new PgError({ code: SqlState.featureNotSupported, message: 'a read of rows on several nodes cannot be fetched in parts (Execute with a row limit)', hint: 'execute it with no row limit, or use a cursor-less query' }));
+            const parse = decodeParse(portal.statement.parseFrame.subarray(5));
+            const typeNames = await this.typeNames(parse.parameterTypes);
+            const sql = bindParameters(parse.sql, portal.bind.parameters.map((p) => (p === null ? null : p.toString('utf8'))), typeNames);
+            const parsed = parseSql(sql);
+            if (!parsed.ok) return await fail(parsed.error);
+            const statement = parsed.statements[0];
+            const route = portal.statement.route!;
+            let nodes: number[] | undefined;
+            if (route.kind === 'pinned') nodes = await this.nodesForBind(route, portal.bind);
+            const outcome = await this.distributedRead(statement, nodes, undefined, true);
+            if (!outcome.ok) return await fail(outcome.error);
+            break;
+          }
+          default: {
+            const close = decodeClose(message.frame.payload);
+            if (close.kind === 'S') this.statements.delete(close.name);
+            else this.portals.delete(close.name);
+            this.write(serverMessages.closeComplete);
+          }
+        }
+      }
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') return fail(error);
+      throw error;
+    }
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /** ParameterDescription and RowDescription (or NoData) of a statement, as the main node describes it. */
+  private async describeOnMainNode(sql: string, parameterTypes: number[]): Promise<Buffer[]> {
+    const main = this.mainConnection();
+    const frames: Buffer[] = [];
+    let error: PgError | null = null;
+    main.preparedStatements.delete('');
+    await main.exchange([serialize.parse({ name: '', text: sql, types: parameterTypes }), serialize.describe({ type: 'S', name: '' }), serialize.sync()], (frame) => {
+      if (frame.code === BackendCode.parameterDescription || frame.code === BackendCode.rowDescription || frame.code === BackendCode.noData) frames.push(Buffer.from(frame.raw));
+      else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
+    });
+    if (error) throw error;
+    return frames;
+  }
+
+  /** The names of types given by OID (0: none), for casting bound parameters. */
+  private async typeNames(oids: readonly number[]): Promise<(string | undefined)[]> {
+    if (!oids.some((o) => o !== 0)) return oids.map(() => undefined);
+    const rows = await this.port.evaluate(`SELECT ${oids.map((o) => (o === 0 ? 'NULL' : `pg_catalog.format_type(${o >>> 0}, NULL)`)).join(', ')}`);
+    return (rows[0] ?? []).map((name) => name ?? undefined);
+  }
+
   private async routeExtendedBatch(messages: PendingMessage[], flushed: boolean): Promise<BackendConnection | BackendConnection[] | null> {
     let node: number | null = null;
     let scatter: number[] | null = null;
@@ -935,18 +1074,28 @@ export class ClientSession implements ClientSink {
    * every node, as one server's failed statement aborts its transaction.
    */
   private async runDistributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }): Promise<void> {
-    let outcome;
-    try {
-      outcome = await runDistributedRead(statement.node, statement.sql, this.catalog!, this.readPort(), { nodes, explain });
-    } catch (error) {
-      if (error instanceof PgError && error.severity === 'ERROR') outcome = { ok: false as const, error, errorFrame: null };
-      else throw error;
-    }
+    const outcome = await this.distributedRead(statement, nodes, explain);
     if (!outcome.ok) {
       if (this.status !== 'I') return this.refuse(outcome.error);
       this.write(outcome.errorFrame ?? serverMessages.errorResponse(outcome.error));
     }
     this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /**
+   * A read over several nodes, through the distributed planner; `described` leaves out the RowDescription (the
+   * extended protocol sends it for Describe, not Execute). The caller ends a failed read: inside a transaction,
+   * by aborting it on every node, as one server's failed statement aborts its transaction.
+   */
+  private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, described = false): Promise<ReadOutcome> {
+    const port = this.readPort();
+    const sink: ClientSink = described ? { write: (bytes) => (bytes[0] === BackendCode.rowDescription ? true : this.write(bytes)), onceDrained: (callback) => this.onceDrained(callback), closed: false } : this;
+    try {
+      return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') return { ok: false, error, errorFrame: null };
+      throw error;
+    }
   }
 
   private async runRuleCommandStatement(command: Parameters<typeof runRuleCommand>[0]): Promise<void> {

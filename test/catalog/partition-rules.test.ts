@@ -166,7 +166,7 @@ test('reads of a distributed table run on the key\'s node, or on every node hold
   const total = await cluster.onEachNode('select count(*) from orders');
   assert.deepEqual(await rowsOf(client, 'select count(*) from orders'), [[String(total.reduce((sum, rows) => sum + Number(rows[0][0]), 0))]]);
   assert.deepEqual(await rowsOf(client, 'select o_orderkey from orders where o_orderkey in (3, 1, 2) order by 1'), [['1'], ['2'], ['3']]);
-  await expectError('select count(*) from orders where o_orderkey > $1', '0A000', /table "orders" is distributed: a read of rows on several nodes is supported only with the simple query protocol/, [0]);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from orders where o_orderkey > $1', [0]), await rowsOf(client, 'select count(*) from orders where o_orderkey > 0'));
   assert.deepEqual(await rowsOf(client, 'select count(*) from nation'), [['0']], 'replicated tables read as before');
 });
 
@@ -368,7 +368,7 @@ test('extended protocol: one-key statements go to their node; a write on all nod
   await client.query({ text: 'update ext_rows set v = v * 2 where v > $1', values: [0] });
   await client.query('rollback');
   assert.deepEqual(await rowsOf(client, 'select v from ext_rows where id = 30'), [['301']]);
-  await assert.rejects(client.query({ text: 'select count(*) from ext_rows where v > $1', values: [0] }), (e: { code?: string; message: string }) => e.code === '0A000' && /ext_rows/.test(e.message));
+  assert.deepEqual(await rowsOf(client, 'select count(*) from ext_rows where v > $1', [0]), [['24']]);
   await assertPlaced('ext_rows', 24);
 });
 

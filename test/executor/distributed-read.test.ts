@@ -48,6 +48,22 @@ test('a merged read gives one answer; its temporary tables are gone afterwards, 
   await client.end();
 });
 
+test('the extended protocol runs multi-node reads with bound parameters, described as a node describes them', async () => {
+  const client = await cluster.connect();
+  const simple = await client.query({ text: 'select kind, count(*), avg(amount) from events where id > 100 group by kind order by kind', rowMode: 'array' });
+  const prepared = { name: 'by_kind', text: 'select kind, count(*), avg(amount) from events where id > $1 group by kind order by kind', rowMode: 'array' as const };
+  const extended = await client.query({ ...prepared, values: [100] });
+  assert.deepEqual(extended.rows, simple.rows);
+  assert.deepEqual(extended.fields.map((f) => [f.name, f.dataTypeID]), simple.fields.map((f) => [f.name, f.dataTypeID]));
+  const again = await client.query({ ...prepared, values: [2990] });
+  assert.equal(again.rows.reduce((sum, r) => sum + Number(r[1]), 0), 10, 'the prepared read runs again with new values');
+  const typed = await client.query({ text: 'select id from events where kind = $1::text and id < $2 order by id desc limit 2', values: ['kind 3', 30], rowMode: 'array' });
+  assert.deepEqual(typed.rows, [['24'], ['17']]);
+  await assert.rejects(client.query({ text: 'select count(*) from events where id > $1', values: ['not a number'] }), (e: { code?: string }) => e.code === '22P02');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from events where id > $1', [2999]), [['1']], 'the session goes on after an error');
+  await client.end();
+});
+
 test('statement_timeout and CancelRequest stop the fragments on every node; the session goes on', async () => {
   const client = await cluster.connect();
   await client.query("set statement_timeout = '300ms'");
