@@ -7,8 +7,13 @@ import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription } from '../wire/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
 import { firstError, forEachRow, FragmentStream, whenDescribed } from './fragment-stream';
+import { appendCopyRow } from './intermediate-result';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
+import { MessageChannel } from 'node:worker_threads';
+import type { FieldDescription } from '../wire/row-description';
+import type { CombineResult, CombineTask } from './combine-worker';
+import { workerPool } from './worker-pool';
 
 export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   const started = process.hrtime.bigint();
@@ -26,17 +31,12 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
     return { ok: false, error: failed?.error ?? new PgError({ code: SqlState.internalError, message: 'a fragment returned no rows description' }), errorFrame: failed?.frame ?? null };
   }
   const fields = decodeRowDescription(streams[0].rowDescription.subarray(5));
-  const combiner = PartialCombiner.create(fields, plan.groupColumns, plan.combine, textBytewise, port.mergeMemoryLimit);
-  try {
-    await forEachRow(streams, (frame) => combiner.add(dataRowFields(frame.payload)));
-  } catch (error) {
-    await settle();
-    if (error instanceof PgError) return { ok: false, error, errorFrame: null };
-    throw error;
-  }
+  // Groups may be many: fold them off the main thread. A scalar aggregate has one row per node.
+  const combined = plan.groupColumns > 0 ? await foldInWorker(streams, fields, plan, textBytewise, port.mergeMemoryLimit) : await foldHere(streams, fields, plan, textBytewise, port.mergeMemoryLimit);
   failed = firstError(streams);
   await settle();
   if (failed) return { ok: false, error: failed.error, errorFrame: failed.frame };
+  if (!combined.ok) return { ok: false, error: new PgError({ code: combined.code, message: combined.message, hint: combined.hint }), errorFrame: null };
   const combinedAt = process.hrtime.bigint();
 
   const connection = port.connectionFor(plan.finalNode);
@@ -45,9 +45,7 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   transaction.track(table);
   const columns = fields.map((_, i) => `c${i}`).join(', ');
   const create = `${transaction.prelude}CREATE TEMPORARY TABLE ${table} (${columns})${transaction.onCommit} AS ${plan.fragment.sql} WITH NO DATA; COPY ${table} FROM STDIN`;
-  let failure = await copyInto(connection, create, async (send) => {
-    for (const row of combiner.rows()) await send(row);
-  });
+  let failure = await copyInto(connection, create, (_, sendText) => sendText(Buffer.from(combined.copyText.buffer, combined.copyText.byteOffset, combined.copyText.byteLength)));
   let rows = 0;
   if (!failure) {
     const outcome = await relayFinal(connection, plan.finalSql.replace('{{partials}}', table), port.sink);
@@ -58,7 +56,68 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   if (failure) return { ok: false, error: failure.error, errorFrame: failure.frame };
   const now = process.hrtime.bigint();
   const stats: StepStats[] = streams.map((s, i) => ({ step: `fragment on node ${plan.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
-  stats.push({ step: combiner.folding ? 'combine at the proxy' : 'collect at the proxy (no exact fold for these types)', rows: combiner.groupCount, ms: Number(combinedAt - started) / 1e6 });
+  stats.push({ step: combined.folding ? 'combine at the proxy' : 'collect at the proxy (no exact fold for these types)', rows: combined.groups, ms: Number(combinedAt - started) / 1e6 });
   stats.push({ step: `final on node ${plan.finalNode}`, rows, ms: Number(now - combinedAt) / 1e6 });
   return { ok: true, rows, stats };
+}
+
+const batchBytes = 256 * 1024;
+const batchesInFlight = 8;
+
+/** Folds the partial rows in this thread: for scalar aggregates, one row per node, not worth a thread hop. */
+async function foldHere(streams: readonly FragmentStream[], fields: readonly FieldDescription[], plan: AggregatePlan, textBytewise: boolean, limitBytes: number): Promise<CombineResult> {
+  const combiner = PartialCombiner.create(fields, plan.groupColumns, plan.combine, textBytewise, limitBytes);
+  try {
+    await forEachRow(streams, (frame) => combiner.add(dataRowFields(frame.payload)));
+  } catch (error) {
+    if (error instanceof PgError) return { ok: false, code: error.code, message: error.message, hint: error.hint };
+    throw error;
+  }
+  const chunks: Buffer[] = [];
+  for (const row of combiner.rows()) appendCopyRow(row, chunks);
+  return { ok: true, copyText: Buffer.concat(chunks), groups: combiner.groupCount, folding: combiner.folding };
+}
+
+/**
+ * Folds the partial rows in a worker thread: the frames go over in batches of whole frames, at most a few batches
+ * ahead of the worker, so a slow fold holds the nodes back instead of filling memory.
+ */
+async function foldInWorker(streams: readonly FragmentStream[], fields: readonly FieldDescription[], plan: AggregatePlan, textBytewise: boolean, limitBytes: number): Promise<CombineResult> {
+  const { port1, port2 } = new MessageChannel();
+  const task: CombineTask = { fields, groupColumns: plan.groupColumns, combine: plan.combine, textBytewise, limitBytes, port: port2 };
+  const result = workerPool().run(task, { name: 'combinePartials', transferList: [port2] as never }) as Promise<CombineResult>;
+  let inFlight = 0;
+  let wake: (() => void) | null = null;
+  port1.on('message', () => {
+    inFlight--;
+    wake?.();
+    wake = null;
+  });
+  let batch: Buffer[] = [];
+  let bytes = 0;
+  const post = async (end: boolean) => {
+    const rows = new Uint8Array(bytes);
+    let offset = 0;
+    for (const frame of batch) {
+      rows.set(frame, offset);
+      offset += frame.length;
+    }
+    batch = [];
+    bytes = 0;
+    inFlight++;
+    port1.postMessage(end ? { rows, end: true } : { rows }, [rows.buffer]);
+    while (inFlight > batchesInFlight) await new Promise<void>((resolve) => (wake = resolve));
+  };
+  try {
+    await forEachRow(streams, (frame) => {
+      batch.push(frame.raw);
+      bytes += frame.raw.length;
+      return bytes >= batchBytes ? post(false) : undefined;
+    });
+  } finally {
+    await post(true);
+  }
+  const outcome = await result;
+  port1.close();
+  return outcome;
 }

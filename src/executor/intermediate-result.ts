@@ -65,7 +65,7 @@ export async function runQuiet(connection: BackendConnection, sql: string): Prom
 export async function copyInto(
   connection: BackendConnection,
   sql: string,
-  produce: (send: (fields: readonly (Buffer | null)[]) => Promise<void> | void) => Promise<void>,
+  produce: (send: (fields: readonly (Buffer | null)[]) => Promise<void> | void, sendText: (copyText: Buffer) => Promise<void>) => Promise<void>,
 ): Promise<NodeFailure | null> {
   let failure: NodeFailure | null = null;
   let ready: () => void = () => {};
@@ -95,11 +95,21 @@ export async function copyInto(
     if (full) await new Promise<void>((resolve) => connection.onceDrained(resolve));
   };
   try {
-    await produce(async (fields) => {
-      if (failure) return;
-      pendingBytes += appendCopyRow(fields, pending);
-      if (pendingBytes >= copyChunkBytes) await flush();
-    });
+    await produce(
+      async (fields) => {
+        if (failure) return;
+        pendingBytes += appendCopyRow(fields, pending);
+        if (pendingBytes >= copyChunkBytes) await flush();
+      },
+      async (copyText) => {
+        await flush();
+        for (let offset = 0; offset < copyText.length && !failure; offset += copyChunkBytes) {
+          pending.push(copyText.subarray(offset, offset + copyChunkBytes));
+          pendingBytes = Math.min(copyChunkBytes, copyText.length - offset);
+          await flush();
+        }
+      },
+    );
     await flush();
     connection.write(failure ? serialize.copyFail('the proxy stopped the copy') : serialize.copyDone());
   } catch (error) {

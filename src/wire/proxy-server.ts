@@ -1,6 +1,7 @@
 // The listening side of parapool: accepts clients on the configured addresses, owns what sessions share (the
 // cluster state, the connection pool, the password file) and routes CancelRequests to the session they name.
 
+import { closeWorkerPool } from '../executor/worker-pool';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import type { ProxyConfig } from '../config/config';
 import { describeNode, type BackendNode } from '../cluster/backend-node';
@@ -125,6 +126,7 @@ export class ProxyServer {
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
+    await closeWorkerPool();
     // A client that does not close its side after our goodbye must not keep the proxy from stopping.
     for (const socket of this.sockets) socket.destroy();
     await closed;
