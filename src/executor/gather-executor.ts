@@ -3,6 +3,7 @@
 // runs the query against the temporary tables and its answer is relayed to the client.
 
 import type { GatherPlan } from '../planner/distributed-plan';
+import { quoteIdent } from '../catalog/partition-rule';
 import { gatheredTableName } from '../planner/gather-planner';
 import { dataRowFields } from '../wire/data-row';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
@@ -16,7 +17,8 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
   const names = plan.tables.map(() => `pg_temp.${port.temporaryName('gather')}`);
   const statements = plan.tables.map((t, i) => {
     transaction.track(names[i]);
-    return `CREATE TEMPORARY TABLE ${names[i]} (LIKE ${t.table} INCLUDING INDEXES)${transaction.onCommit}; INSERT INTO ${names[i]} ${t.fragment.sql}`;
+    const key = t.primaryKey.length > 0 ? `; ALTER TABLE ${names[i]} ADD PRIMARY KEY (${t.primaryKey.map(quoteIdent).join(', ')})` : '';
+    return `CREATE TEMPORARY TABLE ${names[i]}${transaction.onCommit} AS ${t.fragment.sql} WITH NO DATA${key}; INSERT INTO ${names[i]} ${t.fragment.sql}`;
   });
   let failure: NodeFailure | null = null;
   let result: ExecutionOutcome | null = null;

@@ -11,6 +11,7 @@ import { explainPlan } from '../planner/explain-plan';
 import type { PlannerPort } from '../planner/pushdown-planner';
 import { planSelect } from '../planner/select-planner';
 import { planGather } from '../planner/gather-planner';
+import type { TableShape } from '../planner/gather-pushdown';
 import type { BackendConnection } from '../wire/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
 import { PgError } from '../wire/errors';
@@ -57,6 +58,7 @@ async function executeRouter(plan: RouterPlan, port: ExecutionPort): Promise<Exe
 export function plannerPortOf(port: DistributedReadPort): PlannerPort {
   return {
     nodesOfKeys: port.nodesOfKeys,
+    tableShapes: (names) => tableShapes(port.plannerConnection(), names),
     nodeCount: port.nodeCount,
     finalNode: port.finalNode,
     describe: (sql) => describeTypes(port.plannerConnection(), sql),
@@ -95,7 +97,7 @@ export async function runDistributedRead(statement: Node, sql: string, catalog: 
   const run = async (sink: ExecutionPort['sink']) => {
     const outcome = await executePlan(plan, { ...port, sink });
     if (outcome.ok || !outcome.fallback) return outcome;
-    plan = planGather(sql, catalog, plannerPortOf(port), outcome.error.message);
+    plan = await planGather(sql, catalog, plannerPortOf(port), outcome.error.message);
     return executePlan(plan, { ...port, sink });
   };
   if (!options.explain) {
@@ -140,4 +142,18 @@ export function textOrderIsBytewise(catalog: Catalog, connection: BackendConnect
     bytewiseText.set(catalog, known);
   }
   return known;
+}
+
+/** Columns and primary keys of tables, as the main node resolves their names. */
+async function tableShapes(connection: BackendConnection, names: readonly string[]): Promise<Map<string, TableShape>> {
+  const shapes = new Map<string, TableShape>();
+  if (names.length === 0) return shapes;
+  const list = names.map((n) => `'${n.replace(/'/g, "''")}'`).join(', ');
+  const result = await connection.query(
+    `SELECT n.name, pg_catalog.array_to_json(ARRAY(SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum)),
+            pg_catalog.array_to_json(ARRAY(SELECT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY a.attnum))
+       FROM unnest(ARRAY[${list}]::text[]) AS n(name) JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(n.name)`,
+  );
+  for (const [name, columns, primaryKey] of result.rows) shapes.set(name!, { columns: JSON.parse(columns!), primaryKey: JSON.parse(primaryKey!) });
+  return shapes;
 }

@@ -79,7 +79,10 @@ export interface GatherPlan {
 export interface GatheredTable {
   /** The table as the query names it, for EXPLAIN. */
   readonly table: string;
+  /** The rows to copy: the table's filtered, projected rows on each node. */
   readonly fragment: Fragment;
+  /** Re-declared on the copy when it keeps those columns, so GROUP BY the key may name the other columns. */
+  readonly primaryKey: readonly string[];
 }
 
 export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan;

@@ -4,10 +4,13 @@
 // N.B. the statement's own text is kept and only the table names are replaced in it: no deparse can change what
 // it means.
 
+import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
 import { qualifiedName, quoteIdent } from '../catalog/partition-rule';
+import { deparseVerified } from './ast-tools';
 import { walkAst } from './ast-walk';
-import type { GatherPlan } from './distributed-plan';
+import type { GatherPlan, GatheredTable } from './distributed-plan';
+import { narrowCopy, type TableShape } from './gather-pushdown';
 import type { PlannerPort } from './pushdown-planner';
 import { parseSql } from './sql-parser';
 
@@ -16,7 +19,7 @@ export function gatheredTableName(index: number): string {
   return `parapool_gathered_${index}`;
 }
 
-export function planGather(sql: string, catalog: Catalog, port: PlannerPort, reason: string): GatherPlan {
+export async function planGather(sql: string, catalog: Catalog, port: PlannerPort, reason: string): Promise<GatherPlan> {
   const parsed = parseSql(sql);
   if (!parsed.ok) throw parsed.error;
   const statement = parsed.statements[0].node;
@@ -25,6 +28,13 @@ export function planGather(sql: string, catalog: Catalog, port: PlannerPort, rea
     if (tag === 'CommonTableExpr') ctes.add(body.ctename as string);
   });
   const tables: string[] = [];
+  const rangeVars: Record<string, unknown>[] = [];
+  walkAst(statement, (tag, body) => {
+    if (tag === 'RangeVar') rangeVars.push(body);
+  });
+  const nameOf = (body: Record<string, unknown>) => (body.schemaname ? `${quoteIdent(body.schemaname as string)}.` : '') + quoteIdent(body.relname as string);
+  const shapes = await port.tableShapes([...new Set(rangeVars.filter((r) => r.schemaname || !ctes.has(r.relname as string)).map(nameOf))]);
+  const shapeOf = (body: Record<string, unknown>): TableShape | null => (!body.schemaname && ctes.has(body.relname as string) ? null : shapes.get(nameOf(body)) ?? null);
   const edits: { start: number; end: number; text: string }[] = [];
   walkAst(statement, (tag, body) => {
     if (tag !== 'RangeVar') return;
@@ -47,9 +57,32 @@ export function planGather(sql: string, catalog: Catalog, port: PlannerPort, rea
   let finalSql = sql;
   for (const edit of edits) finalSql = finalSql.slice(0, edit.start) + edit.text + finalSql.slice(edit.end);
   const others = Array.from({ length: port.nodeCount }, (_, i) => i).filter((n) => n !== port.finalNode);
+  const gathered: GatheredTable[] = tables.map((table) => {
+    const isTable = (body: Record<string, unknown>) => {
+      if (!body.schemaname && ctes.has(body.relname as string)) return false;
+      const rule = catalog.distributed(body.schemaname as string | undefined, body.relname as string);
+      return rule !== null && qualifiedName(rule.table) === table;
+    };
+    const narrowing = narrowCopy(statement, isTable, shapeOf);
+    const reference = rangeVars.find(isTable)!;
+    const shape = shapeOf(reference);
+    const alias = (reference.alias as { aliasname?: string } | undefined)?.aliasname ?? (reference.relname as string);
+    const copy: Record<string, unknown> = {
+      targetList: narrowing.columns
+        ? narrowing.columns.map((c) => ({ ResTarget: { val: { ColumnRef: { fields: [{ String: { sval: alias } }, { String: { sval: c } }] } } } }))
+        : [{ ResTarget: { val: { ColumnRef: { fields: [{ A_Star: {} }] } } } }],
+      fromClause: [{ RangeVar: { schemaname: reference.schemaname, relname: reference.relname, inh: true, relpersistence: 'p', alias: { aliasname: alias } } }],
+      whereClause: narrowing.filters.length === 0 ? undefined : narrowing.filters.length === 1 ? narrowing.filters[0] : { BoolExpr: { boolop: 'AND_EXPR', args: narrowing.filters } },
+      limitOption: 'LIMIT_OPTION_DEFAULT',
+      op: 'SETOP_NONE',
+    };
+    const narrowed = narrowing.columns || narrowing.filters.length > 0 ? deparseVerified({ SelectStmt: copy } as Node) : null;
+    const primaryKey = shape?.primaryKey.length && (!narrowing.columns || shape.primaryKey.every((c) => narrowing.columns!.includes(c))) ? [...shape.primaryKey] : [];
+    return { table, fragment: { sql: narrowed ?? `SELECT * FROM ${table}`, nodes: others }, primaryKey };
+  });
   return {
     kind: 'gather',
-    tables: tables.map((table) => ({ table, fragment: { sql: `SELECT * FROM ${table}`, nodes: others } })),
+    tables: gathered,
     finalSql,
     finalNode: port.finalNode,
     reason,

@@ -7,6 +7,7 @@ import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
 import type { DistributedRule } from '../catalog/partition-rule';
 import { pinnedKeyValues, type KeyValue } from './key-values';
+import type { TableShape } from './gather-pushdown';
 import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, isNullConstant, parseExpression, rewriteTree, sameExpression, unwrap } from './ast-tools';
 import { splitAggregate, type AggregateCall } from './aggregate-split';
 import { analyzeColocation, containsAggregateCall, isKnownAggregate, keyTableOf, type Scope } from './colocation';
@@ -23,6 +24,8 @@ export interface PlannerPort {
   describe(sql: string): Promise<number[]>;
   /** Those of `names` that name aggregate functions on the nodes. */
   aggregateNames(names: readonly string[]): Promise<ReadonlySet<string>>;
+  /** Columns and primary key of tables named as in SQL (resolved by the node's search_path); unknown ones left out. */
+  tableShapes(names: readonly string[]): Promise<Map<string, TableShape>>;
   /** The nodes that hold these values of a rule's key, in node order. */
   nodesOfKeys(rule: DistributedRule, keys: readonly KeyValue[]): Promise<number[]>;
 }

@@ -14,7 +14,7 @@ export async function planSelect(statement: Node, sql: string, catalog: Catalog,
   if (select) {
     const pushed = await planPushdown(select, catalog, port, sql, nodes);
     if (pushed.ok) return pushed.plan;
-    return planGather(sql, catalog, port, pushed.reason);
+    return await planGather(sql, catalog, port, pushed.reason);
   }
-  return planGather(sql, catalog, port, 'not a plain SELECT');
+  return await planGather(sql, catalog, port, 'not a plain SELECT');
 }
