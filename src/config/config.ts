@@ -42,6 +42,8 @@ export interface ProxyConfig {
   clientMaxMessageSize: number;
   /** Most bytes of rows the proxy holds for one merge that must keep state (its hash aggregate of partial groups). */
   mergeMemoryLimit: number;
+  /** Most bytes of rows one statement may ship between nodes through the proxy (the gather tier's copies). */
+  intermediateResultLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
   logMinMessages: LogLevel;
@@ -68,6 +70,7 @@ export function defaultConfig(): ProxyConfig {
     connectTimeout: 10,
     clientMaxMessageSize: 256 * 1024 * 1024,
     mergeMemoryLimit: 256 * 1024 * 1024,
+    intermediateResultLimit: 4 * 1024 * 1024 * 1024,
     recoveryUser: 'postgres',
     logMinMessages: 'info',
     logConnections: false,
@@ -145,6 +148,9 @@ const settings: Record<string, Setter> = {
   },
   connect_timeout: (c, v, fail) => {
     c.connectTimeout = parseInteger(v, fail, 1, 3600);
+  },
+  intermediate_result_limit: (c, v, fail) => {
+    c.intermediateResultLimit = parseInteger(v, fail, 1024 * 1024, Number.MAX_SAFE_INTEGER);
   },
   merge_memory_limit: (c, v, fail) => {
     c.mergeMemoryLimit = parseInteger(v, fail, 1024 * 1024, 64 * 1024 * 1024 * 1024);
@@ -266,6 +272,7 @@ export function configToText(config: ProxyConfig): string {
     `connect_timeout = ${config.connectTimeout}`,
     `client_max_message_size = ${config.clientMaxMessageSize}`,
     `merge_memory_limit = ${config.mergeMemoryLimit}`,
+    `intermediate_result_limit = ${config.intermediateResultLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,

@@ -15,6 +15,8 @@ export interface ExecutionPort {
   temporaryName(prefix: string): string;
   /** The most bytes of rows an operator that must hold state (the proxy's hash aggregate) may keep. */
   readonly mergeMemoryLimit: number;
+  /** The most bytes of rows one statement may ship between nodes through the proxy. */
+  readonly intermediateResultLimit: number;
 }
 
 export interface StepStats {

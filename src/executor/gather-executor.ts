@@ -4,6 +4,7 @@
 
 import type { GatherPlan } from '../planner/distributed-plan';
 import { quoteIdent } from '../catalog/partition-rule';
+import { PgError, SqlState } from '../wire/errors';
 import { gatheredTableName } from '../planner/gather-planner';
 import { dataRowFields } from '../wire/data-row';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
@@ -25,10 +26,23 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
   const localStarted = process.hrtime.bigint();
   if (plan.tables.length > 0) failure = await runQuiet(connection, `${transaction.prelude}${statements.join('; ')}`);
   if (!failure) stats.push({ step: `local rows on node ${plan.finalNode}`, rows: 0, ms: Number(process.hrtime.bigint() - localStarted) / 1e6 });
+  let shipped = 0;
+  let overLimit = false;
   for (let t = 0; t < plan.tables.length && !failure && !result; t++) {
     const table = plan.tables[t];
     const streams = table.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), table.fragment.sql));
-    const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, (send) => forEachRow(streams, (frame) => send(dataRowFields(frame.payload)))).catch(async (error: unknown) => {
+    const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, (send) =>
+      forEachRow(streams, (frame) => {
+        if (overLimit) return;
+        shipped += frame.raw.length;
+        if (shipped > port.intermediateResultLimit) {
+          overLimit = true;
+          for (const stream of streams) stream.discard();
+          return;
+        }
+        return send(dataRowFields(frame.payload));
+      }),
+    ).catch(async (error: unknown) => {
       for (const stream of streams) stream.discard();
       throw error;
     });
@@ -36,7 +50,18 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
     for (const stream of streams) stream.discard();
     await Promise.all(streams.map((s) => s.finished));
     streams.forEach((s, i) => stats.push({ step: `${table.table} from node ${table.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
-    if (streamFailure) result = { ok: false, error: streamFailure.error, errorFrame: streamFailure.frame };
+    if (overLimit) {
+      result = {
+        ok: false,
+        error: new PgError({
+          code: SqlState.programLimitExceeded,
+          message: `this statement would ship more than intermediate_result_limit (${port.intermediateResultLimit} bytes) of rows between nodes`,
+          detail: `copying ${table.table} to node ${plan.finalNode}`,
+          hint: 'filter the distributed tables more, join them on their distribution keys, or raise intermediate_result_limit',
+        }),
+        errorFrame: null,
+      };
+    } else if (streamFailure) result = { ok: false, error: streamFailure.error, errorFrame: streamFailure.frame };
     else failure = copied;
   }
   if (!failure && !result && plan.tables.length > 0) failure = await runQuiet(connection, `ANALYZE ${names.join(', ')}`);

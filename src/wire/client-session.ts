@@ -1066,6 +1066,7 @@ export class ClientSession implements ClientSink {
       textOrderIsBytewise: () => textOrderIsBytewise(this.catalog!, main),
       temporaryName: (prefix) => `parapool_${prefix}_${this.id}_${++this.temporaryCounter}`,
       mergeMemoryLimit: this.context.config.mergeMemoryLimit,
+      intermediateResultLimit: this.context.config.intermediateResultLimit,
     };
   }
 

@@ -14,7 +14,11 @@ let cluster: TestCluster;
 
 before(async () => {
   await loadParser();
-  cluster = await startTestCluster({ nodes: 3, configure: (config) => (config.mergeMemoryLimit = 1024 * 1024) });
+  cluster = await startTestCluster({ nodes: 3, configure: (config) => {
+      config.mergeMemoryLimit = 1024 * 1024;
+      config.intermediateResultLimit = 40_000;
+    },
+  });
   const client = await cluster.connect();
   await client.query('create table events (id int primary key, kind text, amount numeric(12,2))');
   await client.query("select parapool.distribute_table('events', 'id')");
@@ -91,6 +95,14 @@ test('the proxy hash aggregate stops at merge_memory_limit with 54000', async ()
   const client = await cluster.connect();
   await assert.rejects(client.query('select repeat(kind, 100) || id, count(*) from events group by 1'), (e: { code?: string; message: string }) => e.code === '54000' && /merge_memory_limit/.test(e.message));
   assert.deepEqual(await rowsOf(client, 'select count(*) from events'), [['3000']]);
+  assert.equal(await temporaryTablesOnNodes(), 0);
+  await client.end();
+});
+
+test('a gather past intermediate_result_limit fails with 54000 and leaves nothing behind', async () => {
+  const client = await cluster.connect();
+  await assert.rejects(client.query('select id, rank() over (order by amount desc) from events order by 2 limit 1'), (e: { code?: string; message: string }) => e.code === '54000' && /intermediate_result_limit/.test(e.message));
+  assert.deepEqual(await rowsOf(client, 'select id, rank() over (order by amount desc) from events where id > 2990 order by 2 limit 1'), [['3000', '1']], 'a filtered copy fits');
   assert.equal(await temporaryTablesOnNodes(), 0);
   await client.end();
 });
