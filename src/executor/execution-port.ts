@@ -11,6 +11,12 @@ export interface ExecutionPort {
   readonly sink: ClientSink;
   /** True when the database's collation orders text byte by byte (C or POSIX), so the proxy may merge text. */
   textOrderIsBytewise(): Promise<boolean>;
+  /**
+   * A connection of its own to a node, outside the session's (for reading while the session's connections
+   * receive); given back with releaseSource.
+   */
+  sourceConnection(node: number): Promise<BackendConnection>;
+  releaseSource(connection: BackendConnection): void;
   /** A name unique within the session, for temporary tables. */
   temporaryName(prefix: string): string;
   /** The most bytes of rows an operator that must hold state (the proxy's hash aggregate) may keep. */

@@ -6,7 +6,7 @@
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from '../wire/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
-import type { PgError } from '../wire/errors';
+import { PgError, SqlState } from '../wire/errors';
 import { BackendCode } from '../wire/message-codes';
 import type { ClientSink } from './client-sink';
 
@@ -59,66 +59,99 @@ export async function runQuiet(connection: BackendConnection, sql: string): Prom
 }
 
 /**
- * Runs `sql` (which ends in COPY ... FROM STDIN) on a node and feeds it the rows `produce` writes through `send`,
- * waiting for the node to drain when its socket is full. Resolves with the node's error, if any.
+ * A COPY FROM STDIN running on a node: rows are buffered into CopyData messages of about 64 KiB; a write waits
+ * when the node's socket is full. `finish` ends the copy and resolves with the node's error, if any.
+ */
+export class CopyStream {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  failure: NodeFailure | null = null;
+
+  private constructor(readonly connection: BackendConnection, private readonly exchange: Promise<void>) {}
+
+  /** Runs `sql`, which ends in COPY ... FROM STDIN; resolves with the stream, or with the node's error before it. */
+  static async open(connection: BackendConnection, sql: string): Promise<CopyStream | NodeFailure> {
+    let stream: CopyStream | null = null;
+    let early: NodeFailure | null = null;
+    let ready: () => void = () => {};
+    const started = new Promise<void>((resolve) => (ready = resolve));
+    let copying = false;
+    const exchange = connection.exchange([serialize.query(sql)], (frame) => {
+      if (frame.code === BackendCode.copyInResponse) {
+        copying = true;
+        ready();
+      } else if (frame.code === BackendCode.errorResponse) {
+        const failure = { error: pgErrorFromBackend(decodeBackendNotice(frame)), frame: Buffer.from(frame.raw) };
+        if (stream) stream.failure ??= failure;
+        else early ??= failure;
+      }
+    });
+    const ended = exchange.then(() => ready());
+    await Promise.race([started, ended]);
+    if (!copying) {
+      await exchange;
+      return early ?? { error: new PgError({ code: SqlState.internalError, message: 'the node did not start the copy' }), frame: Buffer.alloc(0) };
+    }
+    stream = new CopyStream(connection, exchange);
+    if (early) stream.failure = early;
+    return stream;
+  }
+
+  /** Queues one row; the promise (when there is one) resolves once the node can take more. */
+  write(fields: readonly (Buffer | null)[]): Promise<void> | undefined {
+    if (this.failure) return undefined;
+    this.pendingBytes += appendCopyRow(fields, this.pending);
+    return this.pendingBytes >= copyChunkBytes ? this.flush() : undefined;
+  }
+
+  /** Queues COPY text made elsewhere (whole rows). */
+  async writeText(copyText: Buffer): Promise<void> {
+    await this.flush();
+    for (let offset = 0; offset < copyText.length && !this.failure; offset += copyChunkBytes) {
+      this.pending.push(copyText.subarray(offset, offset + copyChunkBytes));
+      this.pendingBytes = Math.min(copyChunkBytes, copyText.length - offset);
+      await this.flush();
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.pendingBytes === 0) return;
+    const full = !this.connection.write(serialize.copyData(Buffer.concat(this.pending, this.pendingBytes)));
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (full) await new Promise<void>((resolve) => this.connection.onceDrained(resolve));
+  }
+
+  /** Ends the copy (CopyFail with `abort`), waits for the node's answer and returns its error, if any. */
+  async finish(abort?: string): Promise<NodeFailure | null> {
+    if (!abort) await this.flush();
+    this.connection.write(abort || this.failure ? serialize.copyFail(abort ?? 'the proxy stopped the copy') : serialize.copyDone());
+    await this.exchange;
+    return this.failure;
+  }
+}
+
+/**
+ * Runs `sql` (which ends in COPY ... FROM STDIN) on a node and feeds it the rows `produce` writes through `send`
+ * (or as ready COPY text through `sendText`). Resolves with the node's error, if any.
  */
 export async function copyInto(
   connection: BackendConnection,
   sql: string,
   produce: (send: (fields: readonly (Buffer | null)[]) => Promise<void> | void, sendText: (copyText: Buffer) => Promise<void>) => Promise<void>,
 ): Promise<NodeFailure | null> {
-  let failure: NodeFailure | null = null;
-  let ready: () => void = () => {};
-  const copyStarted = new Promise<void>((resolve) => (ready = resolve));
-  let copying = false;
-  const exchange = connection.exchange([serialize.query(sql)], (frame) => {
-    if (frame.code === BackendCode.copyInResponse) {
-      copying = true;
-      ready();
-    } else if (frame.code === BackendCode.errorResponse && !failure) {
-      failure = { error: pgErrorFromBackend(decodeBackendNotice(frame)), frame: Buffer.from(frame.raw) };
-    }
-  });
-  const ended = exchange.then(() => ready());
-  await Promise.race([copyStarted, ended]);
-  if (!copying) {
-    await exchange;
-    return failure;
-  }
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
-  const flush = async () => {
-    if (pendingBytes === 0) return;
-    const full = !connection.write(serialize.copyData(Buffer.concat(pending, pendingBytes)));
-    pending = [];
-    pendingBytes = 0;
-    if (full) await new Promise<void>((resolve) => connection.onceDrained(resolve));
-  };
+  const stream = await CopyStream.open(connection, sql);
+  if (!(stream instanceof CopyStream)) return stream;
   try {
     await produce(
-      async (fields) => {
-        if (failure) return;
-        pendingBytes += appendCopyRow(fields, pending);
-        if (pendingBytes >= copyChunkBytes) await flush();
-      },
-      async (copyText) => {
-        await flush();
-        for (let offset = 0; offset < copyText.length && !failure; offset += copyChunkBytes) {
-          pending.push(copyText.subarray(offset, offset + copyChunkBytes));
-          pendingBytes = Math.min(copyChunkBytes, copyText.length - offset);
-          await flush();
-        }
-      },
+      (fields) => stream.write(fields),
+      (copyText) => stream.writeText(copyText),
     );
-    await flush();
-    connection.write(failure ? serialize.copyFail('the proxy stopped the copy') : serialize.copyDone());
   } catch (error) {
-    connection.write(serialize.copyFail('the rows to copy failed'));
-    await exchange;
+    await stream.finish('the rows to copy failed');
     throw error;
   }
-  await exchange;
-  return failure;
+  return stream.finish();
 }
 
 /**

@@ -22,6 +22,7 @@ import { executeAggregate } from './aggregate-executor';
 import type { ExecutionOutcome, ExecutionPort } from './execution-port';
 import { executeGather } from './gather-executor';
 import { executeMerge } from './merge-executor';
+import { executeBroadcast } from './broadcast-executor';
 
 export interface DistributedReadPort extends ExecutionPort {
   readonly nodeCount: number;
@@ -42,6 +43,8 @@ export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise
       return executeGather(plan, port);
     case 'router':
       return executeRouter(plan, port);
+    case 'broadcast':
+      return executeBroadcast(plan, port, executePlan);
     default:
       return assertNever(plan);
   }
@@ -59,6 +62,10 @@ export function plannerPortOf(port: DistributedReadPort): PlannerPort {
   return {
     nodesOfKeys: port.nodesOfKeys,
     tableShapes: (names) => tableShapes(port.plannerConnection(), names),
+    estimateRows: async (sql) => {
+      const result = await port.plannerConnection().query(`EXPLAIN (FORMAT JSON) ${sql}`);
+      return Number((JSON.parse(result.rows[0][0]!) as { Plan: { 'Plan Rows': number } }[])[0].Plan['Plan Rows']);
+    },
     nodeCount: port.nodeCount,
     finalNode: port.finalNode,
     describe: (sql) => describeTypes(port.plannerConnection(), sql),

@@ -76,6 +76,22 @@ export interface GatherPlan {
   readonly reason: string;
 }
 
+/**
+ * Tier 3, broadcast join: the tables outside the largest table's colocation group (small, or small once filtered)
+ * are copied to every node that runs the inner plan, as temporary tables `parapool_broadcast_<i>`; the statement,
+ * with those in place, is then node-local and runs as the inner tier-1 or tier-2 plan.
+ */
+export interface BroadcastPlan {
+  readonly kind: 'broadcast';
+  readonly tables: readonly GatheredTable[];
+  /** The nodes that receive every copy: those of the inner plan. */
+  readonly targets: readonly number[];
+  readonly inner: RouterPlan | MergePlan | AggregatePlan;
+  /** Rows estimated to move: the copies times their targets, against what gathering would move. */
+  readonly estimate: { readonly broadcastRows: number; readonly gatherRows: number };
+  readonly reason: string;
+}
+
 export interface GatheredTable {
   /** The table as the query names it, for EXPLAIN. */
   readonly table: string;
@@ -85,7 +101,7 @@ export interface GatheredTable {
   readonly primaryKey: readonly string[];
 }
 
-export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan;
+export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan | BroadcastPlan;
 export type PlanKind = DistributedPlan['kind'];
 
 export function assertNever(value: never): never {

@@ -45,6 +45,14 @@ export function explainPlan(plan: DistributedPlan, stats?: readonly StepStats[])
         lines.push(`  ->  Gather ${table.table} into node ${plan.finalNode} from ${nodeList(table.fragment.nodes)}`, ...sqlLines(table.fragment.sql, '        '));
       }
       break;
+    case 'broadcast':
+      lines.push(`Distributed Broadcast Join  (${plan.reason})`);
+      lines.push(`  Estimated rows moved: ${plan.estimate.broadcastRows} by broadcast, ${plan.estimate.gatherRows} by gathering`);
+      plan.tables.forEach((table, i) => {
+        lines.push(`  ->  Broadcast ${table.table} as parapool_broadcast_${i} from ${nodeList(table.fragment.nodes)} to ${nodeList(plan.targets)}`, ...sqlLines(table.fragment.sql, '        '));
+      });
+      for (const line of explainPlan(plan.inner)) lines.push(`  ${line}`);
+      break;
     default:
       assertNever(plan);
   }

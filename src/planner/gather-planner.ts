@@ -20,6 +20,22 @@ export function gatheredTableName(index: number): string {
 }
 
 export async function planGather(sql: string, catalog: Catalog, port: PlannerPort, reason: string): Promise<GatherPlan> {
+  const others = Array.from({ length: port.nodeCount }, (_, i) => i).filter((n) => n !== port.finalNode);
+  const copies = await planCopies(sql, catalog, port, () => true, gatheredTableName, others);
+  return { kind: 'gather', tables: copies.tables, finalSql: copies.sql, finalNode: port.finalNode, reason };
+}
+
+export interface PlannedCopies {
+  readonly tables: GatheredTable[];
+  /** The statement's text with each copied table's name replaced by its copy's. */
+  readonly sql: string;
+}
+
+/**
+ * Plans copies of the distributed tables `chosen` accepts (by qualified name): each one's filtered, projected rows
+ * read on `sources`, and the statement's text with its references replaced by `pg_temp.<name(i)> AS alias`.
+ */
+export async function planCopies(sql: string, catalog: Catalog, port: PlannerPort, chosen: (table: string) => boolean, name: (index: number) => string, sources: readonly number[]): Promise<PlannedCopies> {
   const parsed = parseSql(sql);
   if (!parsed.ok) throw parsed.error;
   const statement = parsed.statements[0].node;
@@ -35,34 +51,29 @@ export async function planGather(sql: string, catalog: Catalog, port: PlannerPor
   const nameOf = (body: Record<string, unknown>) => (body.schemaname ? `${quoteIdent(body.schemaname as string)}.` : '') + quoteIdent(body.relname as string);
   const shapes = await port.tableShapes([...new Set(rangeVars.filter((r) => r.schemaname || !ctes.has(r.relname as string)).map(nameOf))]);
   const shapeOf = (body: Record<string, unknown>): TableShape | null => (!body.schemaname && ctes.has(body.relname as string) ? null : shapes.get(nameOf(body)) ?? null);
+  const tableOf = (body: Record<string, unknown>): string | null => {
+    if (!body.schemaname && ctes.has(body.relname as string)) return null;
+    const rule = catalog.distributed(body.schemaname as string | undefined, body.relname as string);
+    return rule && chosen(qualifiedName(rule.table)) ? qualifiedName(rule.table) : null;
+  };
   const edits: { start: number; end: number; text: string }[] = [];
-  walkAst(statement, (tag, body) => {
-    if (tag !== 'RangeVar') return;
-    const schema = body.schemaname as string | undefined;
-    const name = body.relname as string;
-    if (!schema && ctes.has(name)) return;
-    const rule = catalog.distributed(schema, name);
-    if (!rule) return;
-    const key = qualifiedName(rule.table);
+  for (const body of rangeVars) {
+    const key = tableOf(body);
+    if (!key) continue;
     let index = tables.indexOf(key);
     if (index < 0) {
       index = tables.length;
       tables.push(key);
     }
     const start = body.location as number;
-    const alias = body.alias ? '' : ` AS ${quoteIdent(name)}`;
-    edits.push({ start, end: endOfName(sql, start), text: `pg_temp.${gatheredTableName(index)}${alias}` });
-  });
+    const alias = body.alias ? '' : ` AS ${quoteIdent(body.relname as string)}`;
+    edits.push({ start, end: endOfName(sql, start), text: `pg_temp.${name(index)}${alias}` });
+  }
   edits.sort((a, b) => b.start - a.start);
-  let finalSql = sql;
-  for (const edit of edits) finalSql = finalSql.slice(0, edit.start) + edit.text + finalSql.slice(edit.end);
-  const others = Array.from({ length: port.nodeCount }, (_, i) => i).filter((n) => n !== port.finalNode);
-  const gathered: GatheredTable[] = tables.map((table) => {
-    const isTable = (body: Record<string, unknown>) => {
-      if (!body.schemaname && ctes.has(body.relname as string)) return false;
-      const rule = catalog.distributed(body.schemaname as string | undefined, body.relname as string);
-      return rule !== null && qualifiedName(rule.table) === table;
-    };
+  let rewritten = sql;
+  for (const edit of edits) rewritten = rewritten.slice(0, edit.start) + edit.text + rewritten.slice(edit.end);
+  const copies: GatheredTable[] = tables.map((table) => {
+    const isTable = (body: Record<string, unknown>) => tableOf(body) === table;
     const narrowing = narrowCopy(statement, isTable, shapeOf);
     const reference = rangeVars.find(isTable)!;
     const shape = shapeOf(reference);
@@ -78,15 +89,9 @@ export async function planGather(sql: string, catalog: Catalog, port: PlannerPor
     };
     const narrowed = narrowing.columns || narrowing.filters.length > 0 ? deparseVerified({ SelectStmt: copy } as Node) : null;
     const primaryKey = shape?.primaryKey.length && (!narrowing.columns || shape.primaryKey.every((c) => narrowing.columns!.includes(c))) ? [...shape.primaryKey] : [];
-    return { table, fragment: { sql: narrowed ?? `SELECT * FROM ${table}`, nodes: others }, primaryKey };
+    return { table, fragment: { sql: narrowed ?? `SELECT * FROM ${table}`, nodes: sources }, primaryKey };
   });
-  return {
-    kind: 'gather',
-    tables: gathered,
-    finalSql,
-    finalNode: port.finalNode,
-    reason,
-  };
+  return { tables: copies, sql: rewritten };
 }
 
 /** Where a possibly qualified, possibly quoted name that starts at `start` ends. */

@@ -26,6 +26,8 @@ export interface PlannerPort {
   aggregateNames(names: readonly string[]): Promise<ReadonlySet<string>>;
   /** Columns and primary key of tables named as in SQL (resolved by the node's search_path); unknown ones left out. */
   tableShapes(names: readonly string[]): Promise<Map<string, TableShape>>;
+  /** The rows the node's planner expects `sql` to return (EXPLAIN's estimate). */
+  estimateRows(sql: string): Promise<number>;
   /** The nodes that hold these values of a rule's key, in node order. */
   nodesOfKeys(rule: DistributedRule, keys: readonly KeyValue[]): Promise<number[]>;
 }

@@ -5,6 +5,7 @@
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
 import type { DistributedPlan } from './distributed-plan';
+import { planBroadcast } from './broadcast-planner';
 import { planGather } from './gather-planner';
 import { planPushdown, type PlannerPort } from './pushdown-planner';
 
@@ -14,6 +15,8 @@ export async function planSelect(statement: Node, sql: string, catalog: Catalog,
   if (select) {
     const pushed = await planPushdown(select, catalog, port, sql, nodes);
     if (pushed.ok) return pushed.plan;
+    const broadcast = await planBroadcast(sql, catalog, port);
+    if (broadcast.ok) return broadcast.plan;
     return await planGather(sql, catalog, port, pushed.reason);
   }
   return await planGather(sql, catalog, port, 'not a plain SELECT');

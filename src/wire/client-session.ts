@@ -1052,6 +1052,8 @@ export class ClientSession implements ClientSink {
   }
 
   private temporaryCounter = 0;
+  /** Connections of the session's own borrowed for one statement (broadcast sources): a cancel reaches them too. */
+  private readonly sourceConnections = new Set<BackendConnection>();
 
   /** What a distributed read borrows from this session. */
   private readPort(): DistributedReadPort {
@@ -1064,6 +1066,20 @@ export class ClientSession implements ClientSink {
       nodesOfKeys: (rule, keys) => nodesOfKeys(rule, keys, { ...this.port, status: this.status }),
       sink: this,
       textOrderIsBytewise: () => textOrderIsBytewise(this.catalog!, main),
+      sourceConnection: async (node) => {
+        const connection = await this.context.pool.acquire({
+          node: this.context.cluster.nodes[node],
+          parameters: this.parameters,
+          secret: this.context.passwords?.get(this.parameters.get('user')!) ?? null,
+          connectTimeoutMs: this.context.config.connectTimeout * 1000,
+        });
+        this.sourceConnections.add(connection);
+        return connection;
+      },
+      releaseSource: (connection) => {
+        this.sourceConnections.delete(connection);
+        void this.context.pool.release(connection);
+      },
       temporaryName: (prefix) => `parapool_${prefix}_${this.id}_${++this.temporaryCounter}`,
       mergeMemoryLimit: this.context.config.mergeMemoryLimit,
       intermediateResultLimit: this.context.config.intermediateResultLimit,
@@ -1342,7 +1358,7 @@ export class ClientSession implements ClientSink {
 
   /** A CancelRequest for this session: cancel whatever its nodes are running. */
   cancel(): void {
-    for (const connection of this.connections.values()) {
+    for (const connection of [...this.connections.values(), ...this.sourceConnections]) {
       if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
     }
   }
