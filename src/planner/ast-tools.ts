@@ -198,10 +198,13 @@ export function rewriteTree(node: unknown, visit: (tag: string, body: Body, node
   return changed ? out : node;
 }
 
+/** Fields that hold source positions: `location`, `stmt_len`, `rexpr_list_start`, ... */
+const positionKey = /(location|_len|_start|_end|_loc)$/;
+
 /** A canonical text of a tree: keys sorted, positions and empty values dropped. */
 function canonicalShape(node: unknown): string {
   return JSON.stringify(node, (key, value) => {
-    if (key === 'location' || key === 'stmt_location' || key === 'stmt_len') return undefined;
+    if (positionKey.test(key)) return undefined;
     if (value && typeof value === 'object' && !Array.isArray(value)) {
       const sorted: Record<string, unknown> = {};
       for (const k of Object.keys(value).sort()) if (value[k] !== undefined) sorted[k] = value[k];

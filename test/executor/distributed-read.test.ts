@@ -23,6 +23,10 @@ before(async () => {
   await client.query('create table events (id int primary key, kind text, amount numeric(12,2))');
   await client.query("select parapool.distribute_table('events', 'id')");
   await client.query("insert into events select g, 'kind ' || (g % 7), g * 1.25 from generate_series(1, 3000) g");
+  await client.query('create table kinds (kind text primary key, label text)');
+  await client.query("select parapool.distribute_table('kinds', 'kind')");
+  await client.query("insert into kinds select 'kind ' || k, 'label ' || k from generate_series(0, 6) k");
+  await client.query('analyze');
   await client.end();
 });
 
@@ -103,6 +107,21 @@ test('a gather past intermediate_result_limit fails with 54000 and leaves nothin
   const client = await cluster.connect();
   await assert.rejects(client.query('select id, rank() over (order by amount desc) from events order by 2 limit 1'), (e: { code?: string; message: string }) => e.code === '54000' && /intermediate_result_limit/.test(e.message));
   assert.deepEqual(await rowsOf(client, 'select id, rank() over (order by amount desc) from events where id > 2990 order by 2 limit 1'), [['3000', '1']], 'a filtered copy fits');
+  assert.equal(await temporaryTablesOnNodes(), 0);
+  await client.end();
+});
+
+test('a join outside one colocation group broadcasts the small side; inside a transaction it gathers and sees its writes', async () => {
+  const client = await cluster.connect();
+  const query = "select label, count(*) from events e join kinds k on k.kind = e.kind where k.label in ('label 1', 'label 2', 'label 9') group by label order by label";
+  const plan = (await rowsOf(client, `explain ${query}`)).map((r) => r[0]).join('\n');
+  assert.match(plan, /^Distributed Broadcast Join/);
+  assert.deepEqual(await rowsOf(client, query), [['label 1', '429'], ['label 2', '429']]);
+  await client.query('begin');
+  await client.query("insert into kinds values ('kind 9', 'label 9')");
+  await client.query("insert into events values (9001, 'kind 9', 1)");
+  assert.deepEqual(await rowsOf(client, query), [['label 1', '429'], ['label 2', '429'], ['label 9', '1']]);
+  await client.query('rollback');
   assert.equal(await temporaryTablesOnNodes(), 0);
   await client.end();
 });
