@@ -44,6 +44,8 @@ export interface ProxyConfig {
   mergeMemoryLimit: number;
   /** Most bytes of rows one statement may ship between nodes through the proxy (the gather tier's copies). */
   intermediateResultLimit: number;
+  /** Most rows a broadcast join may copy to all nodes together; 0 turns broadcast joins off. */
+  broadcastJoinLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
   logMinMessages: LogLevel;
@@ -71,6 +73,7 @@ export function defaultConfig(): ProxyConfig {
     clientMaxMessageSize: 256 * 1024 * 1024,
     mergeMemoryLimit: 256 * 1024 * 1024,
     intermediateResultLimit: 4 * 1024 * 1024 * 1024,
+    broadcastJoinLimit: 2_000_000,
     recoveryUser: 'postgres',
     logMinMessages: 'info',
     logConnections: false,
@@ -148,6 +151,9 @@ const settings: Record<string, Setter> = {
   },
   connect_timeout: (c, v, fail) => {
     c.connectTimeout = parseInteger(v, fail, 1, 3600);
+  },
+  broadcast_join_limit: (c, v, fail) => {
+    c.broadcastJoinLimit = parseInteger(v, fail, 0, Number.MAX_SAFE_INTEGER);
   },
   intermediate_result_limit: (c, v, fail) => {
     c.intermediateResultLimit = parseInteger(v, fail, 1024 * 1024, Number.MAX_SAFE_INTEGER);
@@ -273,6 +279,7 @@ export function configToText(config: ProxyConfig): string {
     `client_max_message_size = ${config.clientMaxMessageSize}`,
     `merge_memory_limit = ${config.mergeMemoryLimit}`,
     `intermediate_result_limit = ${config.intermediateResultLimit}`,
+    `broadcast_join_limit = ${config.broadcastJoinLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,

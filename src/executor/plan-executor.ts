@@ -22,7 +22,7 @@ import { executeAggregate } from './aggregate-executor';
 import type { ExecutionOutcome, ExecutionPort } from './execution-port';
 import { executeGather } from './gather-executor';
 import { executeMerge } from './merge-executor';
-import { executeBroadcast } from './broadcast-executor';
+import { executeBroadcast, executeRepartition } from './redistribute-executor';
 
 export interface DistributedReadPort extends ExecutionPort {
   readonly nodeCount: number;
@@ -31,6 +31,7 @@ export interface DistributedReadPort extends ExecutionPort {
   /** The session's connection to the main node, idle, for Describe and catalog questions. */
   plannerConnection(): BackendConnection;
   nodesOfKeys: PlannerPort['nodesOfKeys'];
+  readonly broadcastRowLimit: number;
 }
 
 export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
@@ -45,6 +46,8 @@ export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise
       return executeRouter(plan, port);
     case 'broadcast':
       return executeBroadcast(plan, port, executePlan);
+    case 'repartition':
+      return executeRepartition(plan, port, executePlan);
     default:
       return assertNever(plan);
   }
@@ -68,6 +71,7 @@ export function plannerPortOf(port: DistributedReadPort): PlannerPort {
     },
     nodeCount: port.nodeCount,
     finalNode: port.finalNode,
+    broadcastRowLimit: port.broadcastRowLimit,
     describe: (sql) => describeTypes(port.plannerConnection(), sql),
     aggregateNames: async (names) => {
       if (names.length === 0) return new Set<string>();

@@ -16,9 +16,6 @@ export function broadcastTableName(index: number): string {
   return `parapool_broadcast_${index}`;
 }
 
-/** Most rows a broadcast may copy to all nodes together. */
-const broadcastRowLimit = 2_000_000;
-
 export async function planBroadcast(sql: string, catalog: Catalog, port: PlannerPort): Promise<Planned<BroadcastPlan>> {
   const parsed = parseSql(sql);
   if (!parsed.ok) return { ok: false, reason: parsed.error.message };
@@ -37,6 +34,7 @@ export async function planBroadcast(sql: string, catalog: Catalog, port: Planner
     groups.set(rule.colocationGroup, tables);
   });
   if (groups.size < 2) return { ok: false, reason: 'one colocation group: nothing to broadcast' };
+  if (port.broadcastRowLimit <= 0) return { ok: false, reason: 'broadcast_join_limit is 0' };
   // Estimates of each table's rows as the statement filters them (one node's share times the node count).
   const all = await planCopies(sql, catalog, port, () => true, (i) => `estimate_${i}`, []);
   const rows = new Map<string, number>();
@@ -48,7 +46,7 @@ export async function planBroadcast(sql: string, catalog: Catalog, port: Planner
   const gatherRows = groupRows.reduce((sum, g) => sum + g.rows, 0) * ((port.nodeCount - 1) / port.nodeCount);
   const broadcastRows = moved * port.nodeCount;
   if (broadcastRows >= gatherRows) return { ok: false, reason: `a broadcast would move ${Math.round(broadcastRows)} rows against ${Math.round(gatherRows)} to gather` };
-  if (broadcastRows > broadcastRowLimit) return { ok: false, reason: `a broadcast would copy ${Math.round(broadcastRows)} rows` };
+  if (broadcastRows > port.broadcastRowLimit) return { ok: false, reason: `a broadcast would copy ${Math.round(broadcastRows)} rows` };
   const copies = await planCopies(sql, catalog, port, (table) => !anchor.tables.has(table), broadcastTableName, Array.from({ length: port.nodeCount }, (_, i) => i));
   const rewritten = parseSql(copies.sql);
   if (!rewritten.ok) return { ok: false, reason: rewritten.error.message };

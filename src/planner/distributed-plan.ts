@@ -99,9 +99,26 @@ export interface GatheredTable {
   readonly fragment: Fragment;
   /** Re-declared on the copy when it keeps those columns, so GROUP BY the key may name the other columns. */
   readonly primaryKey: readonly string[];
+  /** The copy's columns in order, when known. */
+  readonly columns: readonly string[] | null;
 }
 
-export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan | BroadcastPlan;
+/**
+ * Tier 3, repartition join: two large tables of different colocation groups joined by an equality are both
+ * re-hashed on their join columns into temporary tables `parapool_repartition_<i>` spread over every node, which
+ * makes them co-located on those columns; the statement with those in place runs as the inner tier-2 plan.
+ */
+export interface RepartitionPlan {
+  readonly kind: 'repartition';
+  /** Each table with the position, among its copy's columns, of the column its rows are hashed on. */
+  readonly tables: readonly (GatheredTable & { readonly hashColumn: number })[];
+  readonly targets: readonly number[];
+  readonly inner: MergePlan | AggregatePlan;
+  readonly estimate: { readonly rows: number };
+  readonly reason: string;
+}
+
+export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan | BroadcastPlan | RepartitionPlan;
 export type PlanKind = DistributedPlan['kind'];
 
 export function assertNever(value: never): never {

@@ -53,6 +53,14 @@ export function explainPlan(plan: DistributedPlan, stats?: readonly StepStats[])
       });
       for (const line of explainPlan(plan.inner)) lines.push(`  ${line}`);
       break;
+    case 'repartition':
+      lines.push(`Distributed Repartition Join  (${plan.reason})`);
+      lines.push(`  Estimated rows moved: ${plan.estimate.rows}`);
+      plan.tables.forEach((table, i) => {
+        lines.push(`  ->  Repartition ${table.table} as parapool_repartition_${i} by column ${table.hashColumn + 1} from ${nodeList(table.fragment.nodes)} to ${nodeList(plan.targets)}`, ...sqlLines(table.fragment.sql, '        '));
+      });
+      for (const line of explainPlan(plan.inner)) lines.push(`  ${line}`);
+      break;
     default:
       assertNever(plan);
   }

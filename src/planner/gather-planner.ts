@@ -89,7 +89,8 @@ export async function planCopies(sql: string, catalog: Catalog, port: PlannerPor
     };
     const narrowed = narrowing.columns || narrowing.filters.length > 0 ? deparseVerified({ SelectStmt: copy } as Node) : null;
     const primaryKey = shape?.primaryKey.length && (!narrowing.columns || shape.primaryKey.every((c) => narrowing.columns!.includes(c))) ? [...shape.primaryKey] : [];
-    return { table, fragment: { sql: narrowed ?? `SELECT * FROM ${table}`, nodes: sources }, primaryKey };
+    const columns = narrowed ? narrowing.columns ?? shape?.columns ?? null : shape?.columns ?? null;
+    return { table, fragment: { sql: narrowed ?? `SELECT * FROM ${table}`, nodes: sources }, primaryKey, columns: columns ? [...columns] : null };
   });
   return { tables: copies, sql: rewritten };
 }

@@ -18,6 +18,8 @@ type Body = Record<string, unknown>;
 /** What planning may ask of the cluster: types of expressions (a Describe on a node) and which names are aggregates. */
 export interface PlannerPort {
   readonly nodeCount: number;
+  /** Most rows a broadcast join may copy to all nodes together (0: never broadcast). */
+  readonly broadcastRowLimit: number;
   /** The node that finishes merges in SQL. */
   readonly finalNode: number;
   /** The result column types of a SELECT, described (not run) on a node. */
@@ -46,7 +48,7 @@ export async function planPushdown(select: Body, catalog: Catalog, port: Planner
   const { scope } = colocation;
   // Tables joined on their keys keep a key's rows on one node: a key pinned on any of them pins them all.
   for (const table of colocation.distributed) {
-    if (table.nullable || !table.rule) continue;
+    if (table.nullable || !table.rule || table.rule.table.schema === 'pg_temp') continue;
     const keys = pinnedKeyValues(select.whereClause as Node | undefined, table.rule.keyColumn, new Set([table.alias]));
     if (!keys || keys.some((k) => k.kind === 'param')) continue;
     const pinned = await port.nodesOfKeys(table.rule, keys);

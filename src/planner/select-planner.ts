@@ -7,6 +7,7 @@ import type { Catalog } from '../catalog/catalog';
 import type { DistributedPlan } from './distributed-plan';
 import { planBroadcast } from './broadcast-planner';
 import { planGather } from './gather-planner';
+import { planRepartition } from './repartition-planner';
 import { planPushdown, type PlannerPort } from './pushdown-planner';
 
 /** `sql` is the statement's own text (its tree's positions count from its start). */
@@ -17,6 +18,8 @@ export async function planSelect(statement: Node, sql: string, catalog: Catalog,
     if (pushed.ok) return pushed.plan;
     const broadcast = await planBroadcast(sql, catalog, port);
     if (broadcast.ok) return broadcast.plan;
+    const repartition = await planRepartition(sql, catalog, port);
+    if (repartition.ok) return repartition.plan;
     return await planGather(sql, catalog, port, pushed.reason);
   }
   return await planGather(sql, catalog, port, 'not a plain SELECT');

@@ -1061,6 +1061,7 @@ export class ClientSession implements ClientSink {
     return {
       nodeCount: this.context.cluster.nodes.length,
       finalNode: main.node.id,
+      broadcastRowLimit: this.context.config.broadcastJoinLimit,
       connectionFor: (node) => this.port.connectionFor(node),
       plannerConnection: () => this.mainConnection(),
       nodesOfKeys: (rule, keys) => nodesOfKeys(rule, keys, { ...this.port, status: this.status }),
