@@ -76,8 +76,10 @@ test('statement_timeout and CancelRequest stop the fragments on every node; the 
   const client = await cluster.connect();
   await client.query("set statement_timeout = '300ms'");
   await assert.rejects(client.query('select count(*) from events where pg_sleep(0.01) is not null'), (e: { code?: string }) => e.code === '57014');
+  await assert.rejects(client.query('select id, rank() over (order by amount) from events where id > 2000 and pg_sleep(0.002) is not null'), (e: { code?: string }) => e.code === '57014', 'a gather stops too');
   await client.query('reset statement_timeout');
   assert.deepEqual(await rowsOf(client, 'select count(*) from events'), [['3000']]);
+  assert.equal(await temporaryTablesOnNodes(), 0, 'and leaves no temporary table');
   await client.end();
 
   const raw = await RawClient.ready(cluster.proxy.port);
