@@ -23,6 +23,7 @@ import type { ExecutionOutcome, ExecutionPort } from './execution-port';
 import { executeGather } from './gather-executor';
 import { executeMerge } from './merge-executor';
 import { executeBroadcast, executeRepartition } from './redistribute-executor';
+import { executeIntermediate } from './intermediate-executor';
 
 export interface DistributedReadPort extends ExecutionPort {
   readonly nodeCount: number;
@@ -48,6 +49,8 @@ export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise
       return executeBroadcast(plan, port, executePlan);
     case 'repartition':
       return executeRepartition(plan, port, executePlan);
+    case 'intermediate':
+      return executeIntermediate(plan, port, executePlan);
     default:
       return assertNever(plan);
   }

@@ -118,7 +118,20 @@ export interface RepartitionPlan {
   readonly reason: string;
 }
 
-export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan | BroadcastPlan | RepartitionPlan;
+/**
+ * Tier 3, recursive planning: each subquery in FROM or CTE that reads distributed tables runs as its own plan,
+ * its result shipped into a temporary table `parapool_result_<i>` on the finishing node; then `outer` runs there.
+ */
+export interface IntermediatePlan {
+  readonly kind: 'intermediate';
+  readonly pieces: readonly { readonly name: string; readonly sql: string; readonly plan: DistributedPlan }[];
+  /** The statement with the pieces' tables in place: on the finishing node, or gathering what it still reads. */
+  readonly outer: RouterPlan | GatherPlan;
+  readonly finalNode: number;
+  readonly reason: string;
+}
+
+export type DistributedPlan = RouterPlan | MergePlan | AggregatePlan | GatherPlan | BroadcastPlan | RepartitionPlan | IntermediatePlan;
 export type PlanKind = DistributedPlan['kind'];
 
 export function assertNever(value: never): never {

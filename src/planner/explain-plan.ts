@@ -23,7 +23,7 @@ export function explainPlan(plan: DistributedPlan, stats?: readonly StepStats[])
   switch (plan.kind) {
     case 'router':
       lines.push(`Distributed Router  (${plan.reason})`);
-      lines.push(`  ->  Statement on ${nodeList(plan.nodes)}, unchanged`);
+      lines.push(`  ->  Statement on ${nodeList(plan.nodes)}`);
       break;
     case 'merge':
       lines.push(`Distributed Merge  (${plan.reason})`);
@@ -52,6 +52,15 @@ export function explainPlan(plan: DistributedPlan, stats?: readonly StepStats[])
         lines.push(`  ->  Broadcast ${table.table} as parapool_broadcast_${i} from ${nodeList(table.fragment.nodes)} to ${nodeList(plan.targets)}`, ...sqlLines(table.fragment.sql, '        '));
       });
       for (const line of explainPlan(plan.inner)) lines.push(`  ${line}`);
+      break;
+    case 'intermediate':
+      lines.push(`Distributed Intermediate Results  (${plan.reason})`);
+      plan.pieces.forEach((piece) => {
+        lines.push(`  ->  Result ${piece.name} on node ${plan.finalNode}, of:`, ...sqlLines(piece.sql, '        '));
+        for (const line of explainPlan(piece.plan)) lines.push(`      ${line}`);
+      });
+      lines.push('  ->  Then:');
+      for (const line of explainPlan(plan.outer)) lines.push(`      ${line}`);
       break;
     case 'repartition':
       lines.push(`Distributed Repartition Join  (${plan.reason})`);

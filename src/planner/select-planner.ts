@@ -7,6 +7,7 @@ import type { Catalog } from '../catalog/catalog';
 import type { DistributedPlan } from './distributed-plan';
 import { planBroadcast } from './broadcast-planner';
 import { planGather } from './gather-planner';
+import { planIntermediate } from './intermediate-planner';
 import { planRepartition } from './repartition-planner';
 import { planPushdown, type PlannerPort } from './pushdown-planner';
 
@@ -16,6 +17,8 @@ export async function planSelect(statement: Node, sql: string, catalog: Catalog,
   if (select) {
     const pushed = await planPushdown(select, catalog, port, sql, nodes);
     if (pushed.ok) return pushed.plan;
+    const intermediate = await planIntermediate(statement, catalog, port, (node, text) => planSelect(node, text, catalog, port));
+    if (intermediate.ok) return intermediate.plan;
     const broadcast = await planBroadcast(sql, catalog, port);
     if (broadcast.ok) return broadcast.plan;
     const repartition = await planRepartition(sql, catalog, port);
