@@ -77,6 +77,6 @@ export async function planIntermediate(statement: Node, catalog: Catalog, port: 
     : { kind: 'router', nodes: [port.finalNode], sql: outerSql, reason: 'the statement around its subqueries reads their results on this node' };
   return {
     ok: true,
-    plan: { kind: 'intermediate', pieces: planned, outer: outerPlan, finalNode: port.finalNode, reason: `${pieces.length} subquer${pieces.length === 1 ? 'y' : 'ies'} planned on their own, their results shipped to node ${port.finalNode}` },
+    plan: { kind: 'intermediate', pieces: planned, outer: outerPlan, finalNode: port.finalNode, reason: `${pieces.length === 1 ? '1 subquery planned on its own, its result' : `${pieces.length} subqueries planned on their own, their results`} shipped to node ${port.finalNode}` },
   };
 }
