@@ -8,10 +8,9 @@ import type { DistributedPlan, IntermediatePlan } from '../planner/distributed-p
 import type { BackendConnection } from '../wire/backend-connection';
 import { dataRowFields } from '../wire/data-row';
 import { PgError, SqlState } from '../wire/errors';
-import { serialize } from 'pg-protocol';
-import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
 import { BackendCode } from '../wire/message-codes';
-import { decodeRowDescription, type FieldDescription } from '../wire/row-description';
+import type { FieldDescription } from '../wire/row-description';
+import { describeStatement } from '../wire/describe-statement';
 import { quoteIdent } from '../catalog/partition-rule';
 import type { ClientSink } from './client-sink';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
@@ -31,7 +30,7 @@ export async function executeIntermediate(plan: IntermediatePlan, port: Executio
   try {
     for (const piece of plan.pieces) {
       const started = process.hrtime.bigint();
-      const fields = await describe(final, piece.sql);
+      const { fields } = await describeStatement(final, piece.sql);
       const typeNames = await formatTypes(final, fields);
       const columns = uniqueNames(fields.map((f) => f.name)).map((name, i) => `${quoteIdent(name)} ${typeNames[i]}`);
       const table = `pg_temp.${piece.name}`;
@@ -96,19 +95,6 @@ export async function executeIntermediate(plan: IntermediatePlan, port: Executio
   } finally {
     if (!final.closed) await runQuiet(final, failed || (final.txStatus as string) === 'E' ? 'ROLLBACK' : 'COMMIT');
   }
-}
-
-/** The result columns of a statement, described (not run) on a node. */
-async function describe(connection: BackendConnection, sql: string): Promise<FieldDescription[]> {
-  let fields: FieldDescription[] = [];
-  let error: PgError | null = null;
-  connection.preparedStatements.delete('');
-  await connection.exchange([serialize.parse({ name: '', text: sql, types: [] }), serialize.describe({ type: 'S', name: '' }), serialize.sync()], (frame) => {
-    if (frame.code === BackendCode.rowDescription) fields = decodeRowDescription(frame.payload);
-    else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
-  });
-  if (error) throw error;
-  return fields;
 }
 
 /** Each column's type as SQL names it, with its modifier (numeric(15,2), character(1), ...). */

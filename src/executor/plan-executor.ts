@@ -3,7 +3,6 @@
 // writes ReadyForQuery, and on failure decides how the session's transaction ends.
 
 import type { Node } from '@pgsql/types';
-import { serialize } from 'pg-protocol';
 import type { Catalog } from '../catalog/catalog';
 import { assertNever, type DistributedPlan, type RouterPlan } from '../planner/distributed-plan';
 import { relayFinal } from './intermediate-result';
@@ -13,10 +12,8 @@ import { planSelect } from '../planner/select-planner';
 import { planGather } from '../planner/gather-planner';
 import type { TableShape } from '../planner/gather-pushdown';
 import type { BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
 import { PgError } from '../wire/errors';
-import { BackendCode } from '../wire/message-codes';
-import { decodeRowDescription } from '../wire/row-description';
+import { describeStatement } from '../wire/describe-statement';
 import { serverMessages } from '../wire/server-messages';
 import { executeAggregate } from './aggregate-executor';
 import type { ExecutionOutcome, ExecutionPort } from './execution-port';
@@ -75,7 +72,7 @@ export function plannerPortOf(port: DistributedReadPort): PlannerPort {
     nodeCount: port.nodeCount,
     finalNode: port.finalNode,
     broadcastRowLimit: port.broadcastRowLimit,
-    describe: (sql) => describeTypes(port.plannerConnection(), sql),
+    describe: async (sql) => (await describeStatement(port.plannerConnection(), sql)).fields.map((f) => f.typeOid),
     aggregateNames: async (names) => {
       if (names.length === 0) return new Set<string>();
       const list = names.map((n) => `'${n.replace(/'/g, "''")}'`).join(', ');
@@ -83,18 +80,6 @@ export function plannerPortOf(port: DistributedReadPort): PlannerPort {
       return new Set(result.rows.map((r) => r[0]!));
     },
   };
-}
-
-/** The result column types of a statement, from a Describe on a node (the statement is planned, not run). */
-async function describeTypes(connection: BackendConnection, sql: string): Promise<number[]> {
-  let types: number[] = [];
-  let error: PgError | null = null;
-  await connection.exchange([serialize.parse({ name: '', text: sql, types: [] }), serialize.describe({ type: 'S', name: '' }), serialize.sync()], (frame) => {
-    if (frame.code === BackendCode.rowDescription) types = decodeRowDescription(frame.payload).map((f) => f.typeOid);
-    else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
-  });
-  if (error) throw error;
-  return types;
 }
 
 export type ReadOutcome = { readonly ok: true } | { readonly ok: false; readonly error: PgError; readonly errorFrame: Buffer | null };

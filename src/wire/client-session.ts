@@ -31,7 +31,7 @@ import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
 import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort, type ReadOutcome } from '../executor/plan-executor';
 import { bindParameters } from '../planner/bound-parameters';
-import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
+import { describeStatement } from './describe-statement';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -754,7 +754,7 @@ export class ClientSession implements ClientSink {
           case FrontendCode.describe: {
             const statement = message.statementName !== undefined ? this.statementBefore(messages, index, message.statementName)! : bound.get(message.portal!)!.statement;
             const parse = decodeParse(statement.parseFrame.subarray(5));
-            const frames = await this.describeOnMainNode(parse.sql, parse.parameterTypes);
+            const { frames } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
             for (const frame of frames) {
               if (message.statementName !== undefined || frame[0] !== BackendCode.parameterDescription) this.write(frame);
             }
@@ -790,20 +790,6 @@ export class ClientSession implements ClientSink {
       throw error;
     }
     this.write(serverMessages.readyForQuery(this.status));
-  }
-
-  /** ParameterDescription and RowDescription (or NoData) of a statement, as the main node describes it. */
-  private async describeOnMainNode(sql: string, parameterTypes: number[]): Promise<Buffer[]> {
-    const main = this.mainConnection();
-    const frames: Buffer[] = [];
-    let error: PgError | null = null;
-    main.preparedStatements.delete('');
-    await main.exchange([serialize.parse({ name: '', text: sql, types: parameterTypes }), serialize.describe({ type: 'S', name: '' }), serialize.sync()], (frame) => {
-      if (frame.code === BackendCode.parameterDescription || frame.code === BackendCode.rowDescription || frame.code === BackendCode.noData) frames.push(Buffer.from(frame.raw));
-      else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
-    });
-    if (error) throw error;
-    return frames;
   }
 
   /** The names of types given by OID (0: none), for casting bound parameters. */
