@@ -18,7 +18,7 @@ import { workerPool } from './worker-pool';
 export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   const started = process.hrtime.bigint();
   // Asked before the fragments start: the connection it asks on is about to run one.
-  const textBytewise = await port.textOrderIsBytewise();
+  const textBytewise = plan.defaultCollation && (await port.textOrderIsBytewise());
   const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
   const settle = async () => {
     for (const stream of streams) stream.discard();

@@ -15,7 +15,7 @@ const textLikeTypes = new Set([18, 19, 25, 1042, 1043]);
 
 export async function executeMerge(plan: MergePlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   // Asked before the fragments start: the connection it asks on is about to run one.
-  const textBytewise = plan.sortKeys.length > 0 ? await port.textOrderIsBytewise() : true;
+  const textBytewise = plan.sortKeys.length > 0 ? plan.defaultCollation && (await port.textOrderIsBytewise()) : true;
   const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
   const started = process.hrtime.bigint();
   const settle = async (): Promise<void> => {

@@ -65,6 +65,15 @@ export function plannerPortOf(port: DistributedReadPort): PlannerPort {
   return {
     nodesOfKeys: port.nodesOfKeys,
     tableShapes: (names) => tableShapes(port.plannerConnection(), names),
+    hasCollatedColumns: async (tables) => {
+      const list = tables.map((n) => `'${n.replace(/'/g, "''")}'`).join(', ');
+      const result = await port.plannerConnection().query(
+        `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation
+           WHERE a.attrelid IN (SELECT pg_catalog.to_regclass(n) FROM unnest(ARRAY[${list}]::text[]) AS n) AND a.attnum > 0
+             AND c.collname NOT IN ('default', 'C', 'POSIX'))`,
+      );
+      return result.rows[0]?.[0] === 't';
+    },
     estimateRows: async (sql) => {
       const result = await port.plannerConnection().query(`EXPLAIN (FORMAT JSON) ${sql}`);
       return Number((JSON.parse(result.rows[0][0]!) as { Plan: { 'Plan Rows': number } }[])[0].Plan['Plan Rows']);

@@ -42,6 +42,8 @@ export interface MergePlan {
   readonly hiddenColumns: number;
   readonly sortKeys: readonly SortKey[];
   readonly limit: LimitSpec | null;
+  /** False when a column or COLLATE clause of the statement has a collation other than the database's or C. */
+  readonly defaultCollation: boolean;
   readonly reason: string;
 }
 
@@ -60,6 +62,8 @@ export interface AggregatePlan {
   /** SQL over the temporary table, written `{{partials}}` here; its columns are c0, c1, ... */
   readonly finalSql: string;
   readonly finalNode: number;
+  /** False when a column or COLLATE clause of the statement has a collation other than the database's or C. */
+  readonly defaultCollation: boolean;
   readonly reason: string;
 }
 

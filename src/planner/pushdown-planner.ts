@@ -5,6 +5,8 @@
 
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
+import { walkAst } from './ast-walk';
+import { quoteIdent } from '../catalog/partition-rule';
 import type { DistributedRule } from '../catalog/partition-rule';
 import { pinnedKeyValues, type KeyValue } from './key-values';
 import type { TableShape } from './gather-pushdown';
@@ -28,6 +30,8 @@ export interface PlannerPort {
   aggregateNames(names: readonly string[]): Promise<ReadonlySet<string>>;
   /** Columns and primary key of tables named as in SQL (resolved by the node's search_path); unknown ones left out. */
   tableShapes(names: readonly string[]): Promise<Map<string, TableShape>>;
+  /** Whether any column of these tables (named as in SQL) has a collation other than the default, C or POSIX. */
+  hasCollatedColumns(tables: readonly string[]): Promise<boolean>;
   /** The rows the node's planner expects `sql` to return (EXPLAIN's estimate). */
   estimateRows(sql: string): Promise<number>;
   /** The nodes that hold these values of a rule's key, in node order. */
@@ -60,13 +64,29 @@ export async function planPushdown(select: Body, catalog: Catalog, port: Planner
     nodes = owning;
     break;
   }
-  const planned = await planPushdownOnNodes(select, scope, port, sql);
+  const planned = await planPushdownOnNodes(select, scope, port, sql, await usesDefaultCollation(select, scope, port));
   if (!planned.ok || !nodes) return planned;
   const only = nodes;
   return { ok: true, plan: { ...planned.plan, fragment: { ...planned.plan.fragment, nodes: only } } };
 }
 
-async function planPushdownOnNodes(select: Body, scope: Scope, port: PlannerPort, sql?: string): Promise<Planned<MergePlan | AggregatePlan>> {
+/**
+ * Whether every text the merge may compare orders as the database does: no COLLATE clause but C or POSIX, and no
+ * column of the statement's tables declared with another collation (asked of the main node).
+ */
+async function usesDefaultCollation(select: Body, scope: Scope, port: PlannerPort): Promise<boolean> {
+  let collated = false;
+  walkAst(select, (tag, body) => {
+    if (tag !== 'CollateClause') return;
+    const names = (body.collname as { String: { sval: string } }[]).map((n) => n.String.sval);
+    if (!['C', 'POSIX'].includes(names[names.length - 1])) collated = true;
+  });
+  if (collated) return false;
+  const tables = scope.tables.filter((t) => t.schema !== 'pg_temp').map((t) => (t.schema ? `${quoteIdent(t.schema)}.${quoteIdent(t.name)}` : quoteIdent(t.name)));
+  return tables.length === 0 || !(await port.hasCollatedColumns(tables));
+}
+
+async function planPushdownOnNodes(select: Body, scope: Scope, port: PlannerPort, sql: string | undefined, defaultCollation: boolean): Promise<Planned<MergePlan | AggregatePlan>> {
   const extraAggregates = await port.aggregateNames(unknownFunctionNames(select));
   const targets = (select.targetList as { ResTarget: Body }[]) ?? [];
   if (containsWindow([select.targetList, select.sortClause, select.havingClause]) || (select.windowClause as unknown[] | undefined)?.length) {
@@ -90,14 +110,14 @@ async function planPushdownOnNodes(select: Body, scope: Scope, port: PlannerPort
   const grouped = hasAggregates || groupClause.length > 0;
   if ((!grouped || groupedByKey) && (!isDistinct || distinctByKey)) {
     const why = grouped ? 'grouped by the distribution key: every group lives on one node' : 'no aggregate: every node returns finished rows';
-    return planMerge(select, targets, port, why, sql);
+    return planMerge(select, targets, port, why, sql, defaultCollation);
   }
-  return planAggregate(select, targets, scope, extraAggregates, port);
+  return planAggregate(select, targets, scope, extraAggregates, port, defaultCollation);
 }
 
 // ---- merge of finished rows ------------------------------------------------------------------------------
 
-function planMerge(select: Body, targets: { ResTarget: Body }[], port: PlannerPort, reason: string, sql?: string): Planned<MergePlan> {
+function planMerge(select: Body, targets: { ResTarget: Body }[], port: PlannerPort, reason: string, sql: string | undefined, defaultCollation: boolean): Planned<MergePlan> {
   const limit = limitOf(select);
   if (limit === 'unsupported') return { ok: false, reason: 'LIMIT or OFFSET that is not a constant' };
   const hidden: Node[] = [];
@@ -141,6 +161,7 @@ function planMerge(select: Body, targets: { ResTarget: Body }[], port: PlannerPo
       hiddenColumns: hidden.length,
       sortKeys: resolved,
       limit,
+      defaultCollation,
       reason,
     },
   };
@@ -216,7 +237,7 @@ interface FoundAggregate {
   readonly body: Body;
 }
 
-async function planAggregate(select: Body, targets: { ResTarget: Body }[], scope: Scope, extraAggregates: ReadonlySet<string>, port: PlannerPort): Promise<Planned<AggregatePlan>> {
+async function planAggregate(select: Body, targets: { ResTarget: Body }[], scope: Scope, extraAggregates: ReadonlySet<string>, port: PlannerPort, defaultCollation: boolean): Promise<Planned<AggregatePlan>> {
   if (targets.some((t) => isStar(t.ResTarget.val))) return { ok: false, reason: 'SELECT * with GROUP BY' };
   const outputs = [select.targetList, select.havingClause, select.sortClause];
   if (containsSublink(outputs)) return { ok: false, reason: 'a subquery in the select list, HAVING or ORDER BY of an aggregate' };
@@ -376,6 +397,7 @@ async function planAggregate(select: Body, targets: { ResTarget: Body }[], scope
       combine,
       finalSql: finalSql.replace(/"\{\{partials\}\}"|\{\{partials\}\}/, '{{partials}}'),
       finalNode: port.finalNode,
+      defaultCollation,
       reason: groupExpressions.length > 0 ? 'groups span nodes: partial aggregates per node, finished on one node' : 'aggregate over every node: partial aggregates per node, finished on one node',
     },
   };

@@ -128,6 +128,22 @@ test('a join outside one colocation group broadcasts the small side; inside a tr
   await client.end();
 });
 
+test('text in a collation other than C is ordered and compared by a node, never by the proxy', async (t) => {
+  const client = await cluster.connect();
+  const icu = await rowsOf(client, "select count(*) from pg_collation where collname = 'und-x-icu'");
+  if (icu[0][0] === '0') return t.skip('this PostgreSQL has no ICU collations');
+  await client.query('create table words (id int primary key, w text collate "und-x-icu")');
+  await client.query("select parapool.distribute_table('words', 'id')");
+  await client.query("insert into words values (1, 'b'), (2, 'B'), (3, 'a'), (4, 'C'), (5, 'c'), (6, 'A')");
+  const ordered = (await rowsOf(client, 'select w from words order by w, id')).map((r) => r[0]);
+  assert.deepEqual(ordered, ['a', 'A', 'b', 'B', 'c', 'C'], 'the ICU order, not the bytes\' order');
+  assert.deepEqual(await rowsOf(client, 'select min(w), max(w) from words'), [['a', 'C']]);
+  assert.deepEqual(await rowsOf(client, 'select id % 2, min(w) from words group by 1 order by 1'), [['0', 'A'], ['1', 'a']]);
+  assert.deepEqual((await rowsOf(client, 'select w from words order by w collate "C" limit 2')).map((r) => r[0]), ['A', 'B']);
+  await client.query('drop table words');
+  await client.end();
+});
+
 test('EXPLAIN ANALYZE counts the rows of every fragment and merge step', async () => {
   const client = await cluster.connect();
   const lines = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
