@@ -995,8 +995,17 @@ export class ClientSession implements ClientSink {
           if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
           throw error;
         }
-      case 'select':
+      case 'select': {
+        const statementClass = classifyStatement(statement.node, this.context.writeFunctions);
+        if (statementClass.kind === 'write') {
+          return this.refuse(new PgError({
+            code: SqlState.featureNotSupported,
+            message: `table "${route.table}" is distributed: a SELECT that writes (${statementClass.reason}) cannot read rows of several nodes`,
+            hint: 'call the function in a statement of its own',
+          }));
+        }
         return this.runDistributedRead(statement);
+      }
       case 'explain': {
         if (route.route.kind === 'pinned') {
           let nodes: number[];

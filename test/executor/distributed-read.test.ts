@@ -144,6 +144,15 @@ test('text in a collation other than C is ordered and compared by a node, never 
   await client.end();
 });
 
+test('a multi-node SELECT that would write on every node (nextval) is refused with 0A000', async () => {
+  const client = await cluster.connect();
+  await client.query('create sequence numbers');
+  await assert.rejects(client.query("select nextval('numbers'), id from events order by id limit 1"), (e: { code?: string; message: string }) => e.code === '0A000' && /nextval/.test(e.message));
+  assert.deepEqual(await cluster.onEachNode("select last_value, is_called from numbers"), [[['1', 'f']], [['1', 'f']], [['1', 'f']]], 'no node moved its sequence');
+  await client.query('drop sequence numbers');
+  await client.end();
+});
+
 test('EXPLAIN ANALYZE counts the rows of every fragment and merge step', async () => {
   const client = await cluster.connect();
   const lines = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
