@@ -75,6 +75,14 @@ export function integerOption(name: string, text: string | undefined, min: numbe
   return Number(text);
 }
 
+/** A TPC-H scale factor option; pasted into the generator's SQL, so only a plain decimal gets through. */
+export function scaleFactorOption(text: string | undefined, usage: string): string {
+  if (text === undefined || !/^\d+(\.\d+)?$/.test(text) || Number(text) <= 0 || Number(text) > 100) {
+    throw new StepError(`--sf needs a decimal number above 0 and at most 100\n${usage}`);
+  }
+  return text;
+}
+
 /**
  * Walks the arguments, handing each to `own` first: it returns false for an argument it does not know, and takes
  * the argument's value through `value()`.
@@ -246,6 +254,19 @@ export function postmasterPid(node: LocalPostgres): number {
     return Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   } catch {
     return -1;
+  }
+}
+
+/** A process's resident memory and its peak (/proc/<pid>/status VmRSS and VmHWM, in KiB), or null once it is gone. */
+export function processMemory(pid: number): { rssKiB: number; peakKiB: number } | null {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s*(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    const rssKiB = field('VmRSS');
+    const peakKiB = field('VmHWM');
+    return Number.isFinite(rssKiB) && Number.isFinite(peakKiB) ? { rssKiB, peakKiB } : null;
+  } catch {
+    return null;
   }
 }
 
@@ -517,6 +538,15 @@ export function machineFacts(binDir: string): MachineFacts {
     node: process.version,
     parapool: parapoolVersion,
   };
+}
+
+/** Which source the numbers belong to: " (commit abc1234)", with a remark when src/ differs from it; '' outside git. */
+export function sourceRevision(): string {
+  const git = (args: string[]) => spawnSync('git', ['-C', repoRoot, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const head = git(['rev-parse', '--short', 'HEAD']);
+  if (head.status !== 0) return '';
+  const dirty = git(['status', '--porcelain', '--', 'src']);
+  return ` (commit ${head.stdout.toString().trim()}${dirty.status === 0 && dirty.stdout.length > 0 ? ', with uncommitted changes in src/' : ''})`;
 }
 
 export function machineLine(facts: MachineFacts): string {

@@ -2,7 +2,7 @@
 // in one run on one machine: COPY of a TPC-H-shaped lineitem into a table hash-distributed over 4 nodes, and
 // pgbench -i through the proxy in front of one node. It prints the table and writes it into docs/benchmarks.md.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -10,7 +10,7 @@ import type { LocalPostgres } from '../src/cluster/local-postgres';
 import { findPostgresBinDir } from '../src/cluster/postgres-install';
 import {
   busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, firstLine, integerOption, isFinishing, killGroup, logNote, machineFacts,
-  machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, readProcesses, repoRoot, runBenchmark, say, startNodes, startParapool,
+  machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, readProcesses, repoRoot, runBenchmark, say, scaleFactorOption, sourceRevision, startNodes, startParapool,
   StepError, stopNodes, throwIfFinishing, ticksPerSecond, track, untrack, type CommonOptions, type CpuUse, type MachineFacts, type Server,
 } from './bench-support';
 
@@ -39,15 +39,9 @@ function parseOptions(argv: string[]): Options {
   const own = { sf: '0.2', pgbenchScale: 10, runs: 3 };
   const common = parseCommonOptions(argv, usage, (arg, value) => {
     switch (arg) {
-      case '--sf': {
-        const text = value();
-        // The value is pasted into the generator's SQL, so only a plain decimal gets through.
-        if (text === undefined || !/^\d+(\.\d+)?$/.test(text) || Number(text) <= 0 || Number(text) > 100) {
-          throw new StepError(`--sf needs a decimal number above 0 and at most 100\n${usage}`);
-        }
-        own.sf = text;
+      case '--sf':
+        own.sf = scaleFactorOption(value(), usage);
         return true;
-      }
       case '--pgbench-scale':
         own.pgbenchScale = integerOption(arg, value(), 1, usage);
         return true;
@@ -275,15 +269,6 @@ async function countRows(port: number, sql: string, what: string): Promise<numbe
 
 interface Facts extends MachineFacts {
   psql: string;
-}
-
-/** Which source the numbers belong to: the commit, and whether src/ differed from it when this ran. */
-function sourceRevision(): string {
-  const git = (args: string[]) => spawnSync('git', ['-C', repoRoot, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const head = git(['rev-parse', '--short', 'HEAD']);
-  if (head.status !== 0) return '';
-  const dirty = git(['status', '--porcelain', '--', 'src']);
-  return ` (commit ${head.stdout.toString().trim()}${dirty.status === 0 && dirty.stdout.length > 0 ? ', with uncommitted changes in src/' : ''})`;
 }
 
 function direct(rows: Row[], load: Row['load']): Row | undefined {

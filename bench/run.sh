@@ -1,43 +1,55 @@
 #!/usr/bin/env bash
-# Entry point of `npm run bench`: runs the relay benchmark, then the load benchmark (`--only relay|load` runs one).
-# The relay benchmark compares against PgBouncer and pgpool-II, which are installed from Debian's packages when
-# missing, so that a fresh machine needs nothing installed by hand. Each option goes to the benchmark that knows it
-# (`--sf 0.02` to the load benchmark, `--duration 20` to the relay one); --docs and --keep go to both.
+# Entry point of `npm run bench`: runs the relay benchmark, the load benchmark and the parallel-query benchmark
+# (`--only relay|load|parallel` runs one). The relay benchmark compares against PgBouncer and pgpool-II, which are
+# installed from Debian's packages when missing, so that a fresh machine needs nothing installed by hand. Each option
+# goes to the benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02` and `--runs 5` to the load and
+# the parallel ones, `--stream-rows N` to the parallel one); --docs and --keep go to all.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-usage="usage: bash bench/run.sh [--only relay|load] [options of the benchmarks run]
-  relay options: --duration S --warmup S --clients N --threads N --scale N
-  load options:  --sf SF --pgbench-scale N --runs N
-  both:          --docs FILE --keep
-  node dist/bench/relay-bench.js --help and node dist/bench/load-bench.js --help describe them"
+usage="usage: bash bench/run.sh [--only relay|load|parallel] [options of the benchmarks run]
+  relay options:    --duration S --warmup S --clients N --threads N --scale N
+  load options:     --sf SF --pgbench-scale N --runs N
+  parallel options: --sf SF --runs N --stream-rows N
+  all:              --docs FILE --keep
+  node dist/bench/<relay|load|parallel>-bench.js --help describes each"
 
 only=""
 relay_only_options=""
 load_only_options=""
+parallel_only_options=""
+# Options that the load and the parallel benchmark both take (each with its own default).
+shared_options=""
 relay_args=()
 load_args=()
+parallel_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --only)
-      [ $# -ge 2 ] || { echo "bench: --only needs relay or load" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "bench: --only needs relay, load or parallel" >&2; exit 2; }
       case "$2" in
-        relay|load) only="$2" ;;
-        *) echo "bench: --only needs relay or load, not \"$2\"" >&2; exit 2 ;;
+        relay|load|parallel) only="$2" ;;
+        *) echo "bench: --only needs relay, load or parallel, not \"$2\"" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --duration|--warmup|--clients|--threads|--scale)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       relay_args+=("$1" "$2"); relay_only_options+=" $1"; shift 2 ;;
-    --sf|--pgbench-scale|--runs)
+    --pgbench-scale)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       load_args+=("$1" "$2"); load_only_options+=" $1"; shift 2 ;;
+    --sf|--runs)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shared_options+=" $1"; shift 2 ;;
+    --stream-rows)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      parallel_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
     --docs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
-      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); shift 2 ;;
+      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shift 2 ;;
     --keep)
-      relay_args+=("$1"); load_args+=("$1"); shift ;;
+      relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); shift ;;
     -h|--help)
       echo "$usage"; exit 0 ;;
     *)
@@ -46,11 +58,17 @@ while [ $# -gt 0 ]; do
 done
 
 # Options for a benchmark that is not run are a mistake worth stopping for, not something to drop silently.
-if [ "$only" = "relay" ] && [ -n "$load_only_options" ]; then
-  echo "bench:$load_only_options: the load benchmark's options, but --only relay skips it" >&2; exit 2
+if [ "$only" = "relay" ] && [ -n "$load_only_options$shared_options" ]; then
+  echo "bench:$load_only_options$shared_options: options of the load or parallel benchmark, but --only relay skips them" >&2; exit 2
 fi
-if [ "$only" = "load" ] && [ -n "$relay_only_options" ]; then
-  echo "bench:$relay_only_options: the relay benchmark's options, but --only load skips it" >&2; exit 2
+if [ "$only" != "" ] && [ "$only" != "relay" ] && [ -n "$relay_only_options" ]; then
+  echo "bench:$relay_only_options: the relay benchmark's options, but --only $only skips it" >&2; exit 2
+fi
+if [ "$only" != "" ] && [ "$only" != "parallel" ] && [ -n "$parallel_only_options" ]; then
+  echo "bench:$parallel_only_options: the parallel benchmark's options, but --only $only skips it" >&2; exit 2
+fi
+if [ "$only" = "parallel" ] && [ -n "$load_only_options" ]; then
+  echo "bench:$load_only_options: the load benchmark's options, but --only parallel skips it" >&2; exit 2
 fi
 
 needs_build() {
@@ -109,16 +127,23 @@ run_load() {
   run_node dist/bench/load-bench.js ${load_args[@]+"${load_args[@]}"}
 }
 
+run_parallel() {
+  needs_build parallel-bench || return 1
+  run_node dist/bench/parallel-bench.js ${parallel_args[@]+"${parallel_args[@]}"}
+}
+
 case "$only" in
   relay) run_relay; exit ;;
   load) run_load; exit ;;
+  parallel) run_parallel; exit ;;
 esac
 
-# The load benchmark runs even when the relay benchmark failed: the two measure different things, and each
-# writes its own section. The exit status still reports any failure.
+# Each benchmark runs even when one before it failed: they measure different things, and each writes its own
+# section. The exit status still reports any failure.
 failed=()
 run_relay || failed+=("relay (exit $?)")
 run_load || failed+=("load (exit $?)")
+run_parallel || failed+=("parallel (exit $?)")
 if [ ${#failed[@]} -gt 0 ]; then
   echo "bench: failed: ${failed[*]}" >&2
   exit 1
