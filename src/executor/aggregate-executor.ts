@@ -6,7 +6,7 @@ import { dataRowFields } from '../wire/data-row';
 import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription } from '../wire/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
-import { firstError, forEachRow, FragmentStream, whenDescribed } from './fragment-stream';
+import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { appendCopyRow } from './intermediate-result';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
@@ -20,10 +20,7 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   // Asked before the fragments start: the connection it asks on is about to run one.
   const textBytewise = plan.defaultCollation && (await port.textOrderIsBytewise());
   const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
-  const settle = async () => {
-    for (const stream of streams) stream.discard();
-    await Promise.all(streams.map((s) => s.finished));
-  };
+  const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);
   let failed = firstError(streams);
   if (failed || !streams[0].rowDescription) {

@@ -4,7 +4,7 @@
 
 import { serialize } from 'pg-protocol';
 import { describeNode } from '../cluster/backend-node';
-import type { BackendConnection } from '../wire/backend-connection';
+import { sendCancel, type BackendConnection } from '../wire/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
 import { PgError, SqlState } from '../wire/errors';
 import type { Frame } from '../wire/frame-reader';
@@ -163,4 +163,19 @@ export async function forEachRow(streams: readonly FragmentStream[], onRow: (fra
       await Promise.race(live.map((s) => s.whenReady()));
     }
   }
+}
+
+/**
+ * Ends the streams: their rows are no longer wanted; with `cancel`, the ones still running are cancelled on their
+ * nodes (after another node's error there is no point in finishing them). Resolves once every node is idle.
+ */
+export async function settleStreams(streams: readonly FragmentStream[], cancel: boolean): Promise<void> {
+  const cancels: Promise<void>[] = [];
+  for (const stream of streams) {
+    stream.discard();
+    if (cancel && !stream.done && !stream.connection.closed) cancels.push(sendCancel(stream.connection.node, stream.connection.processId, stream.connection.secretKey));
+  }
+  // N.B. waiting for the cancel to be delivered, not only for the node's answer, keeps a late cancel from
+  // reaching the session's next statement on that node.
+  await Promise.all([...cancels, ...streams.map((s) => s.finished)]);
 }

@@ -8,7 +8,7 @@ import { PgError, SqlState } from '../wire/errors';
 import { gatheredTableName } from '../planner/gather-planner';
 import { dataRowFields } from '../wire/data-row';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
-import { firstError, forEachRow, FragmentStream } from './fragment-stream';
+import { firstError, forEachRow, FragmentStream, settleStreams } from './fragment-stream';
 import { copyInto, FinalNodeTransaction, relayFinal, runQuiet, type NodeFailure } from './intermediate-result';
 
 export async function executeGather(plan: GatherPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
@@ -37,18 +37,17 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
         shipped += frame.raw.length;
         if (shipped > port.intermediateResultLimit) {
           overLimit = true;
-          for (const stream of streams) stream.discard();
+          void settleStreams(streams, true);
           return;
         }
         return send(dataRowFields(frame.payload));
       }),
     ).catch(async (error: unknown) => {
-      for (const stream of streams) stream.discard();
+      await settleStreams(streams, true);
       throw error;
     });
     const streamFailure = firstError(streams);
-    for (const stream of streams) stream.discard();
-    await Promise.all(streams.map((s) => s.finished));
+    await settleStreams(streams, streamFailure !== null || overLimit);
     streams.forEach((s, i) => stats.push({ step: `${table.table} from node ${table.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
     if (overLimit) {
       result = {

@@ -8,7 +8,7 @@ import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription, encodeRowDescription } from '../wire/row-description';
 import { serverMessages } from '../wire/server-messages';
 import type { ExecutionPort, ExecutionOutcome, StepStats } from './execution-port';
-import { firstError, FragmentStream, whenDescribed } from './fragment-stream';
+import { firstError, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { sortKeyComparator } from './value-order';
 
 const textLikeTypes = new Set([18, 19, 25, 1042, 1043]);
@@ -18,10 +18,7 @@ export async function executeMerge(plan: MergePlan, port: ExecutionPort): Promis
   const textBytewise = plan.sortKeys.length > 0 ? plan.defaultCollation && (await port.textOrderIsBytewise()) : true;
   const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
   const started = process.hrtime.bigint();
-  const settle = async (): Promise<void> => {
-    for (const stream of streams) stream.discard();
-    await Promise.all(streams.map((s) => s.finished));
-  };
+  const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);
   const failed = firstError(streams);
   if (failed || !streams[0].rowDescription) {

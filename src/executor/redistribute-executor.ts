@@ -14,7 +14,7 @@ import { dataRowFields } from '../wire/data-row';
 import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription } from '../wire/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
-import { firstError, forEachRow, FragmentStream, whenDescribed } from './fragment-stream';
+import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { CopyStream, runQuiet, type NodeFailure } from './intermediate-result';
 import { groupKeyNormalizerForType } from './value-order';
 
@@ -103,8 +103,7 @@ async function redistribute(
       }
       const streamFailure = firstError(streams);
       const ends = await Promise.all(copies.map((c) => (c instanceof CopyStream ? c.finish(streamFailure || mismatch ? 'the copy stopped' : undefined) : Promise.resolve(c))));
-      for (const stream of streams) stream.discard();
-      await Promise.all(streams.map((s) => s.finished));
+      await settleStreams(streams, streamFailure !== null || mismatch !== null);
       for (const source of sources) port.releaseSource(source);
       if (mismatch) return fallback(mismatch);
       streams.forEach((s, i) => stats.push({ step: `${table.table} from node ${table.fragment.nodes[i]} to ${hashColumn(t) === null ? `${targets.length} nodes` : 'its join column\'s node'}`, rows: s.rowCount, ms: s.elapsedMs }));
