@@ -29,11 +29,15 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   }
   const fields = decodeRowDescription(streams[0].rowDescription.subarray(5));
   // Groups may be many: fold them off the main thread. A scalar aggregate has one row per node.
-  const combined = plan.groupColumns > 0 ? await foldInWorker(streams, fields, plan, textBytewise, port.mergeMemoryLimit) : await foldHere(streams, fields, plan, textBytewise, port.mergeMemoryLimit);
+  const combined =
+    plan.groupColumns > 0 && !plan.rows ? await foldInWorker(streams, fields, plan, textBytewise, port.mergeMemoryLimit) : await foldHere(streams, fields, plan, textBytewise, port.mergeMemoryLimit);
   failed = firstError(streams);
   await settle();
   if (failed) return { ok: false, error: failed.error, errorFrame: failed.frame };
-  if (!combined.ok) return { ok: false, error: new PgError({ code: combined.code, message: combined.message, hint: combined.hint }), errorFrame: null };
+  if (!combined.ok) {
+    // Plain rows past the limit: nothing reached the client yet, so the next tier (which streams them) answers.
+    return { ok: false, error: new PgError({ code: combined.code, message: combined.message, hint: combined.hint }), errorFrame: null, fallback: plan.rows && combined.code === SqlState.programLimitExceeded };
+  }
   const combinedAt = process.hrtime.bigint();
 
   const connection = port.connectionFor(plan.finalNode);
@@ -63,7 +67,7 @@ const batchesInFlight = 8;
 
 /** Folds the partial rows in this thread: for scalar aggregates, one row per node, not worth a thread hop. */
 async function foldHere(streams: readonly FragmentStream[], fields: readonly FieldDescription[], plan: AggregatePlan, textBytewise: boolean, limitBytes: number): Promise<CombineResult> {
-  const combiner = PartialCombiner.create(fields, plan.groupColumns, plan.combine, textBytewise, limitBytes);
+  const combiner = plan.rows ? PartialCombiner.keepingRows(plan.groupColumns, limitBytes) : PartialCombiner.create(fields, plan.groupColumns, plan.combine, textBytewise, limitBytes);
   try {
     await forEachRow(streams, (frame) => combiner.add(dataRowFields(frame.payload)));
   } catch (error) {

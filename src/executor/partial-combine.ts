@@ -83,6 +83,11 @@ export class PartialCombiner {
     private readonly limitBytes: number,
   ) {}
 
+  /** A combiner that keeps every row as it comes (rows a final step needs one by one), up to the limit. */
+  static keepingRows(groupColumns: number, limitBytes: number): PartialCombiner {
+    return new PartialCombiner(groupColumns, null, null, limitBytes);
+  }
+
   /** A combiner for rows described by `fields`; it folds only when every group type and state has an exact fold. */
   static create(fields: readonly FieldDescription[], groupColumns: number, combine: readonly StateCombine[], textBytewise: boolean, limitBytes: number): PartialCombiner {
     const normalizers: ((value: Buffer) => string)[] = [];

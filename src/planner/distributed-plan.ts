@@ -55,6 +55,11 @@ export interface MergePlan {
  */
 export interface AggregatePlan {
   readonly kind: 'aggregate';
+  /**
+   * True when the nodes send plain rows (the columns the final statement names) instead of partial states:
+   * the proxy keeps them all, unfolded, bounded by merge_memory_limit (past it the next tier answers).
+   */
+  readonly rows: boolean;
   readonly fragment: Fragment;
   /** The first `groupColumns` fragment columns are group keys; the rest are partial states. */
   readonly groupColumns: number;

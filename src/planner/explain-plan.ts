@@ -34,7 +34,11 @@ export function explainPlan(plan: DistributedPlan, stats?: readonly StepStats[])
       break;
     case 'aggregate':
       lines.push(`Distributed Aggregate  (${plan.reason})`);
-      lines.push(`  Proxy Hash Aggregate: ${plan.groupColumns} group column${plan.groupColumns === 1 ? '' : 's'}, states ${plan.combine.join(', ') || 'none'}`);
+      lines.push(
+        plan.rows
+          ? `  Rows Collected at the Proxy: ${plan.groupColumns} column${plan.groupColumns === 1 ? '' : 's'}, unfolded`
+          : `  Proxy Hash Aggregate: ${plan.groupColumns} group column${plan.groupColumns === 1 ? '' : 's'}, states ${plan.combine.join(', ') || 'none'}`,
+      );
       lines.push(`  ->  Final on node ${plan.finalNode}`, ...sqlLines(plan.finalSql, '        '));
       lines.push(`  ->  Fragment on ${nodeList(plan.fragment.nodes)}`, ...sqlLines(plan.fragment.sql, '        '));
       break;

@@ -107,8 +107,8 @@ test('the proxy hash aggregate stops at merge_memory_limit with 54000', async ()
 
 test('a gather past intermediate_result_limit fails with 54000 and leaves nothing behind', async () => {
   const client = await cluster.connect();
-  await assert.rejects(client.query('select id, rank() over (order by amount desc) from events order by 2 limit 1'), (e: { code?: string; message: string }) => e.code === '54000' && /intermediate_result_limit/.test(e.message));
-  assert.deepEqual(await rowsOf(client, 'select id, rank() over (order by amount desc) from events where id > 2990 order by 2 limit 1'), [['3000', '1']], 'a filtered copy fits');
+  await assert.rejects(client.query('select id, kind from events union select id + 1, kind from events order by 1 limit 1'), (e: { code?: string; message: string }) => e.code === '54000' && /intermediate_result_limit/.test(e.message));
+  assert.deepEqual(await rowsOf(client, 'select id from events where id > 2998 union all select 0 order by 1'), [['0'], ['2999'], ['3000']], 'a filtered copy fits');
   assert.equal(await temporaryTablesOnNodes(), 0);
   await client.end();
 });
@@ -150,6 +150,17 @@ test('a multi-node SELECT that would write on every node (nextval) is refused wi
   await assert.rejects(client.query("select nextval('numbers'), id from events order by id limit 1"), (e: { code?: string; message: string }) => e.code === '0A000' && /nextval/.test(e.message));
   assert.deepEqual(await cluster.onEachNode("select last_value, is_called from numbers"), [[['1', 'f']], [['1', 'f']], [['1', 'f']]], 'no node moved its sequence');
   await client.query('drop sequence numbers');
+  await client.end();
+});
+
+test('a window over rows of every node: the nodes send the columns it names, or, past merge_memory_limit, the tables are gathered', async () => {
+  const client = await cluster.connect();
+  const query = 'select id, rank() over (partition by kind order by amount desc) from events where id % 100 = 0 order by 2, 1 limit 3';
+  const plan = (await rowsOf(client, `explain ${query}`)).map((r) => r[0]).join('\n');
+  assert.match(plan, /^Distributed Aggregate  \(window functions/);
+  assert.deepEqual(await rowsOf(client, query), [['2400', '1'], ['2500', '1'], ['2600', '1']]);
+  const wide = 'select e.id, g, rank() over (partition by g order by e.id desc) as r from events e, generate_series(1, 60) g where e.id <= 1000 order by r desc, g, e.id limit 1';
+  assert.deepEqual(await rowsOf(client, wide), [['1', '1', '1000']], '60,000 rows pass merge_memory_limit: gathered instead');
   await client.end();
 });
 
