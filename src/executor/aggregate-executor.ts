@@ -19,7 +19,10 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   const started = process.hrtime.bigint();
   // Asked before the fragments start: the connection it asks on is about to run one.
   const textBytewise = plan.defaultCollation && (await port.textOrderIsBytewise());
-  const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
+  // Every node needed is asked for before any starts: one out of service fails the statement with nothing to undo.
+  const connections = plan.fragment.nodes.map((node) => port.connectionFor(node));
+  const connection = port.connectionFor(plan.finalNode);
+  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql));
   const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);
   let failed = firstError(streams);
@@ -40,7 +43,6 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   }
   const combinedAt = process.hrtime.bigint();
 
-  const connection = port.connectionFor(plan.finalNode);
   const transaction = new FinalNodeTransaction(connection);
   const table = `pg_temp.${port.temporaryName('partials')}`;
   transaction.track(table);

@@ -13,6 +13,8 @@ import { copyInto, FinalNodeTransaction, relayFinal, runQuiet, type NodeFailure 
 
 export async function executeGather(plan: GatherPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   const connection = port.connectionFor(plan.finalNode);
+  // Every node needed is asked for before anything starts: one out of service fails the statement with nothing to undo.
+  const sources = plan.tables.map((table) => table.fragment.nodes.map((node) => port.connectionFor(node)));
   const transaction = new FinalNodeTransaction(connection);
   const stats: StepStats[] = [];
   const names = plan.tables.map(() => `pg_temp.${port.temporaryName('gather')}`);
@@ -30,7 +32,7 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
   let overLimit = false;
   for (let t = 0; t < plan.tables.length && !failure && !result; t++) {
     const table = plan.tables[t];
-    const streams = table.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), table.fragment.sql));
+    const streams = sources[t].map((source) => new FragmentStream(source, table.fragment.sql));
     const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, (send) =>
       forEachRow(streams, (frame) => {
         if (overLimit) return;

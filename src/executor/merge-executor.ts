@@ -16,7 +16,9 @@ const textLikeTypes = new Set([18, 19, 25, 1042, 1043]);
 export async function executeMerge(plan: MergePlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   // Asked before the fragments start: the connection it asks on is about to run one.
   const textBytewise = plan.sortKeys.length > 0 ? plan.defaultCollation && (await port.textOrderIsBytewise()) : true;
-  const streams = plan.fragment.nodes.map((node) => new FragmentStream(port.connectionFor(node), plan.fragment.sql));
+  // Every node needed is asked for before any starts: one out of service fails the statement with nothing to undo.
+  const connections = plan.fragment.nodes.map((node) => port.connectionFor(node));
+  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql));
   const started = process.hrtime.bigint();
   const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);

@@ -188,4 +188,17 @@ test('a node that dies mid-query gives an error naming it; the session goes on',
   const survivor = await rowsOf(client, 'select 1').catch((e: Error) => e);
   assert.ok(!(survivor instanceof Error) || /node 2|out of service|detached/.test(survivor.message), String(survivor));
   await client.end().catch(() => undefined);
+  // With the node gone, every tier fails up front, naming it, and leaves nothing open on the other nodes.
+  const after = await cluster.connect();
+  for (const sql of ['select count(*) from events', 'select id from events union all select 0', "select label, count(*) from events e join kinds k on k.kind = e.kind group by label"]) {
+    await assert.rejects(after.query(sql), (e: { message: string }) => /node 2|127\.0\.0\.1:\d+/.test(e.message), sql);
+  }
+  for (const node of [0, 1]) {
+    const direct = await cluster.connectDirect(node);
+    const open = await direct.query("select count(*) from pg_stat_activity where state like 'idle in transaction%'");
+    const temporary = await direct.query("select count(*) from pg_class where relpersistence = 't' and relname like 'parapool_%'");
+    assert.deepEqual([open.rows[0].count, temporary.rows[0].count], ['0', '0'], `node ${node}`);
+    await direct.end();
+  }
+  await after.end();
 });
