@@ -7,7 +7,7 @@ import type { Catalog } from '../catalog/catalog';
 import { assertNever, type DistributedPlan, type RouterPlan } from '../planner/distributed-plan';
 import { relayFinal } from './intermediate-result';
 import { explainPlan } from '../planner/explain-plan';
-import type { PlannerPort } from '../planner/pushdown-planner';
+import type { PlannerPort } from '../planner/planner-port';
 import { planSelect } from '../planner/select-planner';
 import { planGather } from '../planner/gather-planner';
 import type { TableShape } from '../planner/gather-pushdown';

@@ -8,7 +8,8 @@ import { qualifiedName } from '../catalog/partition-rule';
 import { walkAst } from './ast-walk';
 import type { BroadcastPlan } from './distributed-plan';
 import { planCopies } from './gather-planner';
-import { planPushdown, type Planned, type PlannerPort } from './pushdown-planner';
+import type { Planned, PlannerPort } from './planner-port';
+import { planPushdown } from './pushdown-planner';
 import { parseSql } from './sql-parser';
 
 /** The name of broadcast copy `index` on every node (one statement at a time per session, in its own transaction). */

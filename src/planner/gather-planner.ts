@@ -11,7 +11,7 @@ import { deparseVerified } from './ast-tools';
 import { walkAst } from './ast-walk';
 import type { GatherPlan, GatheredTable } from './distributed-plan';
 import { narrowCopy, type TableShape } from './gather-pushdown';
-import type { PlannerPort } from './pushdown-planner';
+import type { PlannerPort } from './planner-port';
 import { parseSql } from './sql-parser';
 
 /** The placeholder the executor replaces with the temporary table of gathered table `index`. */

@@ -11,7 +11,7 @@ import { readsDistributed } from './colocation';
 import { walkAst } from './ast-walk';
 import type { DistributedPlan, IntermediatePlan } from './distributed-plan';
 import { planGather } from './gather-planner';
-import type { Planned, PlannerPort } from './pushdown-planner';
+import type { Planned, PlannerPort } from './planner-port';
 import { parseSql } from './sql-parser';
 
 type Body = Record<string, unknown>;

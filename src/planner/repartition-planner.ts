@@ -10,7 +10,8 @@ import { conjuncts, unwrap } from './ast-tools';
 import { walkAst } from './ast-walk';
 import type { RepartitionPlan } from './distributed-plan';
 import { planCopies } from './gather-planner';
-import { planPushdown, type Planned, type PlannerPort } from './pushdown-planner';
+import type { Planned, PlannerPort } from './planner-port';
+import { planPushdown } from './pushdown-planner';
 import { parseSql } from './sql-parser';
 
 type Body = Record<string, unknown>;

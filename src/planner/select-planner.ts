@@ -9,7 +9,8 @@ import { planBroadcast } from './broadcast-planner';
 import { planGather } from './gather-planner';
 import { planIntermediate } from './intermediate-planner';
 import { planRepartition } from './repartition-planner';
-import { planPushdown, type PlannerPort } from './pushdown-planner';
+import type { PlannerPort } from './planner-port';
+import { planPushdown } from './pushdown-planner';
 
 /** `sql` is the statement's own text (its tree's positions count from its start). */
 export async function planSelect(statement: Node, sql: string, catalog: Catalog, port: PlannerPort, nodes?: readonly number[]): Promise<DistributedPlan> {
