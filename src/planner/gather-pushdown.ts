@@ -60,12 +60,15 @@ export function narrowCopy(statement: Node, isTable: (rangeVar: Body) => boolean
   walkAst(statement, (tag, body) => {
     if (tag === 'RangeVar' && isTable(body)) references.push(body);
   });
-  if (references.length !== 1) return whole;
-  const reference = references[0];
-  const shape = shapes(reference);
+  if (references.length === 0) return whole;
+  const shape = shapes(references[0]);
   if (!shape) return whole;
+  const aliases = references.map((r) => (r.alias as { aliasname?: string } | undefined)?.aliasname ?? (r.relname as string));
+  const columns = neededColumns(statement, references, shape, aliases);
+  // Filters only for a table read once: every reference shares the copy, and each may filter it differently.
+  if (references.length !== 1) return { filters: [], columns };
+  const reference = references[0];
   const located = locate(statement, reference, shapes);
-  const columns = neededColumns(statement, reference, shape, located?.alias ?? (reference.relname as string));
   if (!located || located.nullable) return { filters: [], columns };
   const filters = conjuncts(located.level.whereClause).filter((condition) => pushable(condition) && onlyNames(condition, located, shape));
   return { filters, columns };
@@ -120,26 +123,36 @@ function onlyNames(condition: Node, located: Located, shape: TableShape): boolea
   return ok;
 }
 
-/** The table's columns the statement may name; null (all) when a star, a whole-row reference or NATURAL could. */
-function neededColumns(statement: Node, reference: Body, shape: TableShape, alias: string): string[] | null {
+/**
+ * The table's columns the statement may name; null (all) when a star, a whole-row reference or NATURAL could.
+ * `EXISTS (SELECT * ...)` names no column: its star is left out.
+ */
+function neededColumns(statement: Node, references: readonly Body[], shape: TableShape, aliases: readonly string[]): string[] | null {
   const names = new Set<string>();
   let all = false;
+  const existsStars = new Set<unknown>();
+  walkAst(statement, (tag, body) => {
+    if (tag !== 'SubLink' || body.subLinkType !== 'EXISTS_SUBLINK') return;
+    const targets = ((body.subselect as { SelectStmt?: Body }).SelectStmt?.targetList as { ResTarget: { val: { ColumnRef?: Body } } }[] | undefined) ?? [];
+    for (const target of targets) if (target.ResTarget.val.ColumnRef) existsStars.add(target.ResTarget.val.ColumnRef);
+  });
   walkAst(statement, (tag, body) => {
     if (tag === 'ColumnRef') {
       const fields = body.fields as Body[];
       const last = fields[fields.length - 1];
-      if ('A_Star' in last) all = true;
-      else {
+      if ('A_Star' in last) {
+        if (!existsStars.has(body)) all = true;
+      } else {
         const name = (last.String as { sval: string }).sval;
         names.add(name);
-        if (fields.length === 1 && name === alias) all = true; // whole-row reference
+        if (fields.length === 1 && aliases.includes(name)) all = true; // whole-row reference
       }
     }
     if (tag === 'JoinExpr') {
       if (body.isNatural) all = true;
       for (const column of (body.usingClause as { String: { sval: string } }[] | undefined) ?? []) names.add(column.String.sval);
     }
-    if (tag === 'RangeVar' && body === reference && body.alias && ((body.alias as Body).colnames as unknown[] | undefined)?.length) all = true;
+    if (tag === 'RangeVar' && references.includes(body) && body.alias && ((body.alias as Body).colnames as unknown[] | undefined)?.length) all = true;
   });
   if (all) return null;
   const columns = shape.columns.filter((c) => names.has(c));

@@ -1070,6 +1070,9 @@ export class ClientSession implements ClientSink {
           connectTimeoutMs: this.context.config.connectTimeout * 1000,
         });
         this.sourceConnections.add(connection);
+        // The session may have changed how values read and print (SET TimeZone, ...): the borrowed connection follows.
+        const settings = sessionSettings.filter((name) => main.parameters.get(name) !== undefined && main.parameters.get(name) !== connection.parameters.get(name));
+        if (settings.length > 0) await connection.query(settings.map((name) => `SET ${name} = ${quoteLiteral(main.parameters.get(name)!)}`).join('; '));
         return connection;
       },
       releaseSource: (connection) => {
@@ -1414,6 +1417,9 @@ function negotiateProtocolVersion(unsupported: string[]): Buffer {
   names.copy(out, 13);
   return out;
 }
+
+/** Settings a node reports (ParameterStatus) that change how values are read or printed. */
+const sessionSettings = ['TimeZone', 'DateStyle', 'IntervalStyle'];
 
 /** The statement an EXPLAIN explains, with its own text (the EXPLAIN keywords and options cut off). */
 function explainedStatement(sql: string, node: Node): { node: Node; sql: string } {

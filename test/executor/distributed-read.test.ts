@@ -164,6 +164,13 @@ test('a window over rows of every node: the nodes send the columns it names, or,
   await client.end();
 });
 
+test('connections borrowed for a statement follow the session\'s TimeZone, DateStyle and IntervalStyle', async () => {
+  const client = await cluster.connect();
+  await client.query("set timezone = 'Asia/Tokyo'");
+  assert.deepEqual(await rowsOf(client, "select tz, count(*) from (select current_setting('TimeZone') as tz, id from events where id <= 100) x group by tz"), [['Asia/Tokyo', '100']]);
+  await client.end();
+});
+
 test('EXPLAIN ANALYZE counts the rows of every fragment and merge step', async () => {
   const client = await cluster.connect();
   const lines = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
