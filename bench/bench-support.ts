@@ -6,6 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { findPostgresProgram } from '../src/cluster/postgres-install';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { connect } from 'node:net';
 import { delimiter, join, resolve } from 'node:path';
 import { Client } from 'pg';
 import { parapoolVersion } from '../src/admin/show-commands';
@@ -349,6 +350,23 @@ export function startServer(
     : spawn(command, args, { detached: true, stdio: ['ignore', fd, fd], cwd: options.cwd });
   closeSync(fd);
   return new Server(name, child, port, logPath, stopSignal);
+}
+
+/**
+ * Asks the server on the port to cancel the statement of the session with this process id and secret key: a
+ * CancelRequest (length 16, code 80877102) on a connection of its own, as the protocol has it. Fire and forget:
+ * the session's own query reports whether it stopped.
+ */
+export function sendCancelRequest(port: number, processId: number, secretKey: number): void {
+  const packet = Buffer.alloc(16);
+  packet.writeInt32BE(16, 0);
+  packet.writeInt32BE(80877102, 4);
+  packet.writeInt32BE(processId, 8);
+  packet.writeInt32BE(secretKey, 12);
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.on('error', () => undefined);
+  socket.setTimeout(10_000, () => socket.destroy());
+  socket.once('connect', () => socket.end(packet));
 }
 
 /** Waits until a real query succeeds through the port: a listening socket alone says little about a proxy. */

@@ -1,7 +1,9 @@
 // The parallel-query benchmark behind `npm run bench`: TPC-H-shaped reads on one PostgreSQL directly, through
 // parapool in front of 2 and of 4 nodes, and through PostgreSQL's own sharding (hash partitions that are
-// postgres_fdw foreign tables on the same 4 nodes), plus whole tables streamed through the proxy. Every answer is
-// compared with direct's before it is timed; a query parapool does not support yet (0A000) is reported as n/a.
+// postgres_fdw foreign tables on the same 4 nodes), plus whole tables streamed through the proxy; and, on the same
+// set-up, all 22 TPC-H queries on direct, parapool over 4 nodes and the FDW (`--part tpch`, a section of its own),
+// with parapool's tier per query and where its time goes for the slowest. Every answer is compared with direct's
+// before it is timed; a query parapool does not support yet (0A000) is reported as n/a.
 
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -13,31 +15,52 @@ import type { LocalPostgres } from '../src/cluster/local-postgres';
 import { findPostgresBinDir } from '../src/cluster/postgres-install';
 import {
   busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, integerOption, isFinishing, killGroup, logNote,
-  machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, processMemory, publish, repoRoot, runBenchmark, say, scaleFactorOption, sleep, sourceRevision,
+  machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, processMemory, publish, repoRoot, runBenchmark, say, scaleFactorOption, sendCancelRequest, sleep, sourceRevision,
   startNodes, startParapool, StepError, stopNodes, throwIfFinishing, track, untrack, type CommonOptions, type CpuSnapshot, type CpuUse,
   type MachineFacts, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Parallel query';
+const tpchHeading = '## TPC-H, all 22 queries';
+
+/**
+ * Which section a run measures and writes: the parallel-query one, or all 22 TPC-H queries. They share the set-up
+ * code, not a run: each has its own default scale factor, since the TPC-H queries include two whose subqueries
+ * PostgreSQL runs once per outer row (Q17, Q20), whose time grows with the square of the data.
+ */
+type Part = 'parallel' | 'tpch';
+
+/** The default scale factor of each part, chosen so that the part runs in about 20 minutes or less on 2 cores. */
+const defaultScaleFactor: Record<Part, string> = { parallel: '1', tpch: '0.2' };
 
 interface Options extends CommonOptions {
+  part: Part;
   sf: string;
   runs: number;
   streamRows: number;
 }
 
-const usage = `usage: bash bench/run.sh --only parallel [--sf SF] [--runs N] [--stream-rows N] [--docs FILE] [--keep]
-  --sf SF            TPC-H scale factor of the generated data (default 1: 6 million lineitem rows; the whole run took 7 minutes on 2 cores)
+const usage = `usage: node dist/bench/parallel-bench.js [--part parallel|tpch] [--sf SF] [--runs N] [--stream-rows N] [--docs FILE] [--keep]
+  --part PART        parallel (default): the parallel-query section (bash bench/run.sh --only parallel);
+                     tpch: all 22 TPC-H queries on direct, parapool over 4 nodes and the FDW (bash bench/run.sh --only tpch)
+  --sf SF            TPC-H scale factor of the generated data (default 1 for parallel: 6 million lineitem rows, 7 minutes on
+                     2 cores; 0.2 for tpch, 8 minutes: at SF 1 direct alone would spend some 40 and 60 minutes on Q17 and Q20)
   --runs N           timed runs of each query (after one warm-up) and of the lineitem stream on each target, taking turns; the median counts (default 3)
-  --stream-rows N    rows of the table streamed to measure the proxy's memory (default 10000000)
+  --stream-rows N    rows of the table streamed to measure the proxy's memory (default 10000000; parallel only)
   --docs FILE        where the results section goes (default docs/benchmarks.md; "-" writes nothing)
   --keep             leave the temporary directory (data directories, configs, logs) in place
 `;
 
 function parseOptions(argv: string[]): Options {
-  const own = { sf: '1', runs: 3, streamRows: 10_000_000 };
+  const own: { part: Part; sf: string | null; runs: number; streamRows: number | null } = { part: 'parallel', sf: null, runs: 3, streamRows: null };
   const common = parseCommonOptions(argv, usage, (arg, value) => {
     switch (arg) {
+      case '--part': {
+        const part = value();
+        if (part !== 'parallel' && part !== 'tpch') throw new StepError(`--part needs parallel or tpch\n${usage}`);
+        own.part = part;
+        return true;
+      }
       case '--sf':
         own.sf = scaleFactorOption(value(), usage);
         return true;
@@ -51,7 +74,8 @@ function parseOptions(argv: string[]): Options {
         return false;
     }
   });
-  return { ...own, ...common };
+  if (own.streamRows !== null && own.part !== 'parallel') throw new StepError(`--stream-rows is an option of the parallel part only\n${usage}`);
+  return { ...common, part: own.part, sf: own.sf ?? defaultScaleFactor[own.part], runs: own.runs, streamRows: own.streamRows ?? 10_000_000 };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -118,14 +142,28 @@ from lineitem group by l_shipmode order by l_shipmode`,
   },
 ];
 
+/** All 22 TPC-H queries of the differential corpus, unchanged, in their order: the TPC-H section. */
+const tpchQueries: readonly BenchQuery[] = Array.from({ length: 22 }, (_, i) => ({
+  name: `Q${i + 1}`,
+  corpus: `tpch_q${String(i + 1).padStart(2, '0')}`,
+  reads: '',
+}));
+
 const distributedNodes = 4;
 const fdwFetchSize = 10_000;
-/** A query running longer than this on the server is cancelled there and reported as timed out. */
+/** A query running longer than this is cancelled and reported as "> 300 s"; direct's limit in the TPC-H section too. */
 const queryTimeoutMs = 300_000;
 /** Measured runs of one query on one target stop at about this much time, after at least one run. */
 const cellBudgetMs = 30_000;
 /** A warm-up longer than this is the query's only run on that target. */
 const longQueryMs = 10_000;
+/**
+ * In the TPC-H section a run on parapool or the FDW is cancelled after this long (statement_timeout, and a
+ * CancelRequest should a distributed plan's steps add up to more) and shown as "> 60 s", so that the run goes on.
+ */
+const tpchCapMs = 60_000;
+/** The five queries where parapool fares worst get an EXPLAIN ANALYZE: their steps' times. */
+const explainedQueries = 5;
 
 /** The settings every benchmark node gets; the coordinator adds its partitionwise planning. */
 const nodeSettings = {
@@ -451,6 +489,8 @@ interface Target {
   /** Why the target cannot run at all, or null. */
   missing: string | null;
   client: Client | null;
+  /** The statement_timeout the client's session has now, in ms. */
+  timeoutMs: number;
 }
 
 const targetLabels: Record<TargetKey, string> = {
@@ -463,8 +503,13 @@ const targetLabels: Record<TargetKey, string> = {
 /** For the notes, where several targets may share one. */
 const shortLabels: Record<TargetKey, string> = { direct: 'direct', parapool2: 'parapool-2', parapool4: 'parapool-4', fdw: 'FDW' };
 
+/** float4 and float8: their sums may differ past 12 significant digits when the rows are added in another order. */
+const floatTypes = new Set([700, 701]);
+
 interface Answer {
   ms: number;
+  /** Each column's name and type oid. */
+  columns: { name: string; type: number }[];
   rows: string[][];
   error: { code: string; message: string } | null;
   cpu: CpuUse;
@@ -481,6 +526,7 @@ async function connectTarget(target: Target): Promise<void> {
   // Through the proxy the setting reaches the nodes, each of which runs a part of the query.
   await client.query(`SET statement_timeout = ${queryTimeoutMs}`).catch(() => undefined);
   target.client = client;
+  target.timeoutMs = queryTimeoutMs;
 }
 
 function dropClient(target: Target): void {
@@ -489,29 +535,53 @@ function dropClient(target: Target): void {
   target.client = null;
 }
 
-async function runQuery(target: Target, sql: string, postmasters: number[], cores: number): Promise<Answer> {
+/**
+ * Runs one query on the target's connection, within `capMs`: the session's statement_timeout is set to it, and
+ * a CancelRequest goes out when the cap is reached (a distributed plan runs several statements, each with its own
+ * timeout, which may add up to more); an answer later than the cap counts as stopped there too. Returns the answer
+ * or the error, with the time and the CPU each party used.
+ */
+async function runQuery(target: Target, sql: string, postmasters: number[], cores: number, capMs = queryTimeoutMs): Promise<Answer> {
   throwIfFinishing();
+  const none = (code: string, message: string): Answer => {
+    const snapshot = cpuSnapshot(null, []);
+    return { ms: 0, columns: [], rows: [], error: { code, message }, cpu: { client: 0, proxy: 0, postgres: 0, other: 0 }, foreign: 0, before: snapshot, after: snapshot };
+  };
   if (!target.client) {
     try {
       await connectTarget(target);
     } catch (e) {
       dropClient(target);
-      const none: CpuUse = { client: 0, proxy: 0, postgres: 0, other: 0 };
-      const snapshot = cpuSnapshot(null, []);
-      return { ms: 0, rows: [], error: { code: 'no connection', message: (e as Error).message }, cpu: none, foreign: 0, before: snapshot, after: snapshot };
+      return none('no connection', (e as Error).message);
     }
   }
   const client = target.client!;
+  if (target.timeoutMs !== capMs) {
+    try {
+      await client.query(`SET statement_timeout = ${capMs}`);
+      target.timeoutMs = capMs;
+    } catch (e) {
+      dropClient(target);
+      return none('no SET', (e as Error).message);
+    }
+  }
   const before = cpuSnapshot(target.proxy?.pid ?? null, postmasters);
   const started = process.hrtime.bigint();
+  let cancelTimer: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let columns: Answer['columns'] = [];
   let rows: string[][] = [];
   let error: Answer['error'] = null;
   try {
+    const keys = client as unknown as { processID?: number; secretKey?: number };
+    cancelTimer = setTimeout(() => {
+      if (keys.processID !== undefined && keys.secretKey !== undefined) sendCancelRequest(target.port, keys.processID, keys.secretKey);
+    }, capMs);
     const guard = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${(queryTimeoutMs + 30_000) / 1000} s`), { code: 'timeout' })), queryTimeoutMs + 30_000);
+      timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${(capMs + 30_000) / 1000} s`), { code: 'timeout' })), capMs + 30_000);
     });
     const result = await Promise.race([client.query({ text: sql, rowMode: 'array', types: textTypes }), guard]);
+    columns = result.fields.map((f) => ({ name: f.name, type: f.dataTypeID }));
     rows = result.rows as string[][];
   } catch (e) {
     const failure = e as { code?: string; message: string };
@@ -520,24 +590,33 @@ async function runQuery(target: Target, sql: string, postmasters: number[], core
     // a client-side timeout leaves it busy: the next query connects afresh rather than meet a dead connection.
     dropClient(target);
   } finally {
+    clearTimeout(cancelTimer);
     clearTimeout(timer);
   }
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  // An answer that arrived as the cancel went out still took longer than the cap allows.
+  if (!error && ms > capMs) error = { code: '57014', message: `answered after ${(ms / 1000).toFixed(1)} s, past the cap of ${capMs / 1000} s` };
   const after = cpuSnapshot(target.proxy?.pid ?? null, postmasters);
   const cpu = cpuUse(before, after);
-  return { ms, rows, error, cpu, foreign: Math.min(1, cpu.other / ((ms / 1000) * cores)), before, after };
+  return { ms, columns, rows, error, cpu, foreign: Math.min(1, cpu.other / ((ms / 1000) * cores)), before, after };
 }
 
 interface Cell {
   /** The measured runs (not the warm-up). */
   runs: Answer[];
-  /** Shown instead of a time: n/a, an error, a wrong answer. */
+  /** Shown instead of a time: n/a, an error, a wrong answer, "> 60 s". */
   instead: string | null;
+  /** Set when the query was cancelled at the cap: the time it ran before. */
+  overCapMs: number | null;
   notes: string[];
 }
 
 interface QueryRow {
   query: BenchQuery;
+  /** The query's text, as sent. */
+  sql: string;
+  /** The columns of direct's answer. */
+  columns: Answer['columns'];
   resultRows: number;
   cells: Map<TargetKey, Cell>;
 }
@@ -553,11 +632,26 @@ function medianAnswer(cell: Cell): Answer | null {
   return cell.runs.find((r) => r.ms === ms)!;
 }
 
-/** Null when the answers agree; otherwise where they first differ. */
-function difference(expected: string[][], actual: string[][], ordered: boolean): string | null {
-  if (expected.length !== actual.length) return `${actual.length} rows where direct returns ${expected.length}`;
-  const left = expected.map((r) => JSON.stringify(r));
-  const right = actual.map((r) => JSON.stringify(r));
+/** A float's text at 12 significant digits. */
+function roundFloat(text: string | null): string | null {
+  if (text === null || !/^-?[0-9.]+(e[-+]?[0-9]+)?$/i.test(text)) return text;
+  const value = Number(text);
+  return value === 0 ? '0' : value.toPrecision(12);
+}
+
+/**
+ * Null when the answers agree: the same columns (names and types) and the same rows with the same text, in the
+ * same order when `ordered`; float4 and float8 columns compare at 12 significant digits. Otherwise where they
+ * first differ.
+ */
+function difference(expected: Answer, actual: Answer, ordered: boolean): string | null {
+  const shape = (a: Answer) => a.columns.map((c) => `${c.name}:${c.type}`).join(', ');
+  if (shape(expected) !== shape(actual)) return `columns ${shape(actual)} where direct returns ${shape(expected)}`;
+  if (expected.rows.length !== actual.rows.length) return `${actual.rows.length} rows where direct returns ${expected.rows.length}`;
+  const floats = expected.columns.map((c) => floatTypes.has(c.type));
+  const key = (row: string[]) => JSON.stringify(floats.includes(true) ? row.map((v, i) => (floats[i] ? roundFloat(v) : v)) : row);
+  const left = expected.rows.map(key);
+  const right = actual.rows.map(key);
   if (!ordered) {
     left.sort();
     right.sort();
@@ -577,30 +671,52 @@ function failureText(error: NonNullable<Answer['error']>): string {
   return `error (${error.code})`;
 }
 
-async function measureQueries(targets: Target[], options: Options, postmasters: number[], cores: number): Promise<{ rows: QueryRow[]; wrong: string[] }> {
+/** True when the run was stopped at its cap, by the statement_timeout or the CancelRequest that follows it. */
+function stoppedAtCap(answer: Answer, capMs: number): boolean {
+  return (answer.error?.code === '57014' || answer.error?.code === 'timeout') && answer.ms >= capMs * 0.95;
+}
+
+const capText = (capMs: number) => `> ${capMs / 1000} s`;
+
+/**
+ * Runs each query once on every live target as a warm-up, whose answer must equal direct's, then up to
+ * `options.runs` times on each, the targets taking turns. `capFor` gives each target's longest run; a run stopped
+ * there shows as "> N s" and is not repeated. Returns a row per query and the wrong answers met.
+ */
+async function measureQueries(
+  targets: Target[],
+  queries: readonly BenchQuery[],
+  options: Options,
+  postmasters: number[],
+  cores: number,
+  capFor: (target: Target) => number = () => queryTimeoutMs,
+): Promise<{ rows: QueryRow[]; wrong: string[] }> {
   const rows: QueryRow[] = [];
   const wrong: string[] = [];
   const live = targets.filter((t) => t.missing === null);
   for (const query of queries) {
     const sql = query.sql ?? corpusQuery(query.corpus!);
     const ordered = isOrdered(sql);
-    const cells = new Map<TargetKey, Cell>(targets.map((t) => [t.key, { runs: [], instead: t.missing ? 'n/a' : null, notes: [] }]));
+    const cells = new Map<TargetKey, Cell>(targets.map((t) => [t.key, { runs: [], instead: t.missing ? 'n/a' : null, overCapMs: null, notes: [] }]));
     const runsOf = new Map<TargetKey, number>();
-    let expected: string[][] = [];
+    let expected: Answer | null = null;
     // The warm-up: every answer is checked against direct's before anything is timed.
     for (const target of live) {
       const cell = cells.get(target.key)!;
       const logFrom = target.proxy?.logSize() ?? 0;
-      const answer = await runQuery(target, sql, postmasters, cores);
+      const capMs = capFor(target);
+      const answer = await runQuery(target, sql, postmasters, cores, capMs);
       if (answer.error) {
-        cell.instead = failureText(answer.error);
-        cell.notes.push(errorNote(answer.error));
+        const atCap = stoppedAtCap(answer, capMs);
+        cell.instead = atCap ? capText(capMs) : failureText(answer.error);
+        if (atCap) cell.overCapMs = answer.ms;
+        else cell.notes.push(errorNote(answer.error));
         say(`${query.name} on ${target.label}: ${cell.instead}: ${answer.error.message.split('\n')[0]}`);
-        if (target.key === 'direct') throw new StepError(`${query.name} fails on the direct node: ${answer.error.message}`);
+        if (target.key === 'direct') throw new StepError(`${query.name} fails on the direct node (${cell.instead}): ${answer.error.message}`);
         continue;
       }
-      if (target.key === 'direct') expected = answer.rows;
-      const differs = difference(expected, answer.rows, ordered);
+      if (target.key === 'direct') expected = answer;
+      const differs = difference(expected!, answer, ordered);
       if (differs) {
         cell.instead = 'wrong answer';
         cell.notes.push(differs.slice(0, 300));
@@ -626,14 +742,17 @@ async function measureQueries(targets: Target[], options: Options, postmasters: 
       for (const target of live) {
         const cell = cells.get(target.key)!;
         if (cell.instead !== null || run > (runsOf.get(target.key) ?? 0)) continue;
-        const answer = await runQuery(target, sql, postmasters, cores);
+        const capMs = capFor(target);
+        const answer = await runQuery(target, sql, postmasters, cores, capMs);
         if (answer.error) {
-          cell.instead = failureText(answer.error);
-          cell.notes.push(`run ${run}: ${errorNote(answer.error)}`);
+          const atCap = stoppedAtCap(answer, capMs);
+          cell.instead = atCap ? capText(capMs) : failureText(answer.error);
+          if (atCap) cell.overCapMs = answer.ms;
+          cell.notes.push(`run ${run}: ${atCap ? `stopped at ${capMs / 1000} s` : errorNote(answer.error)}`);
           say(`${query.name} on ${target.label}, run ${run}: ${answer.error.message}`);
           continue;
         }
-        const differs = difference(expected, answer.rows, ordered);
+        const differs = difference(expected!, answer, ordered);
         if (differs) {
           cell.instead = 'wrong answer';
           cell.notes.push(`run ${run}: ${differs}`.slice(0, 300));
@@ -655,7 +774,7 @@ async function measureQueries(targets: Target[], options: Options, postmasters: 
       return `${t.label} ${m ? `${m.ms.toFixed(0)} ms` : cells.get(t.key)!.instead}`;
     });
     say(`${query.name}: ${summary.join(', ')}`);
-    rows.push({ query, resultRows: expected.length, cells });
+    rows.push({ query, sql, columns: expected?.columns ?? [], resultRows: expected?.rows.length ?? 0, cells });
   }
   return { rows, wrong };
 }
@@ -869,11 +988,27 @@ function msText(ms: number): string {
   return ms >= 100 ? thousands(ms) : ms.toFixed(1);
 }
 
-function queryTable(rows: QueryRow[], targets: Target[]): string {
+/** A column of the query table between the query's name and the times. */
+interface QueryColumn<R extends QueryRow> {
+  head: string;
+  right: boolean;
+  value: (row: R) => string;
+}
+
+const parallelColumns: QueryColumn<QueryRow>[] = [
+  { head: 'reads', right: false, value: (row) => row.query.reads },
+  { head: 'rows', right: true, value: (row) => thousands(row.resultRows) },
+];
+
+/**
+ * The table of queries: per target the median time and, but for direct, the ratio of direct's median to it; for a
+ * query stopped at the cap, the most the ratio can be.
+ */
+function queryTable<R extends QueryRow>(rows: R[], targets: Target[], columns: QueryColumn<R>[]): string {
   const others = targets.filter((t) => t.key !== 'direct');
   const lines = [
-    `| query | reads | rows | direct ms | ${others.map((t) => `${t.label} ms | vs direct`).join(' | ')} | notes |`,
-    `| --- | --- | ---: | ---: | ${others.map(() => '---: | ---:').join(' | ')} | --- |`,
+    `| query | ${columns.map((c) => `${c.head} | `).join('')}direct ms | ${others.map((t) => `${t.label} ms | vs direct`).join(' | ')} | notes |`,
+    `| --- | ${columns.map((c) => (c.right ? '---: | ' : '--- | ')).join('')}---: | ${others.map(() => '---: | ---:').join(' | ')} | --- |`,
   ];
   for (const row of rows) {
     const direct = medianAnswer(row.cells.get('direct')!);
@@ -881,11 +1016,11 @@ function queryTable(rows: QueryRow[], targets: Target[]): string {
       const m = medianAnswer(c);
       return m ? `${msText(m.ms)}${m.foreign >= busyThreshold ? ' *' : ''}` : c.instead ?? '';
     };
-    const parts = [row.query.name, row.query.reads, thousands(row.resultRows), time(row.cells.get('direct')!)];
+    const parts = [row.query.name, ...columns.map((c) => c.value(row)), time(row.cells.get('direct')!)];
     for (const t of others) {
       const c = row.cells.get(t.key)!;
       const m = medianAnswer(c);
-      parts.push(time(c), m && direct ? percent(direct.ms / m.ms) : '');
+      parts.push(time(c), m && direct ? percent(direct.ms / m.ms) : c.overCapMs !== null && direct ? `< ${percent(direct.ms / c.overCapMs)}` : '');
     }
     // The same note for several targets (parapool's 0A000 message, typically) is given once, naming them all.
     const notes = new Map<string, string[]>();
@@ -1049,6 +1184,19 @@ function coresNote(facts: Facts): string {
   ].join(' ');
 }
 
+/** The machine, the software and the servers' settings: the same for both sections. */
+function machineAndSetUp(facts: Facts): string[] {
+  return [
+    machineLine(facts),
+    `Software: ${facts.postgres}; ${facts.fdw}; parapool ${facts.parapool} on Node.js ${facts.node}.`,
+    '',
+    'Set-up: every PostgreSQL is a fresh server on 127.0.0.1 with fsync, synchronous_commit and full_page_writes off, autovacuum off and',
+    'max_wal_size 4GB, and otherwise default settings (shared_buffers 128MB, work_mem 4MB, max_parallel_workers_per_gather 2); the tables',
+    'have their primary keys on every node and on the reference. parapool runs as its own process (`node dist/src/cli/main.js start -f',
+    'parapool.conf`, `log_min_messages = warning`, otherwise the default configuration).',
+  ];
+}
+
 function section(queryRows: QueryRow[], streamRows: StreamRow[], targets: Target[], options: Options, facts: Facts, counts: Map<string, number>, timings: Timings): string {
   const n = (t: string) => thousands(counts.get(t) ?? 0);
   return [
@@ -1076,7 +1224,7 @@ function section(queryRows: QueryRow[], streamRows: StreamRow[], targets: Target
     'results. "vs direct" is direct\'s median divided by the target\'s (above 100 % is faster than direct). "n/a (0A000)": parapool refused',
     'the query as not supported yet (SQLSTATE 0A000), and the notes give its message.',
     '',
-    queryTable(queryRows, targets),
+    queryTable(queryRows, targets, parallelColumns),
     '',
     `Streaming: \`SELECT * FROM <table>\` over the simple protocol, read by a client that counts the DataRow messages without decoding`,
     `them (${options.runs === 1 ? 'one run' : `median of ${options.runs} runs`} for lineitem, one run for the ${thousands(options.streamRows)}-row table \`SELECT g, md5(g::text) FROM`,
@@ -1088,13 +1236,7 @@ function section(queryRows: QueryRow[], streamRows: StreamRow[], targets: Target
     '',
     coresNote(facts),
     '',
-    machineLine(facts),
-    `Software: ${facts.postgres}; ${facts.fdw}; parapool ${facts.parapool} on Node.js ${facts.node}.`,
-    '',
-    'Set-up: every PostgreSQL is a fresh server on 127.0.0.1 with fsync, synchronous_commit and full_page_writes off, autovacuum off and',
-    'max_wal_size 4GB, and otherwise default settings (shared_buffers 128MB, work_mem 4MB, max_parallel_workers_per_gather 2); the tables',
-    'have their primary keys on every node and on the reference. parapool runs as its own process (`node dist/src/cli/main.js start -f',
-    'parapool.conf`, `log_min_messages = warning`, otherwise the default configuration).',
+    ...machineAndSetUp(facts),
     '',
     disturbance(queryRows, streamRows),
     '',
@@ -1104,9 +1246,603 @@ function section(queryRows: QueryRow[], streamRows: StreamRow[], targets: Target
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// All 22 TPC-H queries: measured like the parallel-query section's, on direct, parapool over 4 nodes and the FDW,
+// each run on parapool and the FDW capped at tpchCapMs; parapool's tier per query from its EXPLAIN, and for the
+// queries where it fares worst, where the time goes from its EXPLAIN ANALYZE.
+
+interface TpchRow extends QueryRow {
+  /** The word after "Distributed" on the first line of parapool's EXPLAIN, or why there is none. */
+  tier: string;
+  /** The EXPLAIN's lines. */
+  plan: string[];
+}
+
+/** One line of the "Execution:" part of parapool's EXPLAIN ANALYZE; depth 0 for the plan's own steps. */
+interface StepTime {
+  step: string;
+  depth: number;
+  rows: number;
+  ms: number;
+}
+
+interface Breakdown {
+  row: TpchRow;
+  /** The EXPLAIN ANALYZE run's time at the client, in ms. */
+  ms: number;
+  steps: StepTime[];
+  /** Why there are no steps: the run failed or was stopped at the cap. */
+  failure: string | null;
+}
+
+interface TpchResult {
+  rows: TpchRow[];
+  breakdowns: Breakdown[];
+  wrong: string[];
+}
+
+/** parapool's ratio for the row, direct's median over parapool's; for a run stopped at the cap, the most it can be. */
+function parapoolRatio(row: QueryRow): number | null {
+  const d = medianAnswer(row.cells.get('direct')!);
+  const c = row.cells.get('parapool4')!;
+  const p = medianAnswer(c);
+  if (!d) return null;
+  if (p) return d.ms / p.ms;
+  return c.overCapMs !== null ? d.ms / c.overCapMs : null;
+}
+
+/** The "Execution:" lines of an EXPLAIN ANALYZE through parapool. */
+function executionSteps(lines: string[]): StepTime[] {
+  const from = lines.findIndex((l) => l.trim() === 'Execution:');
+  if (from === -1) return [];
+  const steps: StepTime[] = [];
+  for (const line of lines.slice(from + 1)) {
+    const match = /^( +)(.+): rows=(\d+) time=([\d.]+) ms$/.exec(line);
+    if (match) steps.push({ step: match[2], depth: (match[1].length - 2) / 2, rows: Number(match[3]), ms: Number(match[4]) });
+  }
+  return steps;
+}
+
+async function measureTpch(targets: Target[], options: Options, postmasters: number[], cores: number): Promise<TpchResult> {
+  const proxy = targets.find((t) => t.key === 'parapool4')!;
+  say(`TPC-H: the 22 queries on ${targets.map((t) => t.label).join(', ')}`);
+  const measured = await measureQueries(targets, tpchQueries, options, postmasters, cores, (t) => (t.key === 'direct' ? queryTimeoutMs : tpchCapMs));
+  const rows: TpchRow[] = [];
+  for (const row of measured.rows) {
+    const explained = await runQuery(proxy, `EXPLAIN ${row.sql}`, postmasters, cores, tpchCapMs);
+    const plan = explained.rows.map((r) => r[0]);
+    const tier = explained.error ? `n/a (${explained.error.code})` : /^Distributed (\w+)/.exec(plan[0] ?? '')?.[1] ?? 'none';
+    rows.push({ ...row, tier, plan });
+  }
+  say(`TPC-H tiers: ${rows.map((r) => `${r.query.name} ${r.tier}`).join(', ')}`);
+  // The queries where parapool fares worst against direct; one stopped at the cap ranks by the most its ratio can be.
+  const worst = rows
+    .map((row) => ({ row, ratio: parapoolRatio(row) }))
+    .filter((r): r is { row: TpchRow; ratio: number } => r.ratio !== null)
+    .sort((a, b) => a.ratio - b.ratio)
+    .slice(0, explainedQueries);
+  const breakdowns: Breakdown[] = [];
+  for (const { row } of worst) {
+    const cell = row.cells.get('parapool4')!;
+    if (cell.overCapMs !== null) {
+      breakdowns.push({ row, ms: cell.overCapMs, steps: [], failure: `stopped at ${tpchCapMs / 1000} s` });
+      continue;
+    }
+    say(`TPC-H ${row.query.name}: EXPLAIN ANALYZE through parapool`);
+    const answer = await runQuery(proxy, `EXPLAIN ANALYZE ${row.sql}`, postmasters, cores, tpchCapMs);
+    const lines = answer.rows.map((r) => r[0]);
+    say(`TPC-H ${row.query.name}: EXPLAIN ANALYZE took ${answer.ms.toFixed(0)} ms${answer.error ? ` and failed: ${answer.error.message}` : ''}:\n${lines.join('\n')}`);
+    const failure = answer.error ? (stoppedAtCap(answer, tpchCapMs) ? `stopped at ${tpchCapMs / 1000} s` : errorNote(answer.error)) : null;
+    breakdowns.push({ row, ms: answer.ms, steps: executionSteps(lines), failure });
+  }
+  return { rows, breakdowns, wrong: measured.wrong };
+}
+
+// Where the time goes: the "Execution:" steps of parapool's EXPLAIN ANALYZE, grouped as they ran. The steps of one
+// table from several nodes ran at once, so a group's time is its longest step's; the proxy's fold or merge of the
+// fragments ran while the fragments did, so the fragments are told inside it.
+
+type StepKind = 'fragments' | 'combine' | 'collect' | 'merge' | 'final' | 'local' | 'gather' | 'broadcast' | 'repartition' | 'statement' | 'result' | 'other';
+
+interface StepGroup {
+  kind: StepKind;
+  /** The table moved (gather, broadcast, repartition) or the result built (result), without "public.". */
+  table: string;
+  /** The node a final, local, statement or result step ran on. */
+  node: number | null;
+  /** Nodes whose steps the group joins. */
+  nodes: number;
+  /** For a broadcast: to how many nodes. */
+  targets: number;
+  rows: number;
+  ms: number;
+  /** The fragments folded or merged by a combine, collect or merge group. */
+  fragments: StepGroup | null;
+  /** The steps of a result, run to build it. */
+  children: StepGroup[];
+  text: string;
+}
+
+function classifyStep(step: string): Pick<StepGroup, 'kind' | 'table' | 'node' | 'targets'> {
+  const bare = (table: string) => table.replace(/^public\./, '');
+  let m: RegExpExecArray | null;
+  if ((m = /^fragment on node (\d+)$/.exec(step))) return { kind: 'fragments', table: '', node: Number(m[1]), targets: 0 };
+  if (step === 'combine at the proxy') return { kind: 'combine', table: '', node: null, targets: 0 };
+  if (step.startsWith('collect at the proxy')) return { kind: 'collect', table: '', node: null, targets: 0 };
+  if (step === 'merge') return { kind: 'merge', table: '', node: null, targets: 0 };
+  if ((m = /^final on node (\d+)$/.exec(step))) return { kind: 'final', table: '', node: Number(m[1]), targets: 0 };
+  if ((m = /^local rows on node (\d+)$/.exec(step))) return { kind: 'local', table: '', node: Number(m[1]), targets: 0 };
+  if ((m = /^statement on node (\d+)$/.exec(step))) return { kind: 'statement', table: '', node: Number(m[1]), targets: 0 };
+  if ((m = /^(\S+) from node \d+ to (\d+) nodes$/.exec(step))) return { kind: 'broadcast', table: bare(m[1]), node: null, targets: Number(m[2]) };
+  if ((m = /^(\S+) from node \d+ to its join column's node$/.exec(step))) return { kind: 'repartition', table: bare(m[1]), node: null, targets: 0 };
+  if ((m = /^(\S+) from node \d+$/.exec(step))) return { kind: 'gather', table: bare(m[1]), node: null, targets: 0 };
+  if ((m = /^(\S+) on node (\d+)$/.exec(step))) return { kind: 'result', table: m[1], node: Number(m[2]), targets: 0 };
+  return { kind: 'other', table: step, node: null, targets: 0 };
+}
+
+/** The steps as groups: one per table moved, per result built, per fragment set; nested steps under their result. */
+function groupSteps(steps: StepTime[]): StepGroup[] {
+  const roots: StepGroup[] = [];
+  const open: StepGroup[][] = [roots];
+  for (const step of steps) {
+    const siblings = open[Math.min(step.depth, open.length - 1)];
+    open.length = Math.min(step.depth, open.length - 1) + 1;
+    const kind = classifyStep(step.step);
+    const last = siblings[siblings.length - 1];
+    const concurrent = ['fragments', 'gather', 'broadcast', 'repartition'].includes(kind.kind);
+    if (last && concurrent && last.kind === kind.kind && last.table === kind.table) {
+      last.rows += step.rows;
+      last.ms = Math.max(last.ms, step.ms);
+      last.nodes++;
+      continue;
+    }
+    const group: StepGroup = { ...kind, nodes: 1, rows: step.rows, ms: step.ms, fragments: null, children: [], text: '' };
+    siblings.push(group);
+    open.push(group.children);
+  }
+  const settle = (groups: StepGroup[]): StepGroup[] => {
+    const folder = groups.find((g) => g.kind === 'combine' || g.kind === 'collect' || g.kind === 'merge');
+    const fragments = groups.find((g) => g.kind === 'fragments');
+    if (folder && fragments) folder.fragments = fragments;
+    const kept = groups.filter((g) => !(folder && g === fragments));
+    const finalNode = kept.find((g) => g.kind === 'final' || g.kind === 'local')?.node ?? null;
+    for (const g of kept) {
+      g.children = settle(g.children);
+      g.text = stepText(g, finalNode);
+    }
+    return kept;
+  };
+  return settle(roots);
+}
+
+function stepText(g: StepGroup, finalNode: number | null): string {
+  const rows = (n: number) => `${thousands(n)} row${n === 1 ? '' : 's'}`;
+  const on = (n: number) => `${n} node${n === 1 ? '' : 's'}`;
+  const fragmentsText = g.fragments ? `the fragments on ${on(g.fragments.nodes)} (the slowest ${seconds3(g.fragments.ms)}, ${rows(g.fragments.rows)} back)` : 'the fragments';
+  switch (g.kind) {
+    case 'fragments':
+      return `the fragments on ${on(g.nodes)} (${rows(g.rows)} back)`;
+    case 'combine':
+      return `${fragmentsText} and folding them into ${thousands(g.rows)} group${g.rows === 1 ? '' : 's'} at the proxy`;
+    case 'collect':
+      return `${fragmentsText} and collecting their rows at the proxy`;
+    case 'merge':
+      return `${fragmentsText} and merging ${rows(g.rows)} at the proxy`;
+    case 'final':
+      return `the final query on node ${g.node} (${rows(g.rows)})`;
+    case 'local':
+      return `node ${g.node} copying its own share into temporary tables`;
+    case 'statement':
+      return `the statement on node ${g.node} (${rows(g.rows)})`;
+    case 'gather':
+      return `gathering ${rows(g.rows)} of ${g.table} into node ${finalNode ?? '?'} from ${on(g.nodes)}`;
+    case 'broadcast':
+      return `broadcasting ${rows(g.rows)} of ${g.table} to ${on(g.targets)}`;
+    case 'repartition':
+      return `repartitioning ${rows(g.rows)} of ${g.table} over the nodes by its join column`;
+    case 'result':
+      return `building the subquery's result ${g.table} on node ${g.node} (${rows(g.rows)})`;
+    case 'other':
+      return g.table;
+    default:
+      return assertNever(g.kind);
+  }
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unexpected ${String(value)}`);
+}
+
+/** Milliseconds as the text reads best: "850 ms", "8.1 s". */
+function seconds3(ms: number): string {
+  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(0)} ms`;
+}
+
+/** The groups worth naming: the longest first, until they account for 80 % of `totalMs`, at most three. */
+function leadingGroups(groups: StepGroup[], totalMs: number): StepGroup[] {
+  const sorted = [...groups].sort((a, b) => b.ms - a.ms);
+  const named: StepGroup[] = [];
+  let covered = 0;
+  for (const g of sorted) {
+    if (named.length === 3 || (named.length > 0 && covered >= totalMs * 0.8) || g.ms < totalMs * 0.05) break;
+    named.push(g);
+    covered += g.ms;
+  }
+  return named;
+}
+
+/** Where the time went, as the leaves of the steps: a fold or merge split from its fragments, a result into its parts. */
+interface TimeShare {
+  what: 'step' | 'fold' | 'fragments' | 'outside';
+  group: StepGroup | null;
+  ms: number;
+}
+
+function timeShares(groups: StepGroup[]): TimeShare[] {
+  const shares: TimeShare[] = [];
+  for (const g of groups) {
+    if (g.kind === 'result' && g.children.length > 0) {
+      shares.push(...timeShares(g.children));
+    } else if (g.fragments) {
+      shares.push({ what: 'fragments', group: g, ms: g.fragments.ms }, { what: 'fold', group: g, ms: Math.max(0, g.ms - g.fragments.ms) });
+    } else {
+      shares.push({ what: 'step', group: g, ms: g.ms });
+    }
+  }
+  return shares;
+}
+
+/** The plan's reason for gathering, from the first "Distributed Gather  (reason)" line. */
+function gatherReason(plan: string[]): string | null {
+  for (const line of plan) {
+    const m = /Distributed Gather {2}\((.*)\)\s*$/.exec(line);
+    if (m) return m[1];
+  }
+  return null;
+}
+
+/** A table the plan copies between nodes: how, and the lines of the SQL that reads it on the nodes. */
+interface PlanCopy {
+  verb: 'Gather' | 'Broadcast' | 'Repartition';
+  table: string;
+  sql: string[];
+}
+
+/** The copies in a plan's EXPLAIN lines ("->  Broadcast public.part as ...", followed by its SQL, indented deeper). */
+function planCopies(plan: string[]): PlanCopy[] {
+  const copies: PlanCopy[] = [];
+  plan.forEach((line, i) => {
+    const m = /^(\s*)->\s+(Gather|Broadcast|Repartition) (?:public\.)?(\w+) (?:into|as) /.exec(line);
+    if (!m) return;
+    const sql: string[] = [];
+    for (let j = i + 1; j < plan.length && /^\s*/.exec(plan[j])![0].length > m[1].length + 4; j++) sql.push(plan[j].trim());
+    copies.push({ verb: m[2] as PlanCopy['verb'], table: m[3], sql });
+  });
+  return copies;
+}
+
+const isFiltered = (copy: PlanCopy) => copy.sql.some((l) => /^WHERE\b/i.test(l));
+
+/** The columns of `table` (by fixtures/tpch/schema.sql) that the query names: TPC-H's column names say their table. */
+function columnsRead(sql: string, table: string): string[] {
+  const statement = tableStatements().get(table);
+  if (!statement) return [];
+  const columns = [...statement.matchAll(/^\s+(\w+)\s+\w/gm)].map((m) => m[1]).filter((c) => c.toUpperCase() !== 'PRIMARY');
+  const named = new Set<string>();
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(walk);
+    if (node === null || typeof node !== 'object') return;
+    for (const [key, value] of Object.entries(node)) {
+      if (key === 'ColumnRef') {
+        const fields = (value as { fields?: { String?: { sval?: string } }[] }).fields ?? [];
+        const last = fields[fields.length - 1]?.String?.sval;
+        if (last) named.add(last);
+      }
+      walk(value);
+    }
+  };
+  walk(parseSync(sql).stmts);
+  return columns.filter((c) => named.has(c));
+}
+
+/** A sentence on a copy of every column, when the query reads fewer; '' otherwise. */
+function everyColumnText(b: Breakdown, table: string): string {
+  const copy = planCopies(b.row.plan).find((c) => c.table === table);
+  if (!copy || !(copy.sql.length === 1 && /^SELECT \* FROM\b/i.test(copy.sql[0]))) return '';
+  const all = [...(tableStatements().get(table) ?? '').matchAll(/^\s+(\w+)\s+\w/gm)].map((m) => m[1]).filter((c) => c.toUpperCase() !== 'PRIMARY');
+  const read = columnsRead(b.row.sql, table);
+  if (read.length === 0 || read.length >= all.length) return '';
+  const left = all.filter((c) => !read.includes(c));
+  return ` The copy is \`SELECT *\`, all ${all.length} columns of ${table}, where the query reads ${read.length} (${read.join(', ')}): leaving out ${left.join(', ')} would move fewer bytes.`;
+}
+
+/** The tables of one colocation group as the benchmark distributes them (a table named in colocateWith leads it). */
+function colocationGroup(table: string): string {
+  return distributed.find((d) => d.table === table)?.colocateWith ?? table;
+}
+
+/**
+ * A sentence or two on what would make the query faster: on the largest share of the time and, when that share is
+ * the plan's fixed costs or the nodes' own work, also on the largest share a different plan could shrink (a copy,
+ * the work on one node, the proxy's fold), if it is at least half as large.
+ */
+function fasterText(b: Breakdown, groups: StepGroup[]): string {
+  const leaves = timeShares(groups);
+  const outside = b.ms - leaves.reduce((a, s) => a + s.ms, 0);
+  const shares = [...leaves, { what: 'outside', group: null, ms: outside } as TimeShare].sort((x, y) => y.ms - x.ms);
+  const structural = (s: TimeShare) => s.what === 'outside' || s.what === 'fragments' || (s.what === 'step' && s.group?.kind === 'fragments');
+  const top = shares[0];
+  const texts = [shareText(b, groups, top, true)];
+  const movable = shares.find((s) => s.what === 'fold' || (s.what === 'step' && ['gather', 'broadcast', 'repartition', 'final', 'local', 'statement'].includes(s.group!.kind)));
+  if (structural(top) && movable && movable.ms >= top.ms / 2) texts.push(shareText(b, groups, movable, false));
+  return texts.filter((t) => t !== '').join(' ');
+}
+
+/** The sentence for one share of the time; `largest` says whether it is the largest. */
+function shareText(b: Breakdown, groups: StepGroup[], share: TimeShare, largest: boolean): string {
+  const g = share.group;
+  const direct = medianAnswer(b.row.cells.get('direct')!);
+  const which = largest ? 'The largest share' : 'The next largest';
+  if (share.what === 'outside') {
+    const part = share.ms >= b.ms / 2 ? `Most of the time, ${seconds3(share.ms)} of ${seconds3(b.ms)},` : `${which}, ${seconds3(share.ms)} of ${seconds3(b.ms)},`;
+    return `${part} is outside the steps: the plan's fixed costs (planning, temporary tables created, analyzed and dropped, a transaction on each node, round trips), which do not grow with the data but weigh on a query that takes ${direct ? seconds3(direct.ms) : 'little'} direct.`;
+  }
+  if (!g) return '';
+  if (share.what === 'fragments' || (share.what === 'step' && g.kind === 'fragments')) {
+    const slowest = share.ms;
+    const head = `${which} is the nodes' own work: the slowest fragment took ${seconds3(slowest)}, against ${direct ? seconds3(direct.ms) : '?'} for the whole query direct.`;
+    const sharing = `The ${distributedNodes} nodes run at once on 2 cores, half a core each, so a quarter of the work takes about as long as the whole does direct with its parallel workers (with a core per node it would take a quarter of that)`;
+    if (!direct || slowest < direct.ms * 1.5) return `${head} ${sharing}.`;
+    return (
+      `${head} ${sharing}; taking ${(slowest / direct.ms).toFixed(1)} times as long suggests that the nodes' plans also do more work than direct's: each node plans from its own` +
+      ' statistics, and the plan for a quarter of the data need not be the one for the whole (an index lookup can become a hash join over all of a node\'s rows).'
+    );
+  }
+  if (share.what === 'fold') {
+    return `${which} is the proxy folding ${thousands(g.fragments!.rows)} partial rows into ${thousands(g.rows)} groups after the slowest fragment ended (${seconds3(share.ms)}): one thread decoding and combining each row, which grows with the number of groups and not with the data.`;
+  }
+  const copies = planCopies(b.row.plan);
+  switch (g.kind) {
+    case 'gather': {
+      const reason = gatherReason(b.row.plan);
+      const remedy = reason && /subquery/.test(reason)
+        ? 'Planning an uncorrelated subquery on its own first, and running a correlated one on the nodes after repartitioning the table it reads on the correlation column, would leave the rest of the query on the nodes.'
+        : `Running the join on the nodes instead, with ${g.table} repartitioned on its join column, would share the work after the copy among all ${distributedNodes} nodes.`;
+      return `${which} is copying ${g.table} through the proxy to node ${finalNodeOf(groups) ?? 0}, which then runs the query alone${reason ? ` (the plan's reason: ${reason})` : ''}.${everyColumnText(b, g.table)} ${remedy}`;
+    }
+    case 'final':
+    case 'local':
+    case 'statement':
+      return `${which} is one node running the query alone over the copied rows, in one backend: PostgreSQL does not scan temporary tables with parallel workers, where direct's plan uses both cores. Keeping the joins or the aggregation on the nodes (repartitioning rather than gathering) would share this work.`;
+    case 'broadcast': {
+      const copy = copies.find((c) => c.table === g.table);
+      const partner = copy && !isFiltered(copy) ? copies.find((c) => c !== copy && colocationGroup(c.table) === colocationGroup(g.table) && isFiltered(c)) : undefined;
+      const head = `${which} is broadcasting ${g.table} (${seconds3(share.ms)}): each of its ${thousands(g.rows)} rows goes through the proxy to all ${g.targets} nodes, ${thousands(g.rows * g.targets)} row copies.${everyColumnText(b, g.table)}`;
+      if (partner) {
+        return `${head} It is copied unfiltered, while only its rows that join the ${partner.table} rows the query keeps are needed: ${g.table} and ${partner.table} are co-located, so joining them on their own nodes before the copy would broadcast that much less.`;
+      }
+      if (copy && !isFiltered(copy)) return `${head} It is copied unfiltered: only its rows that join the query's other tables are needed, and filtering it by their join keys first would copy fewer.`;
+      return `${head} Each row goes to every node because the other side of the join is spread over all of them; the fewer rows the broadcast carries (filters pushed into it, columns left out), the shorter this step.`;
+    }
+    case 'repartition':
+      return `${which} is repartitioning ${g.table} (${seconds3(share.ms)}): its ${thousands(g.rows)} rows go through the proxy, which reads each row's join column to pick its node.${everyColumnText(b, g.table)} Moving fewer rows (filtered on the nodes first) or co-locating the tables on the join key would shorten it.`;
+    case 'fragments':
+    case 'combine':
+    case 'collect':
+    case 'merge':
+    case 'result':
+    case 'other':
+      return '';
+    default:
+      return assertNever(g.kind);
+  }
+}
+
+/** The node that finishes the plan: the first final, local or statement step's. */
+function finalNodeOf(groups: StepGroup[]): number | null {
+  for (const g of groups) {
+    if ((g.kind === 'final' || g.kind === 'local' || g.kind === 'statement') && g.node !== null) return g.node;
+    const inner = finalNodeOf(g.children);
+    if (inner !== null) return inner;
+  }
+  return null;
+}
+
+/** One query's paragraph for the docs: its longest steps, the time outside them and what would make it faster. */
+function breakdownText(b: Breakdown): string {
+  const direct = medianAnswer(b.row.cells.get('direct')!);
+  const p = medianAnswer(b.row.cells.get('parapool4')!);
+  const head = `**${b.row.query.name}** (${b.row.tier}; ${p ? seconds3(p.ms) : capText(tpchCapMs)} through parapool against ${direct ? seconds3(direct.ms) : '?'} direct)`;
+  if (b.failure || b.steps.length === 0) {
+    const reason = b.failure ?? 'EXPLAIN ANALYZE printed no steps';
+    const copies = planCopies(b.row.plan).map((c) => `${{ Gather: 'gathers', Broadcast: 'broadcasts', Repartition: 'repartitions' }[c.verb]} ${c.table}${isFiltered(c) ? ' (filtered)' : ''}`);
+    return `${head}: EXPLAIN ANALYZE ${reason.startsWith('stopped') ? `was ${reason}` : `failed (${reason})`}, so there are no step times; its plan is \`${b.row.plan[0] ?? 'none'}\`${copies.length > 0 ? ` and ${copies.join(', ')}` : ''}.`;
+  }
+  const groups = groupSteps(b.steps);
+  const named = leadingGroups(groups, b.ms);
+  const parts = named.map((g) => {
+    const inner = g.kind === 'result' ? leadingGroups(g.children, g.ms).map((c) => `${c.text}: ${seconds3(c.ms)}`) : [];
+    const own = g.ms - g.children.reduce((a, c) => a + c.ms, 0);
+    if (g.kind === 'result' && own > g.ms * 0.25) inner.push(`outside its steps: ${seconds3(own)}`);
+    return `${g.text}: ${seconds3(g.ms)} of ${seconds3(b.ms)}${inner.length > 0 ? ` (of which ${inner.join('; ')})` : ''}`;
+  });
+  const inSteps = groups.reduce((a, g) => a + g.ms, 0);
+  const outside = b.ms - inSteps;
+  if (outside > b.ms * 0.25) parts.push(`outside the steps (planning, creating and analyzing the temporary tables, the round trips in between): ${seconds3(outside)}`);
+  return `${head}: ${parts.join('; ')}. ${fasterText(b, groups)}`.trim();
+}
+
+/** The distributed tables and the replicated ones a query reads, in the order it first names them. */
+function tablesRead(sql: string): string[] {
+  const found: string[] = [];
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(walk);
+    if (node === null || typeof node !== 'object') return;
+    for (const [key, value] of Object.entries(node)) {
+      if (key === 'RangeVar') {
+        const name = (value as { relname?: string }).relname ?? '';
+        if ((allTables as readonly string[]).includes(name) && !found.includes(name)) found.push(name);
+      }
+      walk(value);
+    }
+  };
+  walk(parseSync(sql).stmts);
+  return found;
+}
+
+const tpchColumns: QueryColumn<TpchRow>[] = [
+  { head: 'reads', right: false, value: (row) => tablesRead(row.sql).join(', ') },
+  { head: 'rows', right: true, value: (row) => thousands(row.resultRows) },
+  { head: 'parapool tier', right: false, value: (row) => row.tier },
+];
+
+/** "Q1", "Q1 and Q2", "Q1, Q2 and Q3". */
+function andList(names: string[]): string {
+  return names.length <= 1 ? names.join('') : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
+}
+
+/** A target's line of the summary: its geometric mean over the queries it answered, and over all when some hit the cap. */
+function tpchSummary(rows: QueryRow[], t: Target): string {
+  if (t.missing) return `${t.label}: not measured, ${t.missing}.`;
+  const ratios = rows.map((r) => ratioOf(r, t.key)).filter((x): x is number => x !== null);
+  const capped = rows.filter((r) => r.cells.get(t.key)!.overCapMs !== null && medianAnswer(r.cells.get('direct')!) !== null);
+  const failed = rows.filter((r) => {
+    const c = r.cells.get(t.key)!;
+    return c.instead !== null && c.overCapMs === null;
+  });
+  const parts: string[] = [];
+  if (ratios.length > 0) {
+    parts.push(`answered ${ratios.length} of the ${rows.length} queries within ${tpchCapMs / 1000} s, at a geometric mean of ${percent(geometricMean(ratios))} of direct's speed (from ${percent(Math.min(...ratios))} to ${percent(Math.max(...ratios))})`);
+  } else {
+    parts.push(`answered none of the ${rows.length} queries within ${tpchCapMs / 1000} s`);
+  }
+  if (capped.length > 0) {
+    const bounds = capped.map((r) => medianAnswer(r.cells.get('direct')!)!.ms / r.cells.get(t.key)!.overCapMs!);
+    parts.push(
+      `${andList(capped.map((r) => r.query.name))} ran longer and ${capped.length === 1 ? 'was' : 'were'} stopped; counting ${capped.length === 1 ? 'it' : 'them'} at ${tpchCapMs / 1000} s,` +
+        ` the geometric mean over all ${ratios.length + capped.length} is at most ${percent(geometricMean([...ratios, ...bounds]))}`,
+    );
+  }
+  if (failed.length > 0) parts.push(`not counted: ${failed.map((r) => `${r.query.name} (${r.cells.get(t.key)!.instead})`).join(', ')}`);
+  return `${t.label}: ${parts.join('; ')}.`;
+}
+
+function tpchSection(result: TpchResult, targets: Target[], options: Options, facts: Facts, counts: Map<string, number>, timings: Timings): string {
+  const n = (t: string) => thousands(counts.get(t) ?? 0);
+  const byTier = new Map<string, string[]>();
+  for (const row of result.rows) byTier.set(row.tier, [...(byTier.get(row.tier) ?? []), row.query.name]);
+  const tiers = [...byTier].sort((a, b) => b[1].length - a[1].length).map(([tier, names]) => `${tier} ${names.length} (${names.join(', ')})`);
+  const command = options.part === 'tpch' ? '`npm run bench -- --only tpch`' : '`node dist/bench/parallel-bench.js --part tpch`';
+  const scaled = Number(options.sf) < 1
+    ? [
+        `Scale factor ${options.sf}, not 1 as in the parallel-query section: in Q17 and Q20 a subquery over lineitem is correlated with the outer`,
+        'row, and PostgreSQL runs it once per outer row, each time a scan of lineitem (the schema has no index on l_partkey or l_suppkey), so their time',
+        `grows with the square of the data. At this scale factor direct took ${tpchDirectText(result.rows, ['Q17', 'Q20'], 1)}; at scale factor 1, some`,
+        `${(1 / Number(options.sf) ** 2).toFixed(0)} times as long, it would take about ${tpchDirectText(result.rows, ['Q17', 'Q20'], 1 / Number(options.sf) ** 2)}, more than a 20-minute run can hold.`,
+      ]
+    : [];
+  const explained = result.breakdowns;
+  return [
+    tpchHeading,
+    '',
+    `Run ${facts.date} with ${command} (\`npm run bench\` runs it too; ${duration(timings.total)} this time). The 22 TPC-H queries as`,
+    'fixtures/corpus/01-tpch.sql writes them for PostgreSQL (tpch_q01 to tpch_q22, each with its parameters fixed), unchanged,',
+    `on TPC-H-shaped data at scale factor ${options.sf} (${n('lineitem')} lineitem, ${n('orders')} orders, ${n('partsupp')} partsupp, ${n('part')} part, ${n('customer')} customer, ${n('supplier')} supplier`,
+    `rows) generated by fixtures/tpch/data.sql on one PostgreSQL, **direct** (${timings.generate.toFixed(0)} s), and loaded as in the parallel-query section into`,
+    `**parapool, 4 nodes** (${timings.parapool4.toFixed(0)} s) and **PostgreSQL FDW, 4 nodes** (${timings.fdw.toFixed(0)} s): the same rules and hash partitions on the same`,
+    'keys; supplier, nation and region are replicated to every node under parapool and local tables on the FDW\'s coordinator.',
+    ...scaled,
+    '',
+    'Each query is measured as in the parallel-query section: a warm-up whose answer must equal direct\'s (the same columns, the same rows',
+    `with the same text, in order when the query orders them; float columns${result.rows.some((r) => r.columns.some((c) => floatTypes.has(c.type))) ? '' : ', which none of these answers has,'} compare at 12 significant digits), then`,
+    `${options.runs} runs on each target, the targets taking turns (fewer when they would take more than ${cellBudgetMs / 1000} s, none when the warm-up took more than`,
+    `${longQueryMs / 1000} s). Here each run on parapool or the FDW is stopped at ${tpchCapMs / 1000} s (statement_timeout, and a CancelRequest for a distributed plan`,
+    `whose statements add up to more), so that the run goes on: the query shows as "${capText(tpchCapMs)}", and its ratio as the most it can be. Direct, the`,
+    `reference, runs every query to the end (within ${queryTimeoutMs / 1000} s). Times are medians in milliseconds, from sending the query to the last row;`,
+    '"vs direct" is direct\'s median divided by the target\'s (above 100 % is faster than direct). "parapool tier" is how parapool ran the',
+    'query: the word after "Distributed" on the first line of its `EXPLAIN` (Aggregate: partial aggregates on every node, folded at the proxy',
+    'and finished on one node; Merge: fragments on every node, merged at the proxy; Broadcast and Repartition: tables copied between nodes',
+    'through the proxy, then the join on every node; Intermediate: subqueries planned and run on their own first, their results copied to one',
+    'node; Gather: the tables copied to one node, which runs the query).',
+    '',
+    queryTable(result.rows, targets, tpchColumns),
+    '',
+    ...targets.filter((t) => t.key !== 'direct').map((t) => tpchSummary(result.rows, t)),
+    `parapool's tiers: ${tiers.join('; ')}.`,
+    fasterThanDirectText(result.rows),
+    '',
+    '### Where the time goes',
+    '',
+    `For the ${['no', 'one', 'two', 'three', 'four', 'five'][explained.length] ?? explained.length} queries where parapool's ratio to direct is lowest, \`EXPLAIN ANALYZE\` through parapool (one more run, whose time may`,
+    'differ a little from the median above) gives the rows and time of each step of the distributed plan. The steps of one table from',
+    'several nodes ran at once, so they are told as one, with the longest one\'s time; the fragments of an aggregate or a merge ran while the',
+    'proxy folded or merged their rows, so they are told inside that step. The rest of the time is outside the steps: planning, creating',
+    'and analyzing the temporary tables, the round trips between the steps.',
+    '',
+    ...explained.map((b) => `- ${breakdownText(b)}`),
+    '',
+    coresNote(facts),
+    '',
+    ...machineAndSetUp(facts),
+    '',
+    disturbance(result.rows, []),
+    '',
+  ].join('\n');
+}
+
+/**
+ * A paragraph on the queries parapool ran more than 1.5 times as fast as direct, or '' when there are none. Q17 and
+ * Q20 scan lineitem once per outer row in a correlated subquery; how parapool shrinks each scan depends on its tier.
+ */
+function fasterThanDirectText(rows: TpchRow[]): string {
+  const faster = rows.filter((r) => (ratioOf(r, 'parapool4') ?? 0) > 1.5);
+  if (faster.length === 0) return '';
+  const times = (r: TpchRow) => `${r.query.name} ${(ratioOf(r, 'parapool4')!).toFixed(1)} times as fast`;
+  const correlated = faster.filter((r) => r.query.name === 'Q17' || r.query.name === 'Q20');
+  const others = faster.filter((r) => !correlated.includes(r));
+  const parts = [`Where parapool beats direct on the same 2 cores (${faster.map(times).join(', ')}), the work differs, not the parallelism.`];
+  if (correlated.length > 0) {
+    const how = correlated.map((r) => {
+      const copy = planCopies(r.plan).find((c) => c.table === 'lineitem');
+      if (r.tier === 'Repartition') return `${r.query.name} (Repartition) runs it on every node over that node's share of the repartitioned lineitem, for that node's share of the outer rows`;
+      if (r.tier === 'Gather' && copy && isFiltered(copy)) {
+        const where = copy.sql.slice(copy.sql.findIndex((l) => /^WHERE\b/i.test(l)));
+        const on = [...new Set(where.join(' ').match(/\bl_\w+/g) ?? [])];
+        const from = copy.sql.findIndex((l) => /^FROM\b/i.test(l));
+        const columns = copy.sql[0] === 'SELECT' && from > 1 ? from - 1 : 0;
+        return `${r.query.name} (Gather) runs it on one node over a copy of lineitem that the nodes first filtered${on.length > 0 ? ` on ${on.join(', ')}` : ''} as the query does${columns > 0 ? `, cut to the ${columns} columns it reads` : ''}`;
+      }
+      return `${r.query.name} (${r.tier}) runs it over copies that parapool made for the purpose`;
+    });
+    parts.push(
+      `In ${correlated.map((r) => r.query.name).join(' and ')} a subquery correlated with the outer row scans lineitem once per outer row, on direct the whole table each time;`,
+      `through parapool ${how.join(', and ')}.`,
+    );
+  }
+  if (others.length > 0) {
+    parts.push(`For ${others.map((r) => r.query.name).join(', ')}, each node plans the query over its own share of the data, and that plan need not be direct's plan over all of it (EXPLAIN ANALYZE on a node and on direct shows how).`);
+  }
+  return parts.join(' ');
+}
+
+/** Direct's median for the named queries times `factor`, as "4.7 s on Q17 and 9.1 s on Q20" ("38 min" from a minute up). */
+function tpchDirectText(rows: QueryRow[], names: string[], factor: number): string {
+  return names
+    .map((name) => {
+      const row = rows.find((r) => r.query.name === name);
+      const m = row ? medianAnswer(row.cells.get('direct')!) : null;
+      if (!m) return null;
+      const ms = m.ms * factor;
+      return `${ms >= 600_000 ? `${(ms / 60_000).toFixed(0)} min` : ms >= 10_000 ? `${(ms / 1000).toFixed(0)} s` : seconds3(ms)} on ${name}`;
+    })
+    .filter((t): t is string => t !== null)
+    .join(' and ');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
+  const parallel = options.part === 'parallel';
   const startedAt = Date.now();
   await loadModule();
   const binDir = findPostgresBinDir();
@@ -1117,26 +1853,31 @@ async function main(): Promise<number> {
   const schema = tableStatements();
   const dir = makeWorkDir('parapool-parallel-bench-', options.keep);
 
-  say('starting 7 PostgreSQL nodes and the coordinator');
-  const nodes = await startNodes(binDir, dir, ['direct', 'pair0', 'pair1', ...Array.from({ length: distributedNodes }, (_, i) => `node${i}`)], nodeSettings);
+  // The 2-node cluster is the parallel-query section's alone.
+  const names = ['direct', ...(parallel ? ['pair0', 'pair1'] : []), ...Array.from({ length: distributedNodes }, (_, i) => `node${i}`)];
+  say(`starting ${names.length} PostgreSQL nodes and the coordinator`);
+  const nodes = await startNodes(binDir, dir, names, nodeSettings);
   const [directNode, ...rest] = nodes;
-  const pairNodes = rest.slice(0, 2);
-  const quadNodes = rest.slice(2);
+  const pairNodes = parallel ? rest.slice(0, 2) : [];
+  const quadNodes = rest.slice(pairNodes.length);
   const [coordinator] = await startNodes(binDir, dir, ['coordinator'], coordinatorSettings);
   const source: Endpoint = { port: directNode.port, database: 'postgres' };
 
-  // 1. The reference, then the three other targets filled from it.
+  // 1. The reference, then the other targets filled from it.
   let phase = Date.now();
   say(`generating the TPC-H-shaped data at scale factor ${options.sf} on the direct node`);
   const counts = await generateReference(directNode, options, schema);
   const timings: Timings = { generate: seconds(phase), parapool2: 0, parapool4: 0, fdw: 0, total: 0 };
   say(`generated ${thousands(counts.get('lineitem')!)} lineitem rows in ${timings.generate.toFixed(0)} s`);
 
-  phase = Date.now();
-  const proxy2 = await startParapool(dir, 'parapool-2', pairNodes.map((n) => n.port));
-  await setUpParapool(psql, proxy2, pairNodes, source, schema, counts);
-  timings.parapool2 = seconds(phase);
-  say(`parapool, 2 nodes: loaded in ${timings.parapool2.toFixed(0)} s`);
+  let proxy2: Server | null = null;
+  if (parallel) {
+    phase = Date.now();
+    proxy2 = await startParapool(dir, 'parapool-2', pairNodes.map((n) => n.port));
+    await setUpParapool(psql, proxy2, pairNodes, source, schema, counts);
+    timings.parapool2 = seconds(phase);
+    say(`parapool, 2 nodes: loaded in ${timings.parapool2.toFixed(0)} s`);
+  }
 
   phase = Date.now();
   const proxy4 = await startParapool(dir, 'parapool-4', quadNodes.map((n) => n.port));
@@ -1154,22 +1895,33 @@ async function main(): Promise<number> {
   // Every node of every target is checkpointed, so that no write-back from the loads runs during a measurement.
   await inParallel([...nodes, coordinator].map((n) => () => queryOn(n.port, 'postgres', 'CHECKPOINT', 'CHECKPOINT')), 2);
 
-  // 2. The queries.
+  const target = (key: TargetKey, port: number, proxy: Server | null, missing: string | null): Target => ({ key, label: targetLabels[key], port, proxy, missing, client: null, timeoutMs: 0 });
   const targets: Target[] = [
-    { key: 'direct', label: targetLabels.direct, port: directNode.port, proxy: null, missing: null, client: null },
-    { key: 'parapool2', label: targetLabels.parapool2, port: proxy2.port, proxy: proxy2, missing: null, client: null },
-    { key: 'parapool4', label: targetLabels.parapool4, port: proxy4.port, proxy: proxy4, missing: null, client: null },
-    { key: 'fdw', label: targetLabels.fdw, port: coordinator.port, proxy: null, missing: fdwMissing, client: null },
+    target('direct', directNode.port, null, null),
+    ...(proxy2 ? [target('parapool2', proxy2.port, proxy2, null)] : []),
+    target('parapool4', proxy4.port, proxy4, null),
+    target('fdw', coordinator.port, null, fdwMissing),
   ];
   const postmasters = [...nodes, coordinator].map(postmasterPid);
-  const { rows: queryRows, wrong } = await measureQueries(targets, options, postmasters, cores);
+
+  // 2. The queries: the parallel-query section's, or all 22 TPC-H queries (on direct, parapool over 4 nodes, the FDW).
+  const measured = parallel ? await measureQueries(targets, queries, options, postmasters, cores) : null;
+  const tpchResult = parallel ? null : await measureTpch(targets, options, postmasters, cores);
+  const wrong = measured?.wrong ?? tpchResult!.wrong;
   for (const t of targets) {
     await t.client?.end().catch(() => undefined);
     t.client = null;
   }
-  await proxy2.stop();
+  await proxy2?.stop();
   await proxy4.stop();
   await stopAndSettle(pairNodes);
+
+  if (tpchResult) {
+    await stopAndSettle([coordinator, directNode, ...quadNodes]);
+    timings.total = seconds(startedAt);
+    publish(options.docs, tpchHeading, tpchSection(tpchResult, targets, options, facts, counts, timings));
+    return reportWrong(wrong);
+  }
 
   // 3. Streaming, each time through a proxy started afresh, so that its peak memory is that of the stream.
   const byKey = (key: TargetKey) => targets.find((t) => t.key === key)!;
@@ -1220,13 +1972,15 @@ async function main(): Promise<number> {
   await stopNodes([directNode, ...quadNodes]);
 
   timings.total = seconds(startedAt);
-  const text = section(queryRows, [...streamRows, ...bigRows], targets, options, facts, counts, timings);
-  publish(options.docs, sectionHeading, text);
-  if (wrong.length > 0) {
-    say(`${wrong.length} wrong answer(s):\n${wrong.join('\n')}`);
-    return 1;
-  }
-  return 0;
+  publish(options.docs, sectionHeading, section(measured!.rows, [...streamRows, ...bigRows], targets, options, facts, counts, timings));
+  return reportWrong(wrong);
+}
+
+/** The exit status: 1 when any answer differed from direct's, which the sections report too. */
+function reportWrong(wrong: string[]): number {
+  if (wrong.length === 0) return 0;
+  say(`${wrong.length} wrong answer(s):\n${wrong.join('\n')}`);
+  return 1;
 }
 
 runBenchmark(main);

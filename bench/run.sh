@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Entry point of `npm run bench`: runs the relay benchmark, the load benchmark and the parallel-query benchmark
-# (`--only relay|load|parallel` runs one). The relay benchmark compares against PgBouncer and pgpool-II, which are
-# installed from Debian's packages when missing, so that a fresh machine needs nothing installed by hand. Each option
-# goes to the benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02` and `--runs 5` to the load and
-# the parallel ones, `--stream-rows N` to the parallel one); --docs and --keep go to all.
+# Entry point of `npm run bench`: runs the relay benchmark, the load benchmark, the parallel-query benchmark and the
+# TPC-H one, all 22 queries (`--only relay|load|parallel|tpch` runs one; the last two are parts of parallel-bench.js,
+# with the same set-up). The relay benchmark compares against PgBouncer and pgpool-II, which are installed from
+# Debian's packages when missing, so that a fresh machine needs nothing installed by hand. Each option goes to the
+# benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02` and `--runs 5` to the load, parallel and
+# tpch ones, `--stream-rows N` to the parallel one); --docs and --keep go to all.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-usage="usage: bash bench/run.sh [--only relay|load|parallel] [options of the benchmarks run]
+usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch] [options of the benchmarks run]
   relay options:    --duration S --warmup S --clients N --threads N --scale N
   load options:     --sf SF --pgbench-scale N --runs N
   parallel options: --sf SF --runs N --stream-rows N
+  tpch options:     --sf SF --runs N
   all:              --docs FILE --keep
-  node dist/bench/<relay|load|parallel>-bench.js --help describes each"
+  node dist/bench/<relay|load|parallel>-bench.js --help describes each (tpch is parallel-bench.js --part tpch)"
 
 only=""
 relay_only_options=""
@@ -23,14 +25,16 @@ parallel_only_options=""
 shared_options=""
 relay_args=()
 load_args=()
+# Options of both parts of parallel-bench.js (parallel and tpch), and those of the parallel part alone.
 parallel_args=()
+stream_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --only)
-      [ $# -ge 2 ] || { echo "bench: --only needs relay, load or parallel" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel or tpch" >&2; exit 2; }
       case "$2" in
-        relay|load|parallel) only="$2" ;;
-        *) echo "bench: --only needs relay, load or parallel, not \"$2\"" >&2; exit 2 ;;
+        relay|load|parallel|tpch) only="$2" ;;
+        *) echo "bench: --only needs relay, load, parallel or tpch, not \"$2\"" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --duration|--warmup|--clients|--threads|--scale)
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
       load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shared_options+=" $1"; shift 2 ;;
     --stream-rows)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
-      parallel_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
+      stream_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
     --docs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shift 2 ;;
@@ -67,8 +71,8 @@ fi
 if [ "$only" != "" ] && [ "$only" != "parallel" ] && [ -n "$parallel_only_options" ]; then
   echo "bench:$parallel_only_options: the parallel benchmark's options, but --only $only skips it" >&2; exit 2
 fi
-if [ "$only" = "parallel" ] && [ -n "$load_only_options" ]; then
-  echo "bench:$load_only_options: the load benchmark's options, but --only parallel skips it" >&2; exit 2
+if { [ "$only" = "parallel" ] || [ "$only" = "tpch" ]; } && [ -n "$load_only_options" ]; then
+  echo "bench:$load_only_options: the load benchmark's options, but --only $only skips it" >&2; exit 2
 fi
 
 needs_build() {
@@ -127,15 +131,18 @@ run_load() {
   run_node dist/bench/load-bench.js ${load_args[@]+"${load_args[@]}"}
 }
 
+# The parallel-query benchmark, with --part parallel or --part tpch: each part generates its data at its own default
+# scale factor unless --sf says otherwise.
 run_parallel() {
   needs_build parallel-bench || return 1
-  run_node dist/bench/parallel-bench.js ${parallel_args[@]+"${parallel_args[@]}"}
+  run_node dist/bench/parallel-bench.js "$@" ${parallel_args[@]+"${parallel_args[@]}"}
 }
 
 case "$only" in
   relay) run_relay; exit ;;
   load) run_load; exit ;;
-  parallel) run_parallel; exit ;;
+  parallel) run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"}; exit ;;
+  tpch) run_parallel --part tpch; exit ;;
 esac
 
 # Each benchmark runs even when one before it failed: they measure different things, and each writes its own
@@ -143,7 +150,8 @@ esac
 failed=()
 run_relay || failed+=("relay (exit $?)")
 run_load || failed+=("load (exit $?)")
-run_parallel || failed+=("parallel (exit $?)")
+run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"} || failed+=("parallel (exit $?)")
+run_parallel --part tpch || failed+=("tpch (exit $?)")
 if [ ${#failed[@]} -gt 0 ]; then
   echo "bench: failed: ${failed[*]}" >&2
   exit 1
