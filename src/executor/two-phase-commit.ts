@@ -1,7 +1,9 @@
-// Atomic commit across nodes without a table of its own: every node prepares, then the first node (the decider)
-// commits; its commit is the decision, durable in its own WAL. The decider's transaction id is written into the
-// transaction's name, so after a crash any node's prepared transaction is resolved by asking the decider what
-// became of that id (txid_status): committed → commit, anything else → roll back.
+// Atomic commit across nodes without a table of its own: every other node prepares, then the first node (the
+// decider) commits its transaction in one phase; that commit is the decision, durable in its own WAL. The
+// decider's transaction id is written into the prepared transactions' name, so after a crash any node's prepared
+// transaction is resolved by asking the decider what became of that id (txid_status): committed → commit,
+// anything else → roll back. The decider never prepares, so it may hold what PREPARE refuses: the temporary
+// tables a distributed read leaves in the transaction of the node that finishes it.
 
 import { randomBytes } from 'node:crypto';
 import { describeNode } from '../cluster/backend-node';
@@ -38,7 +40,7 @@ export async function commitEverywhere(connections: readonly BackendConnection[]
   try {
     const xid = (await decider.query('SELECT txid_current()::text')).rows[0][0]!;
     gid = gidFor(decider.node.id, xid);
-    for (const connection of connections) {
+    for (const connection of others) {
       await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
       if (connection.txStatus !== 'I') throw new PgError({ code: SqlState.internalError, message: `${describeNode(connection.node)} did not prepare` });
       prepared.push(connection);
@@ -51,10 +53,12 @@ export async function commitEverywhere(connections: readonly BackendConnection[]
   }
   if (commitFailpoints.afterPrepare) throw new FailpointError('failpoint after prepare');
   try {
-    await decider.query(`COMMIT PREPARED ${quoteLiteral(gid)}`);
+    // COMMIT of a transaction that failed answers ROLLBACK, without an error.
+    const { tags } = await decider.query('COMMIT');
+    if (tags[0] !== 'COMMIT') throw new PgError({ code: SqlState.transactionRollback, message: `${describeNode(decider.node)} rolled the transaction back at commit` });
   } catch (error) {
-    // No decision was taken: every other node rolls back; the decider's own prepared transaction is resolved
-    // the same way by recovery if it is still there.
+    // No decision was taken: every other node rolls back.
+    if (decider.txStatus !== 'I') await decider.query('ROLLBACK').catch(() => undefined);
     await Promise.all(others.map((c) => c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`).catch(() => undefined)));
     throw error;
   }

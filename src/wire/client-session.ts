@@ -32,6 +32,11 @@ import { routeDistributed, type DistributedRoute } from '../planner/distributed-
 import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort, type ReadOutcome } from '../executor/plan-executor';
 import { bindParameters } from '../planner/bound-parameters';
 import { describeStatement } from './describe-statement';
+import { textOfBinary } from './node-value-format';
+import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary } from './result-formats';
+import { decodeParameterDescription } from './row-description';
+import { SpooledPortal } from './spooled-portal';
+import { RowSpool } from '../executor/row-spool';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -131,6 +136,8 @@ export class ClientSession implements ClientSink {
   private pending: PendingMessage[] = [];
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, StatementClass>();
+  /** Portals of multi-node reads the proxy answers itself, with rows left to fetch (see SpooledPortal). */
+  private readonly heldPortals = new Map<string, SpooledPortal>();
   private readonly output: CoalescingWriter;
   /** The partition rules of the session's database. */
   private catalog: Catalog | null = null;
@@ -406,6 +413,7 @@ export class ClientSession implements ClientSink {
     }
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
+    this.closeHeldPortal('');
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
@@ -545,7 +553,21 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
-    if (isSync && !this.dispatch && this.isDistributedReadBatch(messages)) return this.runExtendedDistributedRead(messages);
+    if (isSync && !this.dispatch) {
+      if (await this.isDistributedReadBatch(messages)) return this.runExtendedDistributedRead(messages);
+      // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
+      const begin = this.transactionStartPrefix(messages);
+      if (begin > 0 && (await this.isDistributedReadBatch(messages.slice(begin)))) {
+        const dispatch = this.openDispatch(this.targets(true), true, true);
+        dispatch.send(this.buildSends(messages.slice(0, begin), dispatch.connections, terminator, true));
+        const result = await this.finishDispatch(dispatch, 'BEGIN', false);
+        if (result.leader.lost || result.leader.outcomes.some((o) => o.startsWith('ERROR'))) {
+          this.write(serverMessages.readyForQuery(this.status));
+          return;
+        }
+        return this.runExtendedDistributedRead(messages.slice(begin));
+      }
+    }
     const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
     let dispatch = this.dispatch;
     if (dispatch && isWrite && !this.dispatchIsWrite) {
@@ -639,7 +661,10 @@ export class ClientSession implements ClientSink {
         const name = message.statement!.name;
         if (name === '' || !this.statements.has(name)) this.statements.set(name, message.statement!);
       }
-      else if (code === FrontendCode.bind) this.portals.set(message.portal!, message.statementClass);
+      else if (code === FrontendCode.bind) {
+        this.portals.set(message.portal!, message.statementClass);
+        this.closeHeldPortal(message.portal!);
+      }
       else if (code === FrontendCode.close) {
         if (message.statementName !== undefined) this.statements.delete(message.statementName);
         else this.portals.delete(message.portal!);
@@ -677,18 +702,48 @@ export class ClientSession implements ClientSink {
    * (their keys read from the Bind parameters); null when the batch touches no distributed table. Messages whose
    * statements need more than one node, or a shape this protocol path does not route, get a rejection.
    */
+  private async spansNodes(statement: PreparedStatement, bind: BindMessage): Promise<boolean> {
+    try {
+      return (await this.nodesForBind(statement.route!, bind, statement)).length > 1;
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') return false; // the routing path reports it
+      throw error;
+    }
+  }
+
+  /** How many leading messages of a batch only execute BEGIN (or START TRANSACTION): 0 when none. */
+  private transactionStartPrefix(messages: readonly PendingMessage[]): number {
+    const portals = new Set<string>();
+    const isBegin = (statement: PreparedStatement | undefined): boolean => {
+      if (!statement || statement.route) return false;
+      const parsed = parseSql(decodeParse(statement.parseFrame.subarray(5)).sql);
+      if (!parsed.ok || parsed.statements.length !== 1) return false;
+      const node = parsed.statements[0].node as { TransactionStmt?: { kind?: string } };
+      return node.TransactionStmt?.kind === 'TRANS_STMT_BEGIN' || node.TransactionStmt?.kind === 'TRANS_STMT_START';
+    };
+    let end = 0;
+    for (const [index, message] of messages.entries()) {
+      if (message.rejection) break;
+      const code = message.frame.code;
+      if (code === FrontendCode.parse && isBegin(message.statement)) end = index + 1;
+      else if (code === FrontendCode.bind && isBegin(this.statementBefore(messages, index, message.statementName!))) portals.add(message.portal!);
+      else if (code === FrontendCode.execute && portals.has(message.portal!)) end = index + 1;
+      else break;
+    }
+    return end;
+  }
+
   /** The route of a statement when it is a read of rows on several nodes, which the proxy answers itself. */
   private multiNodeRead(statement: PreparedStatement | undefined): boolean {
     return statement?.route?.kind === 'select' || (statement?.route?.kind === 'pinned' && !statement.route.write);
   }
 
   /**
-   * A batch the proxy answers itself, without any node seeing its messages: one execution of a multi-node read,
-   * with the Parse, Describe and Close messages around it that name that read.
+   * A batch the proxy answers itself, without any node seeing its messages: executions of multi-node reads (new,
+   * or portals the proxy holds), with the Parse, Describe and Close messages around them that name those reads.
    */
-  private isDistributedReadBatch(messages: readonly PendingMessage[]): boolean {
+  private async isDistributedReadBatch(messages: readonly PendingMessage[]): Promise<boolean> {
     let reads = 0;
-    let executes = 0;
     const portals = new Set<string>();
     for (const [index, message] of messages.entries()) {
       if (message.rejection) return false;
@@ -699,36 +754,42 @@ export class ClientSession implements ClientSink {
         case FrontendCode.bind: {
           const statement = this.statementBefore(messages, index, message.statementName!);
           if (!this.multiNodeRead(statement)) return false;
-          if (statement!.route!.kind === 'select') reads++;
+          // Keys on one node leave the batch to that node (its bytes relayed); keys on several make it a merged read.
+          if (statement!.route!.kind === 'select' || (await this.spansNodes(statement!, message.bind!))) reads++;
           portals.add(message.portal!);
           break;
         }
         case FrontendCode.describe:
         case FrontendCode.close:
-          if (message.statementName !== undefined ? !this.multiNodeRead(this.statementBefore(messages, index, message.statementName)) : !portals.has(message.portal!)) return false;
+          if (message.statementName !== undefined ? !this.multiNodeRead(this.statementBefore(messages, index, message.statementName)) : !portals.has(message.portal!) && !this.heldPortals.has(message.portal!)) return false;
           break;
         case FrontendCode.execute:
-          if (!portals.has(message.portal!)) return false;
-          executes++;
+          if (this.heldPortals.has(message.portal!)) reads++;
+          else if (!portals.has(message.portal!)) return false;
           break;
         default:
           return false;
       }
     }
-    return reads > 0 && executes <= 1;
+    return reads > 0;
   }
 
   /**
    * Answers a batch of one multi-node read (see isDistributedReadBatch) as a node would: ParseComplete,
-   * BindComplete, the descriptions (asked of the main node), then the read with its parameters written in as
-   * literals, planned and run like a simple query, and ReadyForQuery at the Sync.
+   * BindComplete, the descriptions (asked of the main node, with the bound result formats), then the read with its
+   * parameters written in as literals (binary ones turned to text by a node), planned and run like a simple query,
+   * and ReadyForQuery at the Sync. Rows stream straight through unless the Execute has a row limit or a column
+   * needs a node to encode it: then they are spooled and handed out per Execute (see SpooledPortal).
    */
   private async runExtendedDistributedRead(messages: readonly PendingMessage[]): Promise<void> {
     const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage }>();
     const fail = async (error: PgError): Promise<void> => {
-      if (this.status !== 'I') return this.refuse(error);
+      if (this.status !== 'I') {
+        this.closeHeldPortals();
+        return this.refuse(error);
+      }
       this.write(serverMessages.errorResponse(error));
-      this.write(serverMessages.readyForQuery(this.status));
+      this.endExtendedRead();
     };
     try {
       for (const [index, message] of messages.entries()) {
@@ -742,45 +803,77 @@ export class ClientSession implements ClientSink {
           }
           case FrontendCode.bind: {
             const statement = this.statementBefore(messages, index, message.statementName!)!;
-            const bind = message.bind!;
-            if (bind.parameterFormats.some((f) => f !== 0) || bind.resultFormats.some((f) => f !== 0)) {
-              return await fail(new PgError({ code: SqlState.featureNotSupported, message: 'a read of rows on several nodes takes parameters and returns results in text format only', hint: 'bind in text format' }));
-            }
-            bound.set(message.portal!, { statement, bind });
-            this.portals.set(message.portal!, message.statementClass);
+            const portal = message.portal!;
+            if (portal !== '' && this.heldPortals.has(portal)) return await fail(new PgError({ code: '42P03', message: `portal "${portal}" already exists` }));
+            this.closeHeldPortal(portal);
+            bound.set(portal, { statement, bind: message.bind! });
+            this.portals.set(portal, message.statementClass);
             this.write(serverMessages.bindComplete);
             break;
           }
           case FrontendCode.describe: {
+            if (message.statementName === undefined && !bound.has(message.portal!)) {
+              this.write(await this.heldPortals.get(message.portal!)!.describe());
+              break;
+            }
             const statement = message.statementName !== undefined ? this.statementBefore(messages, index, message.statementName)! : bound.get(message.portal!)!.statement;
             const parse = decodeParse(statement.parseFrame.subarray(5));
-            const { frames } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
+            const { frames, fields } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
             for (const frame of frames) {
-              if (message.statementName !== undefined || frame[0] !== BackendCode.parameterDescription) this.write(frame);
+              if (message.statementName !== undefined) this.write(frame);
+              else if (frame[0] === BackendCode.rowDescription) this.write(describeWithFormats(fields, columnFormats(bound.get(message.portal!)!.bind.resultFormats, fields.length)));
+              else if (frame[0] !== BackendCode.parameterDescription) this.write(frame);
             }
             break;
           }
           case FrontendCode.execute: {
             const { maxRows } = decodeExecute(message.frame.payload);
+            const held = this.heldPortals.get(message.portal!);
+            if (held && !bound.has(message.portal!)) {
+              await held.fetch(maxRows, this, () => this.evaluationConnection());
+              break;
+            }
             const portal = bound.get(message.portal!)!;
-            if (maxRows > 0) return await fail(new PgError({ code: SqlState.featureNotSupported, message: 'a read of rows on several nodes cannot be fetched in parts (Execute with a row limit)', hint: 'execute it with no row limit, or use a cursor-less query' }));
             const parse = decodeParse(portal.statement.parseFrame.subarray(5));
+            const parameters = await this.textParameters(parse.sql, parse.parameterTypes, portal.bind);
             const typeNames = await this.typeNames(parse.parameterTypes);
-            const sql = bindParameters(parse.sql, portal.bind.parameters.map((p) => (p === null ? null : p.toString('utf8'))), typeNames);
+            const sql = bindParameters(parse.sql, parameters.map((p) => (p === null ? null : p.toString('utf8'))), typeNames);
             const parsed = parseSql(sql);
             if (!parsed.ok) return await fail(parsed.error);
             const statement = parsed.statements[0];
             const route = portal.statement.route!;
             let nodes: number[] | undefined;
-            if (route.kind === 'pinned') nodes = await this.nodesForBind(route, portal.bind);
-            const outcome = await this.distributedRead(statement, nodes, undefined, true);
+            if (route.kind === 'pinned') nodes = await this.nodesForBind(route, { ...portal.bind, parameterFormats: [], parameters }, portal.statement);
+            const described = async () => {
+              const { fields } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
+              const formats = columnFormats(portal.bind.resultFormats, fields.length);
+              return { encoder: new ResultEncoder(fields, formats), description: describeWithFormats(fields, formats) };
+            };
+            const formatted = wantsBinary(portal.bind.resultFormats) || maxRows > 0 ? await described() : null;
+            // From here on the portal is the proxy's: a later Execute fetches from it, a Describe reads it.
+            bound.delete(message.portal!);
+            if (maxRows === 0 && !formatted?.encoder.needsNode) {
+              const outcome = await this.distributedRead(statement, nodes, undefined, this.extendedSink(formatted?.encoder ?? null));
+              if (!outcome.ok) return await fail(outcome.error);
+              this.heldPortals.set(message.portal!, new SpooledPortal(new RowSpool(0, 0), null, async () => (formatted ?? (await described())).description));
+              break;
+            }
+            const spool = new RowSpool(this.context.config.mergeMemoryLimit, this.context.config.intermediateResultLimit);
+            const spooled = new SpooledPortal(spool, formatted!.encoder, async () => formatted!.description);
+            this.heldPortals.set(message.portal!, spooled);
+            const outcome = await this.distributedRead(statement, nodes, undefined, spool.sink());
             if (!outcome.ok) return await fail(outcome.error);
+            if (spool.failure) return await fail(spool.failure);
+            await spooled.fetch(maxRows, this, () => this.evaluationConnection());
             break;
           }
           default: {
             const close = decodeClose(message.frame.payload);
             if (close.kind === 'S') this.statements.delete(close.name);
-            else this.portals.delete(close.name);
+            else {
+              this.portals.delete(close.name);
+              this.closeHeldPortal(close.name);
+            }
             this.write(serverMessages.closeComplete);
           }
         }
@@ -789,7 +882,57 @@ export class ClientSession implements ClientSink {
       if (error instanceof PgError && error.severity === 'ERROR') return fail(error);
       throw error;
     }
+    this.endExtendedRead();
+  }
+
+  /** ReadyForQuery at the Sync; outside a transaction block the Sync ends every portal, as on a node. */
+  private endExtendedRead(): void {
+    if (this.status === 'I') this.closeHeldPortals();
     this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /** Where an Execute's streamed rows go: the client, without the RowDescription, in the bound formats. */
+  private extendedSink(encoder: ResultEncoder | null): ClientSink {
+    return {
+      write: (bytes) => {
+        if (bytes[0] === BackendCode.rowDescription) return true;
+        if (bytes[0] === BackendCode.dataRow && encoder && !encoder.isIdentity) return this.write(encoder.encodeNative(bytes));
+        return this.write(bytes);
+      },
+      onceDrained: (callback) => this.onceDrained(callback),
+      closed: false,
+    };
+  }
+
+  private closeHeldPortal(name: string): void {
+    this.heldPortals.get(name)?.close();
+    this.heldPortals.delete(name);
+  }
+
+  private closeHeldPortals(): void {
+    for (const portal of this.heldPortals.values()) portal.close();
+    this.heldPortals.clear();
+  }
+
+  /**
+   * A Bind's parameters all in text: those sent in binary are read by a node with their types' receive and
+   * output functions (the types from the Parse, or as the node infers them).
+   */
+  private async textParameters(sql: string, parameterTypes: readonly number[], bind: BindMessage): Promise<(Buffer | null)[]> {
+    const binary = bind.parameters.map((value, i) => value !== null && (bind.parameterFormats.length === 1 ? bind.parameterFormats[0] : bind.parameterFormats[i] ?? 0) === 1);
+    if (!binary.includes(true)) return bind.parameters;
+    const connection = await this.evaluationConnection();
+    let types = [...parameterTypes];
+    if (bind.parameters.some((_, i) => binary[i] && !types[i])) {
+      const { frames } = await describeStatement(connection, sql, parameterTypes);
+      const description = frames.find((frame) => frame[0] === BackendCode.parameterDescription);
+      types = description ? decodeParameterDescription(description.subarray(5)) : types;
+    }
+    const positions = binary.flatMap((isBinary, i) => (isBinary ? [i] : []));
+    const texts = await textOfBinary(connection, positions.map((i) => types[i] ?? 0), positions.map((i) => bind.parameters[i]));
+    const parameters = [...bind.parameters];
+    positions.forEach((position, k) => (parameters[position] = texts[k] === null ? null : Buffer.from(texts[k]!, 'utf8')));
+    return parameters;
   }
 
   /** The names of types given by OID (0: none), for casting bound parameters. */
@@ -805,11 +948,12 @@ export class ClientSession implements ClientSink {
     const executes = messages.filter((m) => m.frame.code === FrontendCode.execute).length;
     for (const [index, message] of messages.entries()) {
       if (message.frame.code !== FrontendCode.bind || message.rejection) continue;
-      const route = this.statementBefore(messages, index, message.statementName!)?.route;
+      const statement = this.statementBefore(messages, index, message.statementName!);
+      const route = statement?.route;
       if (!route) continue;
       let nodes: number[] | PgError;
       try {
-        nodes = await this.nodesForBind(route, message.bind!);
+        nodes = await this.nodesForBind(route, message.bind!, statement);
       } catch (error) {
         if (!(error instanceof PgError) || error.severity !== 'ERROR') throw error;
         nodes = error;
@@ -902,15 +1046,10 @@ export class ClientSession implements ClientSink {
     this.write(serverMessages.readyForQuery(this.status));
   }
 
-  private async nodesForBind(route: DistributedRoute, bind: BindMessage): Promise<number[]> {
-    const textParameters = bind.parameters.map((value, i) => {
-      const format = bind.parameterFormats.length === 1 ? bind.parameterFormats[0] : bind.parameterFormats[i] ?? 0;
-      return format === 0 ? value : undefined;
-    });
-    if (textParameters.some((p) => p === undefined)) {
-      throw new PgError({ code: SqlState.featureNotSupported, message: 'a distribution key bound in binary format cannot be routed yet', hint: 'bind the key parameter in text format' });
-    }
-    const parameters = textParameters as (Buffer | null)[];
+  /** The nodes a Bind's execution runs on; binary parameters are read as text first (the statement's types). */
+  private async nodesForBind(route: DistributedRoute, bind: BindMessage, statement: PreparedStatement): Promise<number[]> {
+    const parse = decodeParse(statement.parseFrame.subarray(5));
+    const parameters = route.kind === 'pinned' || route.kind === 'insert-values' ? await this.textParameters(parse.sql, parse.parameterTypes, bind) : bind.parameters;
     const port: SessionPort = { ...this.port, status: this.status };
     switch (route.kind) {
       case 'pinned':
@@ -1099,13 +1238,12 @@ export class ClientSession implements ClientSink {
   }
 
   /**
-   * A read over several nodes, through the distributed planner; `described` leaves out the RowDescription (the
-   * extended protocol sends it for Describe, not Execute). The caller ends a failed read: inside a transaction,
-   * by aborting it on every node, as one server's failed statement aborts its transaction.
+   * A read over several nodes, through the distributed planner, its frames written to `sink`. The caller ends a
+   * failed read: inside a transaction, by aborting it on every node, as one server's failed statement aborts its
+   * transaction.
    */
-  private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, described = false): Promise<ReadOutcome> {
+  private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, sink: ClientSink = this): Promise<ReadOutcome> {
     const port = this.readPort();
-    const sink: ClientSink = described ? { write: (bytes) => (bytes[0] === BackendCode.rowDescription ? true : this.write(bytes)), onceDrained: (callback) => this.onceDrained(callback), closed: false } : this;
     try {
       return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
     } catch (error) {
@@ -1194,12 +1332,16 @@ export class ClientSession implements ClientSink {
 
   /** COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. */
   private async commitAcrossNodes(): Promise<void> {
-    const connections = this.connectionsInNodeOrder().filter((c) => c.txStatus === 'T');
+    // The main node decides (commits in one phase): a distributed read may have left its temporary tables in
+    // that node's transaction, which PREPARE TRANSACTION would refuse.
+    const main = this.mainConnection();
+    const connections = this.connectionsInNodeOrder().filter((c) => c.txStatus === 'T').sort((a, b) => Number(b === main) - Number(a === main));
     try {
       await commitEverywhere(connections);
     } catch (error) {
       this.writtenNodes.clear();
       this.status = 'I';
+      this.closeHeldPortals();
       if (!(error instanceof PgError)) throw error;
       this.write(serverMessages.errorResponse(error));
       await this.reconcileTransactions();
@@ -1209,6 +1351,7 @@ export class ClientSession implements ClientSink {
     this.writtenNodes.clear();
     this.status = 'I';
     this.portals.clear();
+    this.closeHeldPortals();
     this.write(serverMessages.commandComplete('COMMIT'));
     this.write(serverMessages.readyForQuery('I'));
   }
@@ -1276,8 +1419,11 @@ export class ClientSession implements ClientSink {
     await this.finishDispatch(dispatch, sql);
   }
 
-  /** Waits for every node, compares their outcomes, reconciles transaction states, then tells the client. */
-  private async finishDispatch(dispatch: ReplicatedDispatch, sql = ''): Promise<void> {
+  /**
+   * Waits for every node, compares their outcomes, reconciles transaction states, then tells the client (unless
+   * `ready` is false: more of the client's batch follows).
+   */
+  private async finishDispatch(dispatch: ReplicatedDispatch, sql = '', ready = true): Promise<DispatchResult> {
     const result = await dispatch.done;
     const wasWrite = this.dispatchIsWrite;
     this.dispatch = null;
@@ -1292,6 +1438,7 @@ export class ClientSession implements ClientSink {
     }
     if (this.status === 'I') {
       this.portals.clear();
+      this.closeHeldPortals();
       this.writtenNodes.clear();
     } else if (wasWrite) {
       for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
@@ -1300,7 +1447,8 @@ export class ClientSession implements ClientSink {
     if (this.connections.size === 0) {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
     }
-    this.write(serverMessages.readyForQuery(this.status));
+    if (ready) this.write(serverMessages.readyForQuery(this.status));
+    return result;
   }
 
   private compareOutcomes(result: DispatchResult, sql: string): void {
@@ -1382,6 +1530,7 @@ export class ClientSession implements ClientSink {
     this.context.cluster.off('detach', this.onDetach);
     this.context.unregister(this);
     this.passwordWaiter = null;
+    this.closeHeldPortals();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;
     for (const connection of this.connections.values()) {

@@ -21,6 +21,7 @@ export const SqlState = {
   configFileError: 'F0000',
   objectNotInPrerequisiteState: '55000',
   dataCorrupted: 'XX001',
+  transactionRollback: '40000',
 } as const;
 
 export type Severity = 'ERROR' | 'FATAL' | 'PANIC' | 'WARNING' | 'NOTICE' | 'DEBUG' | 'INFO' | 'LOG';

@@ -54,3 +54,12 @@ export function encodeRowDescription(fields: readonly FieldDescription[]): Buffe
   });
   return out;
 }
+
+/** The parameter type OIDs of a ParameterDescription payload. */
+export function decodeParameterDescription(payload: Buffer): number[] {
+  const cursor = new MessageCursor(payload, 'ParameterDescription');
+  const count = cursor.int16();
+  const types: number[] = [];
+  for (let i = 0; i < count; i++) types.push(cursor.int32() >>> 0);
+  return types;
+}

@@ -35,6 +35,7 @@ export const serverMessages = {
   bindComplete: frame(BackendCode.bindComplete, Buffer.alloc(0)),
   closeComplete: frame(BackendCode.closeComplete, Buffer.alloc(0)),
   noData: frame(BackendCode.noData, Buffer.alloc(0)),
+  portalSuspended: frame(BackendCode.portalSuspended, Buffer.alloc(0)),
   emptyQueryResponse: frame(BackendCode.emptyQueryResponse, Buffer.alloc(0)),
   sslRefused: Buffer.from('N'),
 

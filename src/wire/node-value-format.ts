@@ -1,0 +1,48 @@
+// Conversions between the text and binary forms of values, done by a node: the node runs the type's own input
+// and send (or receive and output) functions, so every type, array, range and extension type converts exactly as
+// PostgreSQL would. Rows go in pipelined batches, one Sync per batch.
+
+import { serialize } from 'pg-protocol';
+import type { BackendConnection } from './backend-connection';
+import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
+import { dataRowFields } from './data-row';
+import type { PgError } from './errors';
+import { BackendCode } from './message-codes';
+
+const batchRows = 500;
+
+/** Runs `SELECT $1, ..., $n` with these parameter types once per row, with parameters and results in the given formats. */
+async function selectParameters(
+  connection: BackendConnection,
+  types: readonly number[],
+  rows: readonly (readonly (Buffer | string | null)[])[],
+  binaryResults: boolean,
+): Promise<(Buffer | null)[][]> {
+  const sql = `SELECT ${types.map((_, i) => `$${i + 1}`).join(', ')}`;
+  const out: (Buffer | null)[][] = [];
+  for (let first = 0; first < rows.length; first += batchRows) {
+    const batch = rows.slice(first, first + batchRows);
+    const frames: Buffer[] = [serialize.parse({ name: '', text: sql, types: [...types] })];
+    for (const row of batch) frames.push(serialize.bind({ values: [...row], binary: binaryResults }), serialize.execute({}));
+    frames.push(serialize.sync());
+    connection.preparedStatements.delete('');
+    let error: PgError | null = null;
+    await connection.exchange(frames, (frame) => {
+      if (frame.code === BackendCode.dataRow) out.push(dataRowFields(frame.payload).map((field) => (field === null ? null : Buffer.from(field))));
+      else if (frame.code === BackendCode.errorResponse) error ??= pgErrorFromBackend(decodeBackendNotice(frame));
+    });
+    if (error) throw error;
+  }
+  return out;
+}
+
+/** The binary forms of text values, one row of values per entry, the columns of the given types. */
+export function binaryOfText(connection: BackendConnection, types: readonly number[], rows: readonly (readonly (string | null)[])[]): Promise<(Buffer | null)[][]> {
+  return selectParameters(connection, types, rows, true);
+}
+
+/** The text forms of binary values (Bind parameters sent in binary), of the given types. */
+export async function textOfBinary(connection: BackendConnection, types: readonly number[], values: readonly (Buffer | null)[]): Promise<(string | null)[]> {
+  const [row] = await selectParameters(connection, types, [values], false);
+  return row.map((value) => (value === null ? null : value.toString('utf8')));
+}
