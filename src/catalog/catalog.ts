@@ -10,9 +10,21 @@ import type { DistributedRule, PartitionRule, TableName } from './partition-rule
 
 export class Catalog {
   private readonly rules = new Map<string, PartitionRule>();
+  private readonly views = new Map<string, string>();
 
-  constructor(readonly database: string, rules: readonly PartitionRule[]) {
+  /** `views`: the definitions of the database's views (pg_get_viewdef), which reads through them expand. */
+  constructor(readonly database: string, rules: readonly PartitionRule[], views: readonly { schema: string; name: string; definition: string }[] = []) {
     for (const rule of rules) this.rules.set(key(rule.table), rule);
+    for (const view of views) this.views.set(key(view), view.definition);
+  }
+
+  /** The SELECT a view named in SQL stands for, or null when it is not a view. */
+  viewDefinition(schema: string | undefined, name: string): string | null {
+    return this.views.get(key({ schema: schema ?? 'public', name })) ?? null;
+  }
+
+  get hasViews(): boolean {
+    return this.views.size > 0;
   }
 
   /** The rule of a table named in SQL, or null (no rule: the table is replicated). */
@@ -62,6 +74,11 @@ export class CatalogRegistry {
     return catalog;
   }
 
+  /** The database's catalog as last loaded, for sessions to pick up changes made by others. */
+  current(database: string): Catalog | undefined {
+    return this.loaded.get(database);
+  }
+
   /** Forgets a database's catalog so that the next session reads it again (after a rule change). */
   replace(catalog: Catalog): void {
     this.loaded.set(catalog.database, catalog);
@@ -103,5 +120,10 @@ export async function readCatalog(database: string, connections: readonly Backen
       hint: 'compare parapool.partition_rules on the nodes, repair the wrong copy, and reconnect; parapool will not guess which is right',
     });
   }
-  return new Catalog(database, rows.map(ruleFromRow));
+  const views = rows.length > 0 ? (await connections[0].query(loadViewsSql)).rows.map(([schema, name, definition]) => ({ schema: schema!, name: name!, definition: definition! })) : [];
+  return new Catalog(database, rows.map(ruleFromRow), views);
 }
+
+/** Views outside the system schemas; DDL runs on every node, so the first node's are every node's. */
+const loadViewsSql = `SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname NOT LIKE 'pg\\_%'`;

@@ -12,7 +12,9 @@ import { planSelect } from '../planner/select-planner';
 import { planGather } from '../planner/gather-planner';
 import type { TableShape } from '../planner/gather-pushdown';
 import type { BackendConnection } from '../wire/backend-connection';
-import { PgError } from '../wire/errors';
+import { PgError, SqlState } from '../wire/errors';
+import { expandViews } from '../planner/view-expansion';
+import { deparseVerified } from '../planner/ast-tools';
 import { describeStatement } from '../wire/describe-statement';
 import { serverMessages } from '../wire/server-messages';
 import { executeAggregate } from './aggregate-executor';
@@ -97,6 +99,12 @@ export type ReadOutcome = { readonly ok: true } | { readonly ok: false; readonly
 export async function runDistributedRead(statement: Node, sql: string, catalog: Catalog, port: DistributedReadPort, options: { nodes?: readonly number[]; explain?: { analyze: boolean } } = {}): Promise<ReadOutcome> {
   let plan: DistributedPlan;
   try {
+    const expanded = expandViews(statement, catalog);
+    if (expanded !== statement) {
+      const text = deparseVerified(expanded);
+      if (text === null) throw new PgError({ code: SqlState.featureNotSupported, message: 'this read through a view over distributed tables cannot be written as SQL for the nodes', hint: 'name the view\'s tables in the query' });
+      [statement, sql] = [expanded, text];
+    }
     plan = await planSelect(statement, sql, catalog, plannerPortOf(port), options.nodes);
   } catch (error) {
     if (error instanceof PgError) return { ok: false, error, errorFrame: null };

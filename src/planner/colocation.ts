@@ -132,10 +132,8 @@ function addFromItem(item: Node, scope: Scope, nullable: boolean, catalog: Catal
       checkSublinks([body.quals], scope, catalog, analysis);
       return [...left, ...right];
     }
-    case 'RangeSubselect': {
-      if (readsDistributed(body.subquery, catalog, scope.ctes)) fail(analysis, 'a subquery in FROM that reads a distributed table');
-      return [];
-    }
+    case 'RangeSubselect':
+      return addSubquery(body, scope, nullable, catalog, analysis);
     case 'RangeFunction':
     case 'RangeTableFunc': {
       if (readsDistributed(body, catalog, scope.ctes)) fail(analysis, 'a function in FROM that reads a distributed table');
@@ -145,6 +143,65 @@ function addFromItem(item: Node, scope: Scope, nullable: boolean, catalog: Catal
       fail(analysis, `${tag} in FROM`);
       return [];
   }
+}
+
+/**
+ * A subquery in FROM over distributed tables (a view, expanded) is node-local when its own tables are, and it
+ * neither limits, de-duplicates, windows nor aggregates across keys: each node's part of its rows is then the part
+ * of the whole that node holds. It joins the outer query as one more distributed table, keyed by the column that
+ * carries its tables' distribution key (when it selects one).
+ */
+function addSubquery(body: Body, scope: Scope, nullable: boolean, catalog: Catalog, analysis: Analysis): ScopeTable[] {
+  if (!readsDistributed(body.subquery, catalog, scope.ctes)) return [];
+  const subselect = (body.subquery as { SelectStmt?: Body }).SelectStmt;
+  const why = (what: string): ScopeTable[] => {
+    fail(analysis, `a subquery in FROM ${what}`);
+    return [];
+  };
+  if (!subselect) return why('that is not a plain SELECT');
+  if (body.lateral) return why('that is LATERAL and reads a distributed table');
+  if (subselect.limitCount || subselect.limitOffset) return why('with LIMIT or OFFSET over a distributed table');
+  if ((subselect.distinctClause as unknown[] | undefined)?.length) return why('with DISTINCT over a distributed table');
+  if (JSON.stringify([subselect.targetList, subselect.sortClause, subselect.windowClause]).includes('"over"') || (subselect.windowClause as unknown[] | undefined)?.length) {
+    return why('with window functions over a distributed table');
+  }
+  const before = analysis.all.length;
+  const inner = analyzeLevel(subselect, scope.parent, catalog, analysis, scope.ctes);
+  if (hasAggregateOrGroup(subselect) && !groupsByKey(subselect, inner)) return why('that aggregates a distributed table across its keys');
+  const representative = analysis.all.slice(before).find((t) => t.rule && inner.tables.includes(t));
+  if (!representative) return why('that reads a distributed table only through its own subqueries');
+  const alias = (body.alias as { aliasname?: string } | undefined)?.aliasname ?? '';
+  const key = exposedKey(subselect, inner, body.alias as Body | undefined);
+  // A key no column reference can name, when the subquery does not select its tables' key.
+  const table: ScopeTable = { name: alias, schema: undefined, alias, rule: { ...representative.rule!, keyColumn: key ?? '\u0000' }, nullable, id: analysis.nextId++ };
+  analysis.parent.set(table.id, table.id);
+  union(analysis, table.id, representative.id);
+  analysis.all.push(table);
+  scope.tables.push(table);
+  return [table];
+}
+
+/** The output column of a subquery that is the distribution key of one of its tables, by its outer name. */
+function exposedKey(subselect: Body, inner: Scope, alias: Body | undefined): string | null {
+  const renamed = ((alias?.colnames as { String: { sval: string } }[] | undefined) ?? []).map((c) => c.String.sval);
+  let position = 0;
+  for (const target of (subselect.targetList as { ResTarget: Body }[] | undefined) ?? []) {
+    const value = target.ResTarget.val as Body;
+    const fields = ((value?.ColumnRef as Body | undefined)?.fields as Body[] | undefined) ?? [];
+    if (fields.length > 0 && 'A_Star' in fields[fields.length - 1]) {
+      // `*` or `t.*`: the key keeps its name, at a position only the catalog knows.
+      const qualifier = fields.length >= 2 ? (fields[fields.length - 2].String as { sval: string }).sval : null;
+      const table = inner.tables.find((t) => t.rule && !t.nullable && (qualifier === null || t.alias === qualifier));
+      return table && renamed.length === 0 ? table.rule!.keyColumn : null;
+    }
+    const table = keyTableOf(value, inner);
+    if (table && !table.nullable && inner.tables.includes(table)) {
+      const last = fields[fields.length - 1]?.String as { sval: string } | undefined;
+      return renamed[position] ?? (target.ResTarget.name as string | undefined) ?? last?.sval ?? null;
+    }
+    position++;
+  }
+  return null;
 }
 
 /** The table a column reference names, when it is the distribution key of a distributed table in reach. */

@@ -10,6 +10,7 @@ import { parseRuleCommand, type RuleCommand } from '../catalog/rule-commands';
 import { PgError, SqlState } from '../wire/errors';
 import { pinnedKeyValues, type KeyValue } from './key-values';
 import { nodeTag } from './sql-parser';
+import { expandViews } from './view-expansion';
 import { tablesReferenced, type TableReference } from './table-references';
 
 export type DistributedRoute =
@@ -25,6 +26,10 @@ export type DistributedRoute =
   /** INSERT ... SELECT reading only replicated tables: the rows are read on one node and routed like VALUES. */
   | { readonly kind: 'insert-select'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
   | { readonly kind: 'copy-in'; readonly rule: DistributedRule; readonly columns: readonly string[] | null }
+  /** DECLARE of a cursor over a read of several nodes: the proxy runs the read and holds its rows. */
+  | { readonly kind: 'declare'; readonly name: string; readonly options: number; readonly statement: Node }
+  /** SQL PREPARE of such a read: the proxy keeps it and plans each EXECUTE with its arguments. */
+  | { readonly kind: 'prepare'; readonly name: string; readonly statement: Node; readonly argumentTypes: readonly Node[] }
   /** A read over several nodes: the distributed planner decides how (select-planner.ts). */
   | { readonly kind: 'select'; readonly statement: Node; readonly table: string }
   /** EXPLAIN [ANALYZE] of such a read: the distributed plan is shown. */
@@ -44,6 +49,14 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
   const command = parseRuleCommand(node);
   if (command) return { kind: 'rule-command', command };
   if (!catalog.hasDistributedTables) return { kind: 'none' };
+  if (nodeTag(node) !== 'DropStmt') {
+    try {
+      node = expandViews(node, catalog);
+    } catch (error) {
+      if (error instanceof PgError) return { kind: 'refused', error };
+      throw error;
+    }
+  }
   const references = tablesReferenced(node);
   const tag = nodeTag(node);
   if (tag === 'DropStmt') {
@@ -110,6 +123,31 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
     }
     case 'MergeStmt':
       return refused(first.rule.table.name, 'MERGE into it');
+    case 'DeclareCursorStmt': {
+      const query = body.query as Node;
+      const route = routeDistributed(query, catalog);
+      if (nodeTag(query) !== 'SelectStmt' || (route.kind !== 'select' && route.kind !== 'pinned') || (route.kind === 'pinned' && route.write)) {
+        return route.kind === 'refused' ? route : refused(first.rule.table.name, 'a cursor over this statement');
+      }
+      return { kind: 'declare', name: body.portalname as string, options: (body.options as number | undefined) ?? 0, statement: query };
+    }
+    case 'PrepareStmt': {
+      const query = body.query as Node;
+      const route = routeDistributed(query, catalog);
+      if (nodeTag(query) !== 'SelectStmt' || (route.kind !== 'select' && route.kind !== 'pinned') || (route.kind === 'pinned' && route.write)) {
+        return route.kind === 'refused' ? route : refused(first.rule.table.name, 'PREPARE of a statement other than SELECT on it', 'prepare it with the extended query protocol (a driver\'s prepared statement)');
+      }
+      const types = ((body.argtypes as { TypeName: unknown }[] | undefined) ?? []).map((t) => t);
+      return { kind: 'prepare', name: body.name as string, statement: query, argumentTypes: types as Node[] };
+    }
+    case 'CreateTableAsStmt':
+      return refused(
+        first.rule.table.name,
+        body.objtype === 'OBJECT_MATVIEW' ? 'CREATE MATERIALIZED VIEW over it' : 'CREATE TABLE AS reading it',
+        body.objtype === 'OBJECT_MATVIEW' ? 'create a view: a read through it runs in parallel' : 'create the table, then load it with COPY from the query\'s rows',
+      );
+    case 'RuleStmt':
+      return refused(first.rule.table.name, 'a rule on it');
     default:
       // DDL and maintenance (ALTER, CREATE INDEX, TRUNCATE, VACUUM, LOCK, GRANT, ...) apply to every node's part.
       return { kind: 'none' };

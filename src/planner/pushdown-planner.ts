@@ -14,6 +14,7 @@ import { planAggregate, resolveGroupItem } from './aggregate-planner';
 import { planMerge } from './merge-planner';
 import type { Planned, PlannerPort } from './planner-port';
 import { planRows } from './rows-planner';
+import { tablesReferenced } from './table-references';
 
 type Body = Record<string, unknown>;
 
@@ -55,7 +56,8 @@ async function usesDefaultCollation(select: Body, scope: Scope, port: PlannerPor
     if (!['C', 'POSIX'].includes(names[names.length - 1])) collated = true;
   });
   if (collated) return false;
-  const tables = scope.tables.filter((t) => t.schema !== 'pg_temp').map((t) => (t.schema ? `${quoteIdent(t.schema)}.${quoteIdent(t.name)}` : quoteIdent(t.name)));
+  // Every table named at any level, subqueries in FROM included.
+  const tables = [...new Set(tablesReferenced({ SelectStmt: select }).filter((t) => t.schema !== 'pg_temp').map((t) => (t.schema ? `${quoteIdent(t.schema)}.${quoteIdent(t.name)}` : quoteIdent(t.name))))];
   return tables.length === 0 || !(await port.hasCollatedColumns(tables));
 }
 

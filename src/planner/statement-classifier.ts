@@ -76,3 +76,25 @@ function classifySelect(body: Record<string, unknown>, writeFunctions: RegExp | 
   });
   return verdict;
 }
+
+/**
+ * DDL after which the views a read may expand can differ: views created, replaced, dropped, renamed or moved,
+ * and drops or renames that take views with them (CASCADE, a schema).
+ */
+export function mayChangeViews(node: Node): boolean {
+  const tag = Object.keys(node)[0];
+  const body = (node as unknown as Record<string, Record<string, unknown>>)[tag];
+  switch (tag) {
+    case 'ViewStmt':
+    case 'AlterObjectSchemaStmt':
+      return true;
+    case 'DropStmt':
+      return ['OBJECT_VIEW', 'OBJECT_SCHEMA'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
+    case 'RenameStmt':
+      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_TABLE', 'OBJECT_COLUMN'].includes(body.renameType as string);
+    case 'AlterTableStmt':
+      return body.objtype === 'OBJECT_VIEW';
+    default:
+      return false;
+  }
+}

@@ -15,7 +15,8 @@ import type { ClientSink } from '../executor/client-sink';
 import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
-import { nodeTag, parseSql } from '../planner/sql-parser';
+import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
+import { mayChangeViews } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { answerAdminCommand } from '../admin/show-commands';
 import type { Catalog, CatalogRegistry } from '../catalog/catalog';
@@ -33,9 +34,11 @@ import { explainRouter, runDistributedRead, textOrderIsBytewise, type Distribute
 import { bindParameters } from '../planner/bound-parameters';
 import { describeStatement } from './describe-statement';
 import { textOfBinary } from './node-value-format';
-import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary } from './result-formats';
+import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary, withFormats } from './result-formats';
 import { decodeParameterDescription } from './row-description';
 import { SpooledPortal } from './spooled-portal';
+import { closeTarget, declareCursor, fetchFromCursor, fetchTarget, type CursorHost } from './sql-cursors';
+import { executeSqlStatement, prepareSqlStatement, type SqlPreparedStatement } from './sql-prepared-statements';
 import { RowSpool } from '../executor/row-spool';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
@@ -83,6 +86,10 @@ interface PreparedStatement {
   readonly timePinning?: { readonly node: Node; readonly parameterTypes: number[] };
   /** How the partition rules route it, when it touches a distributed table or calls a parapool function. */
   readonly route?: DistributedRoute;
+  /** DDL that may change views, which reads through them expand (see view-expansion.ts). */
+  readonly changesViews?: boolean;
+  /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
+  readonly cursorCommand?: Node;
 }
 
 interface PendingMessage {
@@ -138,6 +145,8 @@ export class ClientSession implements ClientSink {
   private readonly portals = new Map<string, StatementClass>();
   /** Portals of multi-node reads the proxy answers itself, with rows left to fetch (see SpooledPortal). */
   private readonly heldPortals = new Map<string, SpooledPortal>();
+  /** SQL PREPAREd reads of several nodes, which the proxy plans at each EXECUTE. */
+  private readonly sqlPrepared = new Map<string, SqlPreparedStatement>();
   private readonly output: CoalescingWriter;
   /** The partition rules of the session's database. */
   private catalog: Catalog | null = null;
@@ -417,6 +426,14 @@ export class ClientSession implements ClientSink {
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
+    this.followCatalog();
+    if (parsed.statements.some((st) => mayChangeViews(st.node))) this.viewsChanged = true;
+    await this.simpleQueryOnNodes(frame, sql, parsed.statements);
+  }
+
+  private async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[]): Promise<void> {
+    const parsed = { statements };
+    if (statements.length === 1 && this.heldStatementKind(statements[0].node)) return this.runHeldStatement(statements[0].node, frame, sql);
     if (this.catalog && parsed.statements.length > 0) {
       const routes = parsed.statements.map((s) => routeDistributed(s.node, this.catalog!));
       if (routes.some((r) => r.kind !== 'none')) {
@@ -501,8 +518,12 @@ export class ClientSession implements ClientSink {
             }
           }
         }
+        this.followCatalog();
         const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route };
+        const changesViews = parsed.ok && parsed.statements.some((st) => mayChangeViews(st.node));
+        const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
+        const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesViews, cursorCommand };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -601,9 +622,38 @@ export class ClientSession implements ClientSink {
     } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
+    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesViews)) this.viewsChanged = true;
     const sends = this.buildSends(messages, dispatch.connections, terminator, isSync);
     dispatch.send(sends);
     if (isSync) await this.finishDispatch(dispatch);
+  }
+
+  /** Set when view DDL ran since the catalog was last read. */
+  private viewsChanged = false;
+  /** Set while this session's catalog holds what its open transaction changed, which other sessions must not see. */
+  private catalogInTransaction = false;
+
+  /** Picks up rule and view changes other sessions made (a session inside its own change keeps its copy). */
+  private followCatalog(): void {
+    if (this.catalogInTransaction || !this.catalog) return;
+    this.catalog = this.context.catalogs.current(this.catalog.database) ?? this.catalog;
+  }
+
+  /**
+   * Reads the catalog again after view DDL: shared with every session once committed; inside a transaction
+   * block kept to this session until the transaction ends (then read again, committed or not).
+   */
+  private async reloadCatalog(): Promise<void> {
+    if (!this.catalog || this.status === 'E') return;
+    this.viewsChanged = false;
+    const catalog = await readCatalog(this.catalog.database, this.connectionsInNodeOrder()).catch((error: unknown) => {
+      log('warning', 'catalog_reload_failed', { session: this.id, error: (error as Error).message });
+      return null;
+    });
+    if (!catalog) return;
+    this.catalog = catalog;
+    this.catalogInTransaction = this.status !== 'I';
+    if (this.status === 'I') this.context.catalogs.replace(catalog);
   }
 
   /**
@@ -735,7 +785,15 @@ export class ClientSession implements ClientSink {
 
   /** The route of a statement when it is a read of rows on several nodes, which the proxy answers itself. */
   private multiNodeRead(statement: PreparedStatement | undefined): boolean {
-    return statement?.route?.kind === 'select' || (statement?.route?.kind === 'pinned' && !statement.route.write);
+    return statement?.route?.kind === 'select' || statement?.route?.kind === 'declare' || (statement?.route?.kind === 'pinned' && !statement.route.write) || this.heldCursorCommand(statement) !== null;
+  }
+
+  /** FETCH, MOVE or CLOSE of a cursor the proxy holds (not CLOSE ALL, which the nodes see too). */
+  private heldCursorCommand(statement: PreparedStatement | undefined): 'fetch' | 'close' | null {
+    if (!statement?.cursorCommand) return null;
+    if (fetchTarget(statement.cursorCommand, this.heldPortals)) return 'fetch';
+    const close = closeTarget(statement.cursorCommand, this.heldPortals);
+    return close !== null && close !== '*' ? 'close' : null;
   }
 
   /**
@@ -755,7 +813,7 @@ export class ClientSession implements ClientSink {
           const statement = this.statementBefore(messages, index, message.statementName!);
           if (!this.multiNodeRead(statement)) return false;
           // Keys on one node leave the batch to that node (its bytes relayed); keys on several make it a merged read.
-          if (statement!.route!.kind === 'select' || (await this.spansNodes(statement!, message.bind!))) reads++;
+          if (statement!.route?.kind !== 'pinned' || (await this.spansNodes(statement!, message.bind!))) reads++;
           portals.add(message.portal!);
           break;
         }
@@ -785,7 +843,7 @@ export class ClientSession implements ClientSink {
     const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage }>();
     const fail = async (error: PgError): Promise<void> => {
       if (this.status !== 'I') {
-        this.closeHeldPortals();
+        this.endTransactionPortals(false);
         return this.refuse(error);
       }
       this.write(serverMessages.errorResponse(error));
@@ -817,6 +875,14 @@ export class ClientSession implements ClientSink {
               break;
             }
             const statement = message.statementName !== undefined ? this.statementBefore(messages, index, message.statementName)! : bound.get(message.portal!)!.statement;
+            const command = this.heldCursorCommand(statement);
+            if (command) {
+              if (message.statementName !== undefined) this.write(serverMessages.parameterDescription([]));
+              const cursor = command === 'fetch' ? this.heldPortals.get(fetchTarget(statement.cursorCommand!, this.heldPortals)!)! : null;
+              const formats = message.statementName !== undefined ? [] : bound.get(message.portal!)!.bind.resultFormats;
+              this.write(cursor ? withFormats(await cursor.describe(), formats) : serverMessages.noData);
+              break;
+            }
             const parse = decodeParse(statement.parseFrame.subarray(5));
             const { frames, fields } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
             for (const frame of frames) {
@@ -841,7 +907,25 @@ export class ClientSession implements ClientSink {
             const parsed = parseSql(sql);
             if (!parsed.ok) return await fail(parsed.error);
             const statement = parsed.statements[0];
-            const route = portal.statement.route!;
+            bound.delete(message.portal!);
+            const command = this.heldCursorCommand(portal.statement);
+            if (command === 'fetch') {
+              const error = await fetchFromCursor(this.cursorHost(), statement.node, false, portal.bind.resultFormats);
+              if (error) return await fail(error);
+              break;
+            }
+            if (command === 'close') {
+              this.closeHeldPortal(closeTarget(statement.node, this.heldPortals)!);
+              this.write(serverMessages.commandComplete('CLOSE CURSOR'));
+              break;
+            }
+            const route = routeDistributed(statement.node, this.catalog!);
+            if (route.kind === 'declare') {
+              const error = await declareCursor(this.cursorHost(), route.name, route.options, route.statement);
+              if (error) return await fail(error);
+              break;
+            }
+            bound.set(message.portal!, portal);
             let nodes: number[] | undefined;
             if (route.kind === 'pinned') nodes = await this.nodesForBind(route, { ...portal.bind, parameterFormats: [], parameters }, portal.statement);
             const described = async () => {
@@ -887,7 +971,7 @@ export class ClientSession implements ClientSink {
 
   /** ReadyForQuery at the Sync; outside a transaction block the Sync ends every portal, as on a node. */
   private endExtendedRead(): void {
-    if (this.status === 'I') this.closeHeldPortals();
+    if (this.status === 'I') this.endTransactionPortals(true);
     this.write(serverMessages.readyForQuery(this.status));
   }
 
@@ -912,6 +996,14 @@ export class ClientSession implements ClientSink {
   private closeHeldPortals(): void {
     for (const portal of this.heldPortals.values()) portal.close();
     this.heldPortals.clear();
+  }
+
+  /** At a transaction's end: portals end with it, but cursors WITH HOLD outlive a commit. */
+  private endTransactionPortals(committed: boolean): void {
+    for (const [name, portal] of this.heldPortals) {
+      if (portal.holdable && (committed || !portal.inTransaction)) portal.inTransaction = false;
+      else this.closeHeldPortal(name);
+    }
   }
 
   /**
@@ -1134,6 +1226,20 @@ export class ClientSession implements ClientSink {
           if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
           throw error;
         }
+      case 'declare': {
+        const error = await declareCursor(this.cursorHost(), route.name, route.options, route.statement);
+        if (error) return this.failStatement(error);
+        this.write(serverMessages.readyForQuery(this.status));
+        return;
+      }
+      case 'prepare': {
+        const prepared = this.sqlPrepared.has(route.name) ? new PgError({ code: '42P05', message: `prepared statement "${route.name}" already exists` }) : prepareSqlStatement(route.statement, route.argumentTypes);
+        if (prepared instanceof PgError) return this.failStatement(prepared);
+        this.sqlPrepared.set(route.name, prepared);
+        this.write(serverMessages.commandComplete('PREPARE'));
+        this.write(serverMessages.readyForQuery(this.status));
+        return;
+      }
       case 'select': {
         const statementClass = classifyStatement(statement.node, this.context.writeFunctions);
         if (statementClass.kind === 'write') {
@@ -1183,6 +1289,83 @@ export class ClientSession implements ClientSink {
         this.write(serverMessages.readyForQuery(this.status));
       }
     }
+  }
+
+  /** Ends a statement the proxy answered with an error: inside a transaction block, the transaction fails. */
+  private async failStatement(error: PgError): Promise<void> {
+    if (this.status !== 'I') return this.refuse(error);
+    this.write(serverMessages.errorResponse(error));
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  private cursorHost(): CursorHost {
+    return {
+      status: this.status,
+      portals: this.heldPortals,
+      client: this,
+      read: (statement, sink) => this.distributedRead(statement, undefined, undefined, sink),
+      conversionConnection: () => this.evaluationConnection(),
+      spoolMemoryLimit: this.context.config.mergeMemoryLimit,
+      spoolFileLimit: this.context.config.intermediateResultLimit,
+    };
+  }
+
+  /** What the proxy answers from what it holds: FETCH/MOVE/CLOSE of its cursors, PREPARE/EXECUTE/DEALLOCATE of its statements' names. */
+  private heldStatementKind(node: Node): 'fetch' | 'close' | 'execute' | 'deallocate' | 'prepare' | null {
+    if (fetchTarget(node, this.heldPortals)) return 'fetch';
+    const prepare = (node as { PrepareStmt?: { name: string } }).PrepareStmt;
+    if (prepare && this.sqlPrepared.has(prepare.name)) return 'prepare';
+    if (closeTarget(node, this.heldPortals)) return 'close';
+    const execute = (node as { ExecuteStmt?: { name: string } }).ExecuteStmt;
+    if (execute && this.sqlPrepared.has(execute.name)) return 'execute';
+    const deallocate = (node as { DeallocateStmt?: { name?: string; isall?: boolean } }).DeallocateStmt;
+    if (deallocate && (deallocate.isall || this.sqlPrepared.has(deallocate.name ?? ''))) return 'deallocate';
+    return null;
+  }
+
+  /** Runs a statement of heldStatementKind as a simple query; CLOSE ALL and DEALLOCATE ALL also reach the nodes. */
+  private async runHeldStatement(node: Node, frame: Frame, sql: string): Promise<void> {
+    try {
+      switch (this.heldStatementKind(node)) {
+        case 'fetch': {
+          const error = await fetchFromCursor(this.cursorHost(), node, true);
+          if (error) return await this.failStatement(error);
+          break;
+        }
+        case 'close': {
+          const target = closeTarget(node, this.heldPortals)!;
+          if (target === '*') {
+            this.closeHeldPortals();
+            return await this.runOnNodes([frame.raw], { kind: 'read', reason: 'CLOSE ALL' }, sql, undefined, false, this.targets(true));
+          }
+          this.closeHeldPortal(target);
+          this.write(serverMessages.commandComplete('CLOSE CURSOR'));
+          break;
+        }
+        case 'prepare': {
+          const name = (node as unknown as { PrepareStmt: { name: string } }).PrepareStmt.name;
+          return await this.failStatement(new PgError({ code: '42P05', message: `prepared statement "${name}" already exists` }));
+        }
+        case 'execute': {
+          const name = (node as unknown as { ExecuteStmt: { name: string } }).ExecuteStmt.name;
+          const statement = await executeSqlStatement(name, this.sqlPrepared.get(name)!, node, this.port.evaluate);
+          return await this.runDistributedRead(statement);
+        }
+        default: {
+          const deallocate = (node as unknown as { DeallocateStmt: { name?: string; isall?: boolean } }).DeallocateStmt;
+          if (deallocate.isall) {
+            this.sqlPrepared.clear();
+            return await this.runOnNodes([frame.raw], { kind: 'write', reason: 'DEALLOCATE ALL' }, sql);
+          }
+          this.sqlPrepared.delete(deallocate.name!);
+          this.write(serverMessages.commandComplete('DEALLOCATE'));
+        }
+      }
+    } catch (error) {
+      if (error instanceof PgError && error.severity === 'ERROR') return this.failStatement(error);
+      throw error;
+    }
+    this.write(serverMessages.readyForQuery(this.status));
   }
 
   private temporaryCounter = 0;
@@ -1341,7 +1524,7 @@ export class ClientSession implements ClientSink {
     } catch (error) {
       this.writtenNodes.clear();
       this.status = 'I';
-      this.closeHeldPortals();
+      this.endTransactionPortals(false);
       if (!(error instanceof PgError)) throw error;
       this.write(serverMessages.errorResponse(error));
       await this.reconcileTransactions();
@@ -1351,7 +1534,8 @@ export class ClientSession implements ClientSink {
     this.writtenNodes.clear();
     this.status = 'I';
     this.portals.clear();
-    this.closeHeldPortals();
+    this.endTransactionPortals(true);
+    if (this.catalogInTransaction) await this.reloadCatalog();
     this.write(serverMessages.commandComplete('COMMIT'));
     this.write(serverMessages.readyForQuery('I'));
   }
@@ -1438,8 +1622,9 @@ export class ClientSession implements ClientSink {
     }
     if (this.status === 'I') {
       this.portals.clear();
-      this.closeHeldPortals();
+      this.endTransactionPortals(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();
+      if (this.catalogInTransaction) this.viewsChanged = true;
     } else if (wasWrite) {
       for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
     }
@@ -1447,6 +1632,8 @@ export class ClientSession implements ClientSink {
     if (this.connections.size === 0) {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
     }
+    // Before ReadyForQuery: the client's next statement, in any session, must see the views as they are now.
+    if (this.viewsChanged) await this.reloadCatalog();
     if (ready) this.write(serverMessages.readyForQuery(this.status));
     return result;
   }

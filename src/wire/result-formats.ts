@@ -6,7 +6,7 @@ import type { BackendConnection } from './backend-connection';
 import { nativeBinaryEncoder } from './binary-values';
 import { dataRowFields, encodeDataRow } from './data-row';
 import { binaryOfText } from './node-value-format';
-import { encodeRowDescription, type FieldDescription } from './row-description';
+import { decodeRowDescription, encodeRowDescription, type FieldDescription } from './row-description';
 
 /** One format code per column, as Bind's result-format list means it (none: all text; one: all alike). */
 export function columnFormats(resultFormats: readonly number[], columns: number): number[] {
@@ -23,6 +23,13 @@ export function wantsBinary(resultFormats: readonly number[]): boolean {
 /** A RowDescription telling the formats the client bound. */
 export function describeWithFormats(fields: readonly FieldDescription[], formats: readonly number[]): Buffer {
   return encodeRowDescription(fields.map((field, i) => ({ ...field, format: formats[i] ?? 0 })));
+}
+
+/** A RowDescription frame with the formats a Bind asked for (unchanged when it asked for none). */
+export function withFormats(description: Buffer, resultFormats: readonly number[]): Buffer {
+  if (resultFormats.length === 0) return description;
+  const fields = decodeRowDescription(description.subarray(5));
+  return describeWithFormats(fields, columnFormats(resultFormats, fields.length));
 }
 
 /**

@@ -67,6 +67,10 @@ export const serverMessages = {
     return frame(BackendCode.backendKeyData, Buffer.concat([int32(processId), int32(secretKey)]));
   },
 
+  parameterDescription(types: readonly number[]): Buffer {
+    return frame(BackendCode.parameterDescription, Buffer.concat([Buffer.from([types.length >> 8, types.length & 0xff]), ...types.map(int32)]));
+  },
+
   commandComplete(tag: string): Buffer {
     return frame(BackendCode.commandComplete, cstring(tag));
   },

@@ -1,7 +1,7 @@
-// A portal of a multi-node read whose rows are fetched in parts (Execute with a row limit, as JDBC does with a
-// fetch size) or need a node to encode them: the read runs to completion into a spool, and each Execute hands out
-// the next rows, ending with PortalSuspended while the limit was reached, CommandComplete once fewer rows came,
-// as PostgreSQL's portals do. The portal lives until Close or the end of its transaction.
+// A portal of a multi-node read whose rows are fetched in parts: Execute with a row limit (as JDBC does with a
+// fetch size), a cursor (DECLARE ... FETCH), or rows that need a node to encode them. The read runs to completion
+// into a spool, and each Execute or FETCH hands out the next rows, as PostgreSQL's portals do. Such a portal
+// lives until Close, or the end of its transaction unless it is a cursor WITH HOLD.
 
 import type { RowSpool } from '../executor/row-spool';
 import type { ClientSink } from '../executor/client-sink';
@@ -12,6 +12,11 @@ import { serverMessages } from './server-messages';
 const chunkRows = 500;
 
 export class SpooledPortal {
+  /** A cursor WITH HOLD survives the commit of its transaction. */
+  holdable = false;
+  /** Declared in the open transaction: a rollback ends it even when holdable. */
+  inTransaction = false;
+
   constructor(
     private readonly spool: RowSpool,
     /** null for a portal already run to its end (no rows left to encode). */
@@ -20,8 +25,14 @@ export class SpooledPortal {
     readonly describe: () => Promise<Buffer>,
   ) {}
 
-  /** Writes up to `limit` rows (0: all that remain), then PortalSuspended or CommandComplete. */
+  /** Writes up to `limit` rows (0: all that remain), then PortalSuspended or CommandComplete, as Execute does. */
   async fetch(limit: number, sink: ClientSink, connection: () => Promise<BackendConnection>): Promise<void> {
+    const sent = await this.take(limit, sink, connection);
+    sink.write(limit > 0 && sent === limit ? serverMessages.portalSuspended : serverMessages.commandComplete(`SELECT ${sent}`));
+  }
+
+  /** Writes up to `limit` rows (0: all that remain) as DataRows and returns how many. */
+  async take(limit: number, sink: ClientSink, connection: () => Promise<BackendConnection>, encoder = this.encoder): Promise<number> {
     let sent = 0;
     for (;;) {
       const want = limit > 0 ? Math.min(chunkRows, limit - sent) : chunkRows;
@@ -29,12 +40,24 @@ export class SpooledPortal {
       const frames = this.spool.take(want);
       if (frames.length === 0) break;
       let drained = true;
-      for (const frame of this.encoder ? await this.encoder.encode(frames, connection) : frames) drained = sink.write(frame) && drained;
+      for (const frame of encoder ? await encoder.encode(frames, connection) : frames) drained = sink.write(frame) && drained;
       sent += frames.length;
       if (!drained && !sink.closed) await new Promise<void>((resolvePromise) => sink.onceDrained(resolvePromise));
       if (frames.length < want) break;
     }
-    sink.write(limit > 0 && sent === limit ? serverMessages.portalSuspended : serverMessages.commandComplete(`SELECT ${sent}`));
+    return sent;
+  }
+
+  /** Passes over up to `limit` rows (0: all), as MOVE does, and returns how many. */
+  skip(limit: number): number {
+    let moved = 0;
+    for (;;) {
+      const want = limit > 0 ? Math.min(chunkRows, limit - moved) : chunkRows;
+      if (want === 0) return moved;
+      const count = this.spool.take(want).length;
+      moved += count;
+      if (count < want) return moved;
+    }
   }
 
   close(): void {

@@ -88,10 +88,10 @@ export function differenceOf(expected: QueryResult, actual: QueryResult, ordered
   return null;
 }
 
-/** The TPC-H-shaped data set (fixtures/tpch), at a scale factor, plus the edge-case tables. */
+/** The TPC-H-shaped data set (fixtures/tpch), at a scale factor, plus the edge-case tables and the views. */
 export function tpchScript(scaleFactor: number): string[] {
   const read = (name: string) => readFileSync(join(fixturesDir, 'tpch', name), 'utf8');
-  return [read('schema.sql'), read('data.sql').replace(/\{\{SF\}\}/g, String(scaleFactor)), read('extras.sql'), 'ANALYZE'];
+  return [read('schema.sql'), read('data.sql').replace(/\{\{SF\}\}/g, String(scaleFactor)), read('extras.sql'), read('views.sql'), 'ANALYZE'];
 }
 
 export async function loadTpch(client: Client, scaleFactor: number): Promise<void> {

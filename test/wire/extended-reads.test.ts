@@ -224,3 +224,16 @@ test('a transaction that wrote on several nodes and ran a merged read commits (t
   await client.query("delete from typed where k = 'tx'");
   await client.end();
 });
+
+test('cursors through the extended protocol, as psycopg\'s server-side cursors use them', async () => {
+  await sameReplies([
+    [serialize.query('begin')],
+    [serialize.parse({ text: 'declare c cursor for select id, k, n, tz from typed where id > $1 order by id' }), serialize.bind({ values: ['10'] }), serialize.describe({ type: 'P' }), serialize.execute({}), serialize.sync()],
+    [serialize.parse({ name: 'f', text: 'fetch forward 5 from c' }), serialize.describe({ type: 'S', name: 'f' }), bind({ statement: 'f', resultFormats: [1] }), serialize.describe({ type: 'P' }), serialize.execute({}), serialize.sync()],
+    [bind({ statement: 'f' }), serialize.describe({ type: 'P' }), serialize.execute({}), serialize.sync()],
+    [serialize.parse({ text: 'move 300 in c' }), serialize.bind({}), serialize.execute({}), serialize.sync()],
+    [bind({ statement: 'f' }), serialize.execute({}), serialize.sync()],
+    [serialize.parse({ text: 'close c' }), serialize.bind({}), serialize.execute({}), serialize.sync()],
+    [serialize.query('commit')],
+  ], 'DECLARE, FETCH, MOVE, CLOSE');
+});
