@@ -30,6 +30,8 @@ export type DistributedRoute =
   | { readonly kind: 'declare'; readonly name: string; readonly options: number; readonly statement: Node }
   /** SQL PREPARE of such a read: the proxy keeps it and plans each EXECUTE with its arguments. */
   | { readonly kind: 'prepare'; readonly name: string; readonly statement: Node; readonly argumentTypes: readonly Node[] }
+  /** COPY ... TO STDOUT of a distributed table or of a read over several nodes: the read's rows in COPY format. */
+  | { readonly kind: 'copy-out'; readonly statement: Node; readonly options: readonly unknown[] }
   /** A read over several nodes: the distributed planner decides how (select-planner.ts). */
   | { readonly kind: 'select'; readonly statement: Node; readonly table: string }
   /** EXPLAIN [ANALYZE] of such a read: the distributed plan is shown. */
@@ -105,7 +107,16 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       return keys ? { kind: 'pinned', rule, keys, write: true } : { kind: 'all-nodes', rule };
     }
     case 'CopyStmt': {
-      if (!body.is_from || !body.relation) return refused(first.rule.table.name, 'COPY TO from it', 'COPY (SELECT ... WHERE key = ...) TO STDOUT reads one node');
+      if (!body.is_from) {
+        if (body.filename || body.is_program) return refused(first.rule.table.name, 'COPY TO a server file or program from it', 'COPY ... TO STDOUT (psql\'s \\copy) reads every node');
+        const query = (body.query as Node | undefined) ?? selectAll(body.relation as Record<string, unknown>, body.attlist as Node[] | undefined);
+        const route = routeDistributed(query, catalog);
+        if (nodeTag(query) !== 'SelectStmt' || (route.kind !== 'select' && route.kind !== 'pinned') || (route.kind === 'pinned' && route.write)) {
+          return route.kind === 'refused' ? route : refused(first.rule.table.name, 'COPY of a statement other than SELECT on it');
+        }
+        return { kind: 'copy-out', statement: query, options: (body.options as unknown[] | undefined) ?? [] };
+      }
+      if (!body.relation) return refused(first.rule.table.name, 'COPY FROM into a query');
       if (body.filename) return refused(first.rule.table.name, 'COPY FROM a server file into it', 'send the data with COPY FROM STDIN');
       const columns = ((body.attlist as { String: { sval: string } }[] | undefined) ?? []).map((a) => a.String.sval);
       return { kind: 'copy-in', rule: first.rule, columns: columns.length > 0 ? columns : null };
@@ -152,6 +163,14 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       // DDL and maintenance (ALTER, CREATE INDEX, TRUNCATE, VACUUM, LOCK, GRANT, ...) apply to every node's part.
       return { kind: 'none' };
   }
+}
+
+/** `SELECT cols FROM table`, what COPY table (cols) TO copies. */
+function selectAll(relation: Record<string, unknown>, columns: Node[] | undefined): Node {
+  const targets = columns?.length
+    ? columns.map((column) => ({ ResTarget: { val: { ColumnRef: { fields: [column] } } } }))
+    : [{ ResTarget: { val: { ColumnRef: { fields: [{ A_Star: {} }] } } } }];
+  return { SelectStmt: { targetList: targets, fromClause: [{ RangeVar: relation }], limitOption: 'LIMIT_OPTION_DEFAULT', op: 'SETOP_NONE' } } as unknown as Node;
 }
 
 function isFalse(arg: unknown): boolean {

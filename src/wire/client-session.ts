@@ -37,6 +37,8 @@ import { textOfBinary } from './node-value-format';
 import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary, withFormats } from './result-formats';
 import { decodeParameterDescription } from './row-description';
 import { SpooledPortal } from './spooled-portal';
+import { CopyOutSink } from './copy-out-sink';
+import { deparseVerified } from '../planner/ast-tools';
 import { closeTarget, declareCursor, fetchFromCursor, fetchTarget, type CursorHost } from './sql-cursors';
 import { executeSqlStatement, prepareSqlStatement, type SqlPreparedStatement } from './sql-prepared-statements';
 import { RowSpool } from '../executor/row-spool';
@@ -1226,6 +1228,21 @@ export class ClientSession implements ClientSink {
           if (error instanceof PgError && error.severity === 'ERROR') return this.refuse(error);
           throw error;
         }
+      case 'copy-out': {
+        try {
+          const format = copyFormatFromOptions([...route.options], 'to');
+          if (format.format === 'binary') throw new PgError({ code: SqlState.featureNotSupported, message: 'COPY TO in binary format of rows on several nodes is not supported', hint: 'use the text or CSV format' });
+          const sql = deparseVerified(route.statement);
+          if (sql === null) throw new PgError({ code: SqlState.featureNotSupported, message: 'this COPY cannot be written as SQL for the nodes', hint: 'copy the rows of a SELECT' });
+          const outcome = await this.distributedRead({ node: route.statement, sql }, undefined, undefined, new CopyOutSink(this, format));
+          if (!outcome.ok) return await this.failStatement(outcome.error);
+        } catch (error) {
+          if (error instanceof PgError && error.severity === 'ERROR') return this.failStatement(error);
+          throw error;
+        }
+        this.write(serverMessages.readyForQuery(this.status));
+        return;
+      }
       case 'declare': {
         const error = await declareCursor(this.cursorHost(), route.name, route.options, route.statement);
         if (error) return this.failStatement(error);

@@ -20,6 +20,8 @@ export interface CopyFormat {
   headerMatch?: boolean;
   forceNotNull?: readonly string[];
   forceNull?: readonly string[];
+  /** COPY TO only: the columns always quoted in CSV ('*': all). */
+  forceQuote?: readonly string[] | '*';
   encoding?: 'UTF8';
 }
 
@@ -143,7 +145,7 @@ const textDelimiterForbidden = '\\.abcdefghijklmnopqrstuvwxyz0123456789';
  * Reads the options of a CopyStmt parse tree from libpg-query (the `options` DefElem list of { CopyStmt: {...} }),
  * applying PostgreSQL's defaults and validation in PostgreSQL 15's order, with its SQLSTATEs and messages.
  */
-export function copyFormatFromOptions(options: unknown[] | undefined): CopyFormat {
+export function copyFormatFromOptions(options: unknown[] | undefined, direction: 'from' | 'to' = 'from'): CopyFormat {
   let format: CopyFormat['format'] = 'text';
   let formatSeen = false;
   let freezeSeen = false;
@@ -154,7 +156,7 @@ export function copyFormatFromOptions(options: unknown[] | undefined): CopyForma
   let nullString: string | undefined;
   let quote: string | undefined;
   let escape: string | undefined;
-  let forceQuote = false;
+  let forceQuote: string[] | '*' | undefined;
   let forceNotNull: string[] | undefined;
   let forceNull: string[] | undefined;
   let encoding: string | undefined;
@@ -203,8 +205,7 @@ export function copyFormatFromOptions(options: unknown[] | undefined): CopyForma
         break;
       case 'force_quote':
         if (forceQuote) throw conflicting(def);
-        if (!(def.arg && ('A_Star' in def.arg || 'List' in def.arg))) defColumnList(def);
-        forceQuote = true;
+        forceQuote = def.arg && 'A_Star' in def.arg ? '*' : defColumnList(def);
         break;
       case 'force_not_null':
         if (forceNotNull) throw conflicting(def);
@@ -256,9 +257,12 @@ export function copyFormatFromOptions(options: unknown[] | undefined): CopyForma
   const escapeChar = escape ?? quoteChar;
   if (csv && Buffer.byteLength(escapeChar) !== 1) throw notSupported('COPY escape must be a single one-byte character');
   if (!csv && forceQuote) throw notSupported('COPY force quote available only in CSV mode');
-  if (forceQuote) throw notSupported('COPY force quote only available using COPY TO');
+  if (headerMatch && direction === 'to') throw syntaxError('cannot use "match" with HEADER in COPY TO');
+  if (forceQuote && direction === 'from') throw notSupported('COPY force quote only available using COPY TO');
   if (!csv && forceNotNull) throw notSupported('COPY force not null available only in CSV mode');
+  if (forceNotNull && direction === 'to') throw notSupported('COPY force not null only available using COPY FROM');
   if (!csv && forceNull) throw notSupported('COPY force null available only in CSV mode');
+  if (forceNull && direction === 'to') throw notSupported('COPY force null only available using COPY FROM');
   if (nullString.includes(delimiter)) throw notSupported('COPY delimiter must not appear in the NULL specification');
   if (csv && nullString.includes(quoteChar)) throw notSupported('CSV quote character must not appear in the NULL specification');
 
@@ -267,6 +271,7 @@ export function copyFormatFromOptions(options: unknown[] | undefined): CopyForma
   if (forceNotNull && forceNotNull.length > 0) result.forceNotNull = forceNotNull;
   if (forceNull && forceNull.length > 0) result.forceNull = forceNull;
   if (encoding !== undefined) result.encoding = 'UTF8';
+  if (forceQuote) result.forceQuote = forceQuote;
   return result;
 }
 

@@ -1,11 +1,13 @@
 // Reads over distributed tables that arrive wrapped in other SQL: views (expanded as PostgreSQL's rewriter would,
 // and followed when another session changes them), cursors (DECLARE, FETCH, MOVE, CLOSE, WITH HOLD), SQL PREPARE
-// and EXECUTE, and the statements that would store or read one node's part as if it were the whole (CREATE
+// and EXECUTE, COPY ... TO STDOUT, and the statements that would store or read one node's part as if it were the whole (CREATE
 // TABLE AS, materialized views), which are refused. The reference is one PostgreSQL holding all the rows.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import type { Client } from 'pg';
+import { findPostgresProgram } from '../../src/cluster/postgres-install';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 
 let cluster: TestCluster;
@@ -178,3 +180,52 @@ test('statements that would keep one node\'s rows as if they were all are refuse
   assert.deepEqual(await rowsOf(proxy, 'select count(*) from items'), [['500']]);
   await proxy.end();
 });
+
+test('COPY ... TO STDOUT of a distributed table or a query over one, in text and CSV, byte for byte', async () => {
+  const create = [
+    'create table texts (id int primary key, t text, n numeric, b bool)',
+    "insert into texts values (1, 'plain', 1.5, true), (2, E'tab\\there', null, false), (3, E'new\\nline', 0, null), " +
+      "(4, E'back\\\\slash', -2, true), (5, 'comma, \"quoted\"', 3.25, false), (6, '', 7, true), (7, null, null, null), " +
+      "(8, E'\\\\.', 1, true), (9, 'semi;colon', 2, false), (10, E'cr\\rhere', 3, true), (11, 'NULL', 4, false)",
+  ];
+  const proxy = await cluster.connect();
+  const reference = await cluster.connectDirect('reference');
+  for (const sql of create) {
+    await proxy.query(sql);
+    await reference.query(sql);
+  }
+  await proxy.query("select parapool.distribute_table('texts', 'id')");
+  await Promise.all([proxy.end(), reference.end()]);
+  const copies = [
+    'copy (select * from texts order by id) to stdout',
+    'copy (select id, t from texts order by id) to stdout with (format csv, header)',
+    "copy (select * from texts order by id) to stdout with (format csv, delimiter ';', null 'NULL', force_quote (t, n))",
+    "copy (select t from texts order by id) to stdout with (format csv, quote '''', escape '\\', force_quote *)",
+    "copy (select t from texts order by id) to stdout csv",
+    "copy (select id, t from texts order by id) to stdout with (delimiter '|', null '-', header)",
+    'copy (select grp, count(*) from items group by grp order by grp) to stdout',
+  ];
+  for (const sql of copies) {
+    const [expected, actual] = await Promise.all([psqlOutput(cluster.reference!.port, sql), psqlOutput(cluster.proxy.port, sql)]);
+    assert.equal(actual, expected, sql);
+  }
+  // A table copied whole: the same rows, in whatever order the nodes give them.
+  const [expected, actual] = await Promise.all([psqlOutput(cluster.reference!.port, 'copy texts (id, t) to stdout'), psqlOutput(cluster.proxy.port, 'copy texts (id, t) to stdout')]);
+  assert.deepEqual(actual.split('\n').sort(), expected.split('\n').sort());
+  const binary = await cluster.connect();
+  await assert.rejects(binary.query('copy texts to stdout (format binary)'), (e: { code?: string }) => e.code === '0A000');
+  await assert.rejects(binary.query("copy texts to '/tmp/parapool-copy-out'"), (e: { code?: string }) => e.code === '0A000');
+  await binary.end();
+});
+
+function psqlOutput(port: number, sql: string): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(findPostgresProgram('psql'), ['-X', '-q', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-c', sql], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolvePromise(out) : reject(new Error(`psql exited ${code}: ${err}`))));
+  });
+}
