@@ -5,7 +5,9 @@ import type { AggregatePlan } from '../planner/distributed-plan';
 import { dataRowFields } from '../wire/data-row';
 import { PgError, SqlState } from '../wire/errors';
 import { decodeRowDescription } from '../wire/row-description';
-import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
+import type { ExecutionOutcome, ExecutionPort, StepStats, WorkerFragments } from './execution-port';
+import type { FragmentResult, FragmentTask } from './fragment-worker';
+import type { BackendConnection } from '../wire/backend-connection';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { appendCopyRow } from './intermediate-result';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
@@ -22,6 +24,10 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   // Every node needed is asked for before any starts: one out of service fails the statement with nothing to undo.
   const connections = plan.fragment.nodes.map((node) => port.connectionFor(node));
   const connection = port.connectionFor(plan.finalNode);
+  // A worker's connections see no temporary table of the session's (a broadcast's copies, the client's own).
+  if (plan.groupColumns > 0 && !plan.rows && port.workerFragments && !plan.fragment.sql.includes('pg_temp')) {
+    return executeInWorker(plan, port, port.workerFragments, connection, textBytewise, started);
+  }
   const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql));
   const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);
@@ -42,13 +48,19 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
     return { ok: false, error: new PgError({ code: combined.code, message: combined.message, hint: combined.hint }), errorFrame: null, fallback: plan.rows && combined.code === SqlState.programLimitExceeded };
   }
   const combinedAt = process.hrtime.bigint();
+  const steps: StepStats[] = streams.map((s, i) => ({ step: `fragment on node ${plan.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
+  steps.push({ step: combined.folding ? 'combine at the proxy' : 'collect at the proxy (no exact fold for these types)', rows: combined.groups, ms: Number(combinedAt - started) / 1e6 });
+  return finish(plan, port, connection, fields.length, combined.copyText, steps, combinedAt);
+}
 
+/** Ships the folded groups into a temporary table on the finishing node and relays the final SQL's answer. */
+async function finish(plan: AggregatePlan, port: ExecutionPort, connection: BackendConnection, columnCount: number, copyText: Uint8Array, steps: StepStats[], combinedAt: bigint): Promise<ExecutionOutcome> {
   const transaction = new FinalNodeTransaction(connection);
   const table = `pg_temp.${port.temporaryName('partials')}`;
   transaction.track(table);
-  const columns = fields.map((_, i) => `c${i}`).join(', ');
+  const columns = Array.from({ length: columnCount }, (_, i) => `c${i}`).join(', ');
   const create = `${transaction.prelude}CREATE TEMPORARY TABLE ${table} (${columns})${transaction.onCommit} AS ${plan.fragment.sql} WITH NO DATA; COPY ${table} FROM STDIN`;
-  let failure = await copyInto(connection, create, (_, sendText) => sendText(Buffer.from(combined.copyText.buffer, combined.copyText.byteOffset, combined.copyText.byteLength)));
+  let failure = await copyInto(connection, create, (_, sendText) => sendText(Buffer.from(copyText.buffer, copyText.byteOffset, copyText.byteLength)));
   let rows = 0;
   if (!failure) {
     const outcome = await relayFinal(connection, plan.finalSql.replace('{{partials}}', table), port.sink);
@@ -58,10 +70,41 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   await transaction.finish(failure !== null);
   if (failure) return { ok: false, error: failure.error, errorFrame: failure.frame };
   const now = process.hrtime.bigint();
-  const stats: StepStats[] = streams.map((s, i) => ({ step: `fragment on node ${plan.fragment.nodes[i]}`, rows: s.rowCount, ms: s.elapsedMs }));
-  stats.push({ step: combined.folding ? 'combine at the proxy' : 'collect at the proxy (no exact fold for these types)', rows: combined.groups, ms: Number(combinedAt - started) / 1e6 });
-  stats.push({ step: `final on node ${plan.finalNode}`, rows, ms: Number(now - combinedAt) / 1e6 });
-  return { ok: true, rows, stats };
+  return { ok: true, rows, stats: [...steps, { step: `final on node ${plan.finalNode}`, rows, ms: Number(now - combinedAt) / 1e6 }] };
+}
+
+/**
+ * Runs the fragments in a worker thread on connections of its own (fragment-worker.ts): the main thread sees
+ * only the folded groups. A cancel of the statement reaches the worker's connections through `onCancel`.
+ */
+async function executeInWorker(plan: AggregatePlan, port: ExecutionPort, worker: WorkerFragments, connection: BackendConnection, textBytewise: boolean, started: bigint): Promise<ExecutionOutcome> {
+  const { port1, port2 } = new MessageChannel();
+  const task: FragmentTask = {
+    startup: worker.startup,
+    settings: await worker.settings(),
+    nodes: plan.fragment.nodes,
+    sql: plan.fragment.sql,
+    groupColumns: plan.groupColumns,
+    combine: plan.combine,
+    textBytewise,
+    limitBytes: port.mergeMemoryLimit,
+    port: port2,
+  };
+  const unregister = worker.onCancel(() => port1.postMessage({ cancel: true }));
+  let result: FragmentResult;
+  try {
+    result = (await workerPool().run(task, { name: 'runFragmentsAndFold', transferList: [port2] as never })) as FragmentResult;
+  } finally {
+    unregister();
+    port1.close();
+  }
+  if (!result.ok) {
+    return { ok: false, error: new PgError({ code: result.code, message: result.message, hint: result.hint, detail: result.detail }), errorFrame: result.frame ? Buffer.from(result.frame) : null };
+  }
+  const combinedAt = process.hrtime.bigint();
+  const steps: StepStats[] = result.steps.map((s) => ({ step: `fragment on node ${s.node} (in a worker thread)`, rows: s.rows, ms: s.ms }));
+  steps.push({ step: result.folding ? 'combine in a worker thread' : 'collect in a worker thread (no exact fold for these types)', rows: result.groups, ms: Number(combinedAt - started) / 1e6 });
+  return finish(plan, port, connection, result.columns, result.copyText, steps, combinedAt);
 }
 
 const batchBytes = 256 * 1024;

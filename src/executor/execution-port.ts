@@ -4,6 +4,7 @@
 import type { BackendConnection } from '../wire/backend-connection';
 import type { PgError } from '../wire/errors';
 import type { ClientSink } from './client-sink';
+import type { WorkerStartup } from './fragment-worker';
 
 export interface ExecutionPort {
   /** The session's connection to a node; throws a PgError naming the node when it is out of service. */
@@ -23,6 +24,16 @@ export interface ExecutionPort {
   readonly mergeMemoryLimit: number;
   /** The most bytes of rows one statement may ship between nodes through the proxy. */
   readonly intermediateResultLimit: number;
+  /** Outside a transaction block: how a worker thread connects as the session (see fragment-worker.ts). */
+  readonly workerFragments?: WorkerFragments;
+}
+
+export interface WorkerFragments {
+  readonly startup: WorkerStartup;
+  /** The session's own settings (SET), for the worker's connections to take. */
+  settings(): Promise<[string, string][]>;
+  /** Calls `cancel` when the client cancels the statement; the returned function unregisters it. */
+  onCancel(cancel: () => void): () => void;
 }
 
 export interface StepStats {

@@ -1,5 +1,6 @@
-// The proxy's worker threads (piscina), started on first use: CPU-heavy merge work (folding partial aggregates)
-// runs there, leaving the main thread to the sockets. One thread fewer than the cores, at least one.
+// The proxy's worker threads (piscina), started on first use: CPU-heavy merge work (grouped aggregates' fragments
+// on the workers' own connections, folding partial aggregates) runs there, leaving the main thread to the client
+// sockets. One thread fewer than the cores, at least one.
 
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ let pool: Piscina | null = null;
 
 export function workerPool(): Piscina {
   pool ??= new Piscina({
-    filename: join(__dirname, 'combine-worker.js'),
+    filename: join(__dirname, 'worker-tasks.js'),
     minThreads: 0,
     maxThreads: Math.max(1, availableParallelism() - 1),
     idleTimeout: 30_000,

@@ -98,3 +98,8 @@ export function mayChangeViews(node: Node): boolean {
       return false;
   }
 }
+
+/** CREATE TEMPORARY TABLE / VIEW / SEQUENCE (or AS SELECT): objects only the session's own node sessions see. */
+export function createsTemporaryObject(node: Node): boolean {
+  return JSON.stringify(node).includes('"relpersistence":"t"');
+}

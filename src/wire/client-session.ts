@@ -12,11 +12,12 @@ import { describeNode } from '../cluster/backend-node';
 import type { ClusterState } from '../cluster/cluster-state';
 import type { ConnectionPool } from '../cluster/connection-pool';
 import type { ClientSink } from '../executor/client-sink';
+import type { WorkerFragments } from '../executor/execution-port';
 import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
-import { mayChangeViews } from '../planner/statement-classifier';
+import { createsTemporaryObject, mayChangeViews } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { answerAdminCommand } from '../admin/show-commands';
 import type { Catalog, CatalogRegistry } from '../catalog/catalog';
@@ -430,6 +431,7 @@ export class ClientSession implements ClientSink {
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.followCatalog();
     if (parsed.statements.some((st) => mayChangeViews(st.node))) this.viewsChanged = true;
+    if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
   }
 
@@ -523,6 +525,7 @@ export class ClientSession implements ClientSink {
         this.followCatalog();
         const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
         const changesViews = parsed.ok && parsed.statements.some((st) => mayChangeViews(st.node));
+        if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
         const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesViews, cursorCommand };
@@ -616,6 +619,7 @@ export class ClientSession implements ClientSink {
       }
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
+    this.settingsEpoch++;
     const routed = await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
     if (Array.isArray(routed)) return this.scatterExtended(messages, routed, terminator);
     if (!dispatch) {
@@ -1421,7 +1425,56 @@ export class ClientSession implements ClientSink {
       temporaryName: (prefix) => `parapool_${prefix}_${this.id}_${++this.temporaryCounter}`,
       mergeMemoryLimit: this.context.config.mergeMemoryLimit,
       intermediateResultLimit: this.context.config.intermediateResultLimit,
+      workerFragments: this.status === 'I' && !this.madeTemporaryObjects ? this.workerFragments() : undefined,
     };
+  }
+
+  /** Set once the client created a temporary table, view or sequence, which only the session's connections see. */
+  private madeTemporaryObjects = false;
+
+  /** Cancels of the running statement that reach past the session's own connections (worker threads'). */
+  private readonly cancelHooks = new Set<() => void>();
+
+  private workerFragments(): WorkerFragments {
+    const user = this.parameters.get('user')!;
+    return {
+      startup: {
+        nodes: this.context.cluster.nodes.map((node) => ({ id: node.id, host: node.host, port: node.port })),
+        parameters: [...this.parameters],
+        secret: this.context.passwords?.get(user) ?? null,
+        connectTimeoutMs: this.context.config.connectTimeout * 1000,
+      },
+      settings: () => this.sessionSettings(),
+      onCancel: (cancel) => {
+        this.cancelHooks.add(cancel);
+        return () => this.cancelHooks.delete(cancel);
+      },
+    };
+  }
+
+  /**
+   * What this session SET (search_path, TimeZone, statement_timeout, role, ...), as the main node reports it; read
+   * again after any statement that may have changed it. Read before a distributed read starts, while the main
+   * node's connection is idle (later it may be copying rows).
+   */
+  private settingsRead: { epoch: number; settings: Promise<[string, string][]> } | null = null;
+  private settingsEpoch = 0;
+
+  private sessionSettings(): Promise<[string, string][]> {
+    if (this.settingsRead?.epoch !== this.settingsEpoch) {
+      // role and session_authorization are not listed in pg_settings; they go last, the role after the authorization.
+      const user = quoteLiteral(this.parameters.get('user') ?? '');
+      const settings = this.mainConnection()
+        .query(
+          `SELECT name, setting FROM (SELECT 0 AS k, name, setting FROM pg_catalog.pg_settings WHERE source = 'session'
+           UNION ALL SELECT 1, 'session_authorization', current_setting('session_authorization') WHERE current_setting('session_authorization') <> ${user}
+           UNION ALL SELECT 2, 'role', current_setting('role') WHERE current_setting('role') <> 'none') s ORDER BY k, name`,
+        )
+        .then(({ rows }) => rows.map(([name, value]): [string, string] => [name!, value ?? '']));
+      this.settingsRead = { epoch: this.settingsEpoch, settings };
+      settings.catch(() => (this.settingsRead = null));
+    }
+    return this.settingsRead!.settings;
   }
 
   /**
@@ -1443,8 +1496,10 @@ export class ClientSession implements ClientSink {
    * transaction.
    */
   private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, sink: ClientSink = this): Promise<ReadOutcome> {
+    if (statement.sql.toLowerCase().includes('set_config')) this.settingsEpoch++;
     const port = this.readPort();
     try {
+      if (port.workerFragments) await this.sessionSettings();
       return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return { ok: false, error, errorFrame: null };
@@ -1609,6 +1664,7 @@ export class ClientSession implements ClientSink {
   };
 
   private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false, targets?: BackendConnection[]): Promise<void> {
+    this.settingsEpoch++; // SET, RESET, DISCARD, set_config(), a function that sets: read the settings again
     if (rejection) this.rejections.push(rejection);
     const isWrite = statementClass.kind === 'write';
     // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
@@ -1712,6 +1768,7 @@ export class ClientSession implements ClientSink {
     for (const connection of [...this.connections.values(), ...this.sourceConnections]) {
       if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
     }
+    for (const cancel of this.cancelHooks) cancel();
   }
 
   // ---- ending ---------------------------------------------------------------------------------------------
@@ -1735,6 +1792,7 @@ export class ClientSession implements ClientSink {
     this.context.unregister(this);
     this.passwordWaiter = null;
     this.closeHeldPortals();
+    for (const cancel of this.cancelHooks) cancel();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;
     for (const connection of this.connections.values()) {

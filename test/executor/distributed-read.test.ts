@@ -76,6 +76,7 @@ test('statement_timeout and CancelRequest stop the fragments on every node; the 
   const client = await cluster.connect();
   await client.query("set statement_timeout = '300ms'");
   await assert.rejects(client.query('select count(*) from events where pg_sleep(0.01) is not null'), (e: { code?: string }) => e.code === '57014');
+  await assert.rejects(client.query('select kind, count(*) from events where pg_sleep(0.01) is not null group by kind'), (e: { code?: string }) => e.code === '57014', 'fragments in a worker thread stop too');
   await assert.rejects(client.query('select id, rank() over (order by amount) from events where id > 2000 and pg_sleep(0.002) is not null'), (e: { code?: string }) => e.code === '57014', 'a gather stops too');
   await client.query('reset statement_timeout');
   assert.deepEqual(await rowsOf(client, 'select count(*) from events'), [['3000']]);
@@ -92,6 +93,14 @@ test('statement_timeout and CancelRequest stop the fragments on every node; the 
   raw.send(serialize.query('select count(*) from events'));
   const after = await raw.readUntil('Z');
   assert.ok(after.some((m) => m.type === 'D'), 'the session answers the next query');
+  raw.send(serialize.query('select kind, count(*) from events where pg_sleep(0.01) is not null group by kind'));
+  await new Promise((r) => setTimeout(r, 300));
+  canceller.end();
+  const second = await RawClient.connect(cluster.proxy.port);
+  second.send(serialize.cancel(raw.processId, raw.secretKey));
+  const grouped = await raw.readUntil('Z', 20000);
+  assert.equal(errorFields(grouped.find((m) => m.type === 'E')!).C, '57014', 'a cancel reaches fragments in a worker thread');
+  second.end();
   raw.end();
   const busy = await cluster.onEachNode("select count(*) from pg_stat_activity where query like '%pg_sleep(0.01)%' and state = 'active' and pid <> pg_backend_pid()");
   assert.deepEqual(busy, [[['0']], [['0']], [['0']]], 'no node still runs a fragment');
@@ -178,7 +187,32 @@ test('EXPLAIN ANALYZE counts the rows of every fragment and merge step', async (
   const fragmentRows = lines.filter((l) => /fragment on node/.test(l!)).map((l) => Number(/rows=(\d+)/.exec(l!)![1]));
   assert.equal(fragmentRows.length, 3);
   assert.ok(lines.some((l) => /final on node \d+: rows=7 /.test(l!)), lines.join('\n'));
+  assert.ok(lines.some((l) => /fragment on node \d+ \(in a worker thread\)/.test(l!)), 'outside a transaction the fragments run in a worker thread');
+  await client.query('begin');
+  const inTransaction = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
+  assert.ok(!inTransaction.some((l) => /worker thread/.test(l!)), 'inside one, on the session\'s connections');
+  await client.query('commit');
+  await client.query('create temp table mine (id int)');
+  const withTemp = (await rowsOf(client, 'explain analyze select kind, count(*) from events group by kind')).map((r) => r[0]);
+  assert.ok(!withTemp.some((l) => /worker thread/.test(l!)), 'a session with temporary tables keeps its fragments on its connections');
   await client.end();
+});
+
+test('fragments in a worker thread run as the session: its role and settings apply', async () => {
+  const admin = await cluster.connect();
+  await admin.query('create role limited_reader nologin');
+  await admin.query('grant select on kinds to limited_reader');
+  const client = await cluster.connect();
+  await client.query('set role limited_reader');
+  await assert.rejects(client.query('select kind, count(*) from events group by kind'), (e: { code?: string }) => e.code === '42501');
+  assert.deepEqual(await rowsOf(client, 'select label, count(*) from kinds group by label order by label limit 1'), [['label 0', '1']]);
+  await client.query('reset role');
+  await client.query("set extra_float_digits = -3");
+  assert.deepEqual(await rowsOf(client, "select current_setting('extra_float_digits') as digits, count(*) from events group by digits"), [['-3', '3000']]);
+  await client.end();
+  await admin.query('revoke select on kinds from limited_reader');
+  await admin.query('drop role limited_reader');
+  await admin.end();
 });
 
 test('a node that dies mid-query gives an error naming it; the session goes on', async () => {
