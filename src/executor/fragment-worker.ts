@@ -65,8 +65,8 @@ function poolKey(node: NodeAddress, startup: WorkerStartup): string {
 async function acquire(node: NodeAddress, startup: WorkerStartup, settings: FragmentTask['settings']): Promise<BackendConnection> {
   const key = poolKey(node, startup);
   let connection: BackendConnection | undefined;
-  while ((connection = idle.get(key)?.pop()) && (connection.closed || connection.txStatus !== 'I'));
-  if (!connection || connection.closed) {
+  while ((connection = idle.get(key)?.pop()) && (connection.closed || connection.txStatus !== 'I')) connection.destroy();
+  if (!connection) {
     const secret = startup.secret?.kind === 'scram'
       ? { kind: 'scram' as const, verifier: { ...startup.secret.verifier, salt: Buffer.from(startup.secret.verifier.salt), storedKey: Buffer.from(startup.secret.verifier.storedKey), serverKey: Buffer.from(startup.secret.verifier.serverKey) } }
       : startup.secret;
@@ -88,9 +88,16 @@ function release(connection: BackendConnection): void {
     return;
   }
   const list = idle.get(connection.poolKey) ?? [];
+  if (list.length >= idlePerKey) {
+    connection.destroy();
+    return;
+  }
   list.push(connection);
   idle.set(connection.poolKey, list);
 }
+
+/** Idle connections a worker keeps per node and start-up; more are closed when their task ends. */
+const idlePerKey = 4;
 
 export async function runFragmentsAndFold(task: FragmentTask): Promise<FragmentResult> {
   let cancelled = false;

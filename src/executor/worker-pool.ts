@@ -13,6 +13,9 @@ export function workerPool(): Piscina {
     filename: join(__dirname, 'worker-tasks.js'),
     minThreads: 0,
     maxThreads: Math.max(1, availableParallelism() - 1),
+    // Tasks mostly wait on nodes or on the main thread's batches: a thread runs several at once, so one
+    // session's long aggregate does not queue every other session's behind it.
+    concurrentTasksPerWorker: 16,
     idleTimeout: 30_000,
   });
   return pool;

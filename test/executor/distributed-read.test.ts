@@ -215,6 +215,18 @@ test('fragments in a worker thread run as the session: its role and settings app
   await admin.end();
 });
 
+test('a long aggregate in a worker thread does not hold up other sessions\' aggregates', async () => {
+  const slow = await cluster.connect();
+  const fast = await cluster.connect();
+  const order: string[] = [];
+  const first = slow.query('select kind, count(*) from events where pg_sleep(0.002) is not null group by kind').then(() => order.push('slow'));
+  await new Promise((r) => setTimeout(r, 200));
+  const second = fast.query('select kind, count(*) from events group by kind').then(() => order.push('fast'));
+  await Promise.all([first, second]);
+  assert.deepEqual(order, ['fast', 'slow']);
+  await Promise.all([slow.end(), fast.end()]);
+});
+
 test('a node that dies mid-query gives an error naming it; the session goes on', async () => {
   const client = await cluster.connect();
   const running = client.query('select id from events where pg_sleep(0.002) is not null order by id').then(
