@@ -11,11 +11,26 @@ import type { DistributedRule, PartitionRule, TableName } from './partition-rule
 export class Catalog {
   private readonly rules = new Map<string, PartitionRule>();
   private readonly views = new Map<string, string>();
+  private readonly functions = new Map<string, RoutineDefinition[]>();
 
-  /** `views`: the definitions of the database's views (pg_get_viewdef), which reads through them expand. */
-  constructor(readonly database: string, rules: readonly PartitionRule[], views: readonly { schema: string; name: string; definition: string }[] = []) {
+  /**
+   * `views`: the definitions of the database's views (pg_get_viewdef), which reads through them expand;
+   * `routines`: its SQL and PL/pgSQL functions and procedures (pg_get_functiondef), checked for what they read.
+   */
+  constructor(
+    readonly database: string,
+    rules: readonly PartitionRule[],
+    views: readonly { schema: string; name: string; definition: string }[] = [],
+    routines: readonly RoutineDefinition[] = [],
+  ) {
     for (const rule of rules) this.rules.set(key(rule.table), rule);
     for (const view of views) this.views.set(key(view), view.definition);
+    for (const routine of routines) this.functions.set(routine.name, [...(this.functions.get(routine.name) ?? []), routine]);
+  }
+
+  /** The SQL and PL/pgSQL routines of a name, in any schema (every overload). */
+  routines(name: string): readonly RoutineDefinition[] {
+    return this.functions.get(name) ?? [];
   }
 
   /** The SELECT a view named in SQL stands for, or null when it is not a view. */
@@ -121,8 +136,24 @@ export async function readCatalog(database: string, connections: readonly Backen
     });
   }
   const views = rows.length > 0 ? (await connections[0].query(loadViewsSql)).rows.map(([schema, name, definition]) => ({ schema: schema!, name: name!, definition: definition! })) : [];
-  return new Catalog(database, rows.map(ruleFromRow), views);
+  const routines = rows.length > 0
+    ? (await connections[0].query(loadRoutinesSql)).rows.map(([schema, name, language, definition]) => ({ schema: schema!, name: name!, language: language as RoutineDefinition['language'], definition: definition! }))
+    : [];
+  return new Catalog(database, rows.map(ruleFromRow), views, routines);
 }
+
+export interface RoutineDefinition {
+  readonly schema: string;
+  readonly name: string;
+  readonly language: 'sql' | 'plpgsql';
+  /** CREATE OR REPLACE FUNCTION/PROCEDURE ..., as pg_get_functiondef writes it. */
+  readonly definition: string;
+}
+
+const loadRoutinesSql = `SELECT n.nspname, p.proname, l.lanname, pg_get_functiondef(p.oid) FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
+  WHERE l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname NOT LIKE 'pg\\_%'`;
 
 /** Views outside the system schemas; DDL runs on every node, so the first node's are every node's. */
 const loadViewsSql = `SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

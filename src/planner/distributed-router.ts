@@ -11,6 +11,7 @@ import { PgError, SqlState } from '../wire/errors';
 import { pinnedKeyValues, type KeyValue } from './key-values';
 import { nodeTag } from './sql-parser';
 import { expandViews } from './view-expansion';
+import { routineReadingDistributed } from './routine-reads';
 import { tablesReferenced, type TableReference } from './table-references';
 
 export type DistributedRoute =
@@ -58,6 +59,18 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       if (error instanceof PgError) return { kind: 'refused', error };
       throw error;
     }
+  }
+  const reader = routineReadingDistributed(node, catalog);
+  if (reader) {
+    const what = reader.routine === 'DO' ? 'this DO block' : `the routine ${reader.routine}()`;
+    return {
+      kind: 'refused',
+      error: new PgError({
+        code: SqlState.featureNotSupported,
+        message: `${what} reads distributed table "${reader.table}": run there, its queries would see one node's rows only`,
+        hint: 'write its query into the statement itself, or make the table replicated',
+      }),
+    };
   }
   const references = tablesReferenced(node);
   const tag = nodeTag(node);

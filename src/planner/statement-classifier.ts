@@ -78,20 +78,23 @@ function classifySelect(body: Record<string, unknown>, writeFunctions: RegExp | 
 }
 
 /**
- * DDL after which the views a read may expand can differ: views created, replaced, dropped, renamed or moved,
- * and drops or renames that take views with them (CASCADE, a schema).
+ * DDL after which the definitions the proxy reads may differ: views (which reads expand) and SQL or PL/pgSQL
+ * routines (checked for what they read) created, replaced, dropped, renamed or moved, and drops that take them
+ * with them (CASCADE, a schema).
  */
-export function mayChangeViews(node: Node): boolean {
+export function mayChangeDefinitions(node: Node): boolean {
   const tag = Object.keys(node)[0];
   const body = (node as unknown as Record<string, Record<string, unknown>>)[tag];
   switch (tag) {
     case 'ViewStmt':
     case 'AlterObjectSchemaStmt':
+    case 'CreateFunctionStmt':
+    case 'AlterFunctionStmt':
       return true;
     case 'DropStmt':
-      return ['OBJECT_VIEW', 'OBJECT_SCHEMA'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
+      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
     case 'RenameStmt':
-      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_TABLE', 'OBJECT_COLUMN'].includes(body.renameType as string);
+      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_TABLE', 'OBJECT_COLUMN', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE'].includes(body.renameType as string);
     case 'AlterTableStmt':
       return body.objtype === 'OBJECT_VIEW';
     default:

@@ -9,6 +9,7 @@ import { cloneTree, rewriteTree } from './ast-tools';
 import { walkAst } from './ast-walk';
 import { parseSql } from './sql-parser';
 import { tablesReferenced } from './table-references';
+import { routineReadingDistributed } from './routine-reads';
 
 /** Per catalog: a view's expanded SELECT when it reads a distributed table, else null. */
 const expansions = new WeakMap<Catalog, Map<string, Node | null>>();
@@ -50,7 +51,9 @@ function distributedView(catalog: Catalog, schema: string | undefined, name: str
   let expanded: Node | null = null;
   if (parsed.ok && parsed.statements.length === 1) {
     const inner = expandViews(parsed.statements[0].node, catalog, new Set([...expanding, key]));
-    expanded = tablesReferenced(inner).some((t) => catalog.distributed(t.schema, t.name)) ? inner : null;
+    // A view over replicated tables that calls a routine reading distributed ones expands too, so the call shows.
+    const readsDistributed = tablesReferenced(inner).some((t) => catalog.distributed(t.schema, t.name)) || routineReadingDistributed(inner, catalog) !== null;
+    expanded = readsDistributed ? inner : null;
   }
   cache.set(key, expanded);
   return expanded;

@@ -17,7 +17,7 @@ import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } f
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
-import { createsTemporaryObject, mayChangeViews } from '../planner/statement-classifier';
+import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { answerAdminCommand } from '../admin/show-commands';
 import type { Catalog, CatalogRegistry } from '../catalog/catalog';
@@ -89,8 +89,8 @@ interface PreparedStatement {
   readonly timePinning?: { readonly node: Node; readonly parameterTypes: number[] };
   /** How the partition rules route it, when it touches a distributed table or calls a parapool function. */
   readonly route?: DistributedRoute;
-  /** DDL that may change views, which reads through them expand (see view-expansion.ts). */
-  readonly changesViews?: boolean;
+  /** DDL that may change views or routines, which the planner reads (view-expansion.ts, routine-reads.ts). */
+  readonly changesDefinitions?: boolean;
   /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
   readonly cursorCommand?: Node;
 }
@@ -430,7 +430,7 @@ export class ClientSession implements ClientSink {
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.followCatalog();
-    if (parsed.statements.some((st) => mayChangeViews(st.node))) this.viewsChanged = true;
+    if (parsed.statements.some((st) => mayChangeDefinitions(st.node))) this.definitionsChanged = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
   }
@@ -524,11 +524,11 @@ export class ClientSession implements ClientSink {
         }
         this.followCatalog();
         const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
-        const changesViews = parsed.ok && parsed.statements.some((st) => mayChangeViews(st.node));
+        const changesDefinitions = parsed.ok && parsed.statements.some((st) => mayChangeDefinitions(st.node));
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesViews, cursorCommand };
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -628,14 +628,14 @@ export class ClientSession implements ClientSink {
     } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
-    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesViews)) this.viewsChanged = true;
+    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesDefinitions)) this.definitionsChanged = true;
     const sends = this.buildSends(messages, dispatch.connections, terminator, isSync);
     dispatch.send(sends);
     if (isSync) await this.finishDispatch(dispatch);
   }
 
-  /** Set when view DDL ran since the catalog was last read. */
-  private viewsChanged = false;
+  /** Set when view or routine DDL ran since the catalog was last read. */
+  private definitionsChanged = false;
   /** Set while this session's catalog holds what its open transaction changed, which other sessions must not see. */
   private catalogInTransaction = false;
 
@@ -646,12 +646,12 @@ export class ClientSession implements ClientSink {
   }
 
   /**
-   * Reads the catalog again after view DDL: shared with every session once committed; inside a transaction
+   * Reads the catalog again after view or routine DDL: shared with every session once committed; inside a transaction
    * block kept to this session until the transaction ends (then read again, committed or not).
    */
   private async reloadCatalog(): Promise<void> {
     if (!this.catalog || this.status === 'E') return;
-    this.viewsChanged = false;
+    this.definitionsChanged = false;
     const catalog = await readCatalog(this.catalog.database, this.connectionsInNodeOrder()).catch((error: unknown) => {
       log('warning', 'catalog_reload_failed', { session: this.id, error: (error as Error).message });
       return null;
@@ -1697,7 +1697,7 @@ export class ClientSession implements ClientSink {
       this.portals.clear();
       this.endTransactionPortals(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();
-      if (this.catalogInTransaction) this.viewsChanged = true;
+      if (this.catalogInTransaction) this.definitionsChanged = true;
     } else if (wasWrite) {
       for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
     }
@@ -1706,7 +1706,7 @@ export class ClientSession implements ClientSink {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
     }
     // Before ReadyForQuery: the client's next statement, in any session, must see the views as they are now.
-    if (this.viewsChanged) await this.reloadCatalog();
+    if (this.definitionsChanged) await this.reloadCatalog();
     if (ready) this.write(serverMessages.readyForQuery(this.status));
     return result;
   }

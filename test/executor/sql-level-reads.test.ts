@@ -181,6 +181,41 @@ test('statements that would keep one node\'s rows as if they were all are refuse
   await proxy.end();
 });
 
+test('routines that read distributed tables are refused where called, not answered from one node', async () => {
+  const admin = await cluster.connect();
+  const definitions = [
+    "create function items_total() returns numeric language sql as 'select sum(price) from items'",
+    'create function items_over(p numeric) returns bigint language sql begin atomic select count(*) from items where price > p; end',
+    "create function items_count_pl() returns bigint language plpgsql as $$ declare n bigint; begin select count(*) into n from items; return n; end $$",
+    "create function calls_other() returns numeric language sql as 'select items_total() * 2'",
+    "create function harmless(x int) returns int language sql immutable as 'select x + 1'",
+    "create procedure touch_items() language plpgsql as $$ begin perform count(*) from items; end $$",
+    'create view calls_view as select items_total() as total',
+  ];
+  for (const sql of definitions) await admin.query(sql);
+  const other = await cluster.connect();
+  for (const sql of [
+    'select items_total()',
+    'select items_over(10)',
+    'select items_count_pl()',
+    'select calls_other()',
+    'select * from calls_view',
+    'select id, items_total() from items where id = 1',
+    'call touch_items()',
+    'do $$ begin perform count(*) from items; end $$',
+  ]) {
+    await assert.rejects(other.query(sql), (e: { code?: string; message: string }) => e.code === '0A000' && /reads distributed table "items"/.test(e.message), sql);
+  }
+  assert.deepEqual(await rowsOf(other, 'select harmless(1), count(*) from items where harmless(id) > 2'), [['2', '499']]);
+  // Redefined to read nothing distributed: callable again, in every session.
+  await admin.query("create or replace function items_total() returns numeric language sql as 'select 42::numeric'");
+  assert.deepEqual(await rowsOf(other, 'select items_total()'), [['42']]);
+  await admin.query('drop view calls_view');
+  for (const name of ['items_total()', 'items_over(numeric)', 'items_count_pl()', 'calls_other()', 'harmless(int)']) await admin.query(`drop function ${name}`);
+  await admin.query('drop procedure touch_items()');
+  await Promise.all([admin.end(), other.end()]);
+});
+
 test('COPY ... TO STDOUT of a distributed table or a query over one, in text and CSV, byte for byte', async () => {
   const create = [
     'create table texts (id int primary key, t text, n numeric, b bool)',
