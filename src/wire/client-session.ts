@@ -32,17 +32,14 @@ import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
 import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort, type ReadOutcome } from '../executor/plan-executor';
-import { bindParameters } from '../planner/bound-parameters';
-import { describeStatement } from './describe-statement';
-import { textOfBinary } from './node-value-format';
-import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary, withFormats } from './result-formats';
-import { decodeParameterDescription } from './row-description';
-import { SpooledPortal } from './spooled-portal';
+import { HeldPortals } from './held-portals';
+import { ExtendedDistributedReads, type ExtendedReadHost } from './extended-distributed-reads';
+import type { PendingMessage, PreparedStatement } from './pending-message';
+import { textParameters } from './node-value-format';
 import { CopyOutSink } from './copy-out-sink';
 import { deparseVerified } from '../planner/ast-tools';
 import { closeTarget, declareCursor, fetchFromCursor, fetchTarget, type CursorHost } from './sql-cursors';
 import { executeSqlStatement, prepareSqlStatement, type SqlPreparedStatement } from './sql-prepared-statements';
-import { RowSpool } from '../executor/row-spool';
 import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
@@ -78,37 +75,6 @@ export interface SessionContext {
   cancel(processId: number, secretKey: number): void;
   register(session: ClientSession): boolean;
   unregister(session: ClientSession): void;
-}
-
-/** A client's prepared statement as the client sees it; identity marks a version of a name. */
-interface PreparedStatement {
-  readonly name: string;
-  readonly parseFrame: Buffer;
-  readonly statementClass: StatementClass;
-  /** A write calling time functions: each execution runs a copy with the values pinned (see pinTimeFunctions). */
-  readonly timePinning?: { readonly node: Node; readonly parameterTypes: number[] };
-  /** How the partition rules route it, when it touches a distributed table or calls a parapool function. */
-  readonly route?: DistributedRoute;
-  /** DDL that may change views or routines, which the planner reads (view-expansion.ts, routine-reads.ts). */
-  readonly changesDefinitions?: boolean;
-  /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
-  readonly cursorCommand?: Node;
-}
-
-interface PendingMessage {
-  readonly frame: Frame;
-  /** The statement a Parse creates, or a Bind/Describe uses. */
-  readonly statement?: PreparedStatement;
-  /** For Bind/Describe/Close of a statement: its name. */
-  readonly statementName?: string;
-  readonly portal?: string;
-  readonly statementClass: StatementClass;
-  /** Set when the proxy refuses the message: the batch fails at this point with this error. */
-  readonly rejection?: PgError;
-  /** For a Bind of a time-pinned statement: the Parse of this execution's pinned copy. */
-  pinnedParse?: Buffer;
-  /** For a Bind: its parameters, which may hold a distribution key. */
-  readonly bind?: BindMessage;
 }
 
 /** Stands for "the unnamed statement holds a pinned copy" in a node's preparedStatements. */
@@ -147,7 +113,7 @@ export class ClientSession implements ClientSink {
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, StatementClass>();
   /** Portals of multi-node reads the proxy answers itself, with rows left to fetch (see SpooledPortal). */
-  private readonly heldPortals = new Map<string, SpooledPortal>();
+  private readonly heldPortals = new HeldPortals();
   /** SQL PREPAREd reads of several nodes, which the proxy plans at each EXECUTE. */
   private readonly sqlPrepared = new Map<string, SqlPreparedStatement>();
   private readonly output: CoalescingWriter;
@@ -425,7 +391,7 @@ export class ClientSession implements ClientSink {
     }
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
-    this.closeHeldPortal('');
+    this.heldPortals.close('');
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
@@ -580,10 +546,10 @@ export class ClientSession implements ClientSink {
     const messages = this.pending;
     this.pending = [];
     if (isSync && !this.dispatch) {
-      if (await this.isDistributedReadBatch(messages)) return this.runExtendedDistributedRead(messages);
+      if (await this.extendedReads.isBatch(messages)) return this.extendedReads.run(messages);
       // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
-      const begin = this.transactionStartPrefix(messages);
-      if (begin > 0 && (await this.isDistributedReadBatch(messages.slice(begin)))) {
+      const begin = this.extendedReads.transactionStartPrefix(messages);
+      if (begin > 0 && (await this.extendedReads.isBatch(messages.slice(begin)))) {
         const dispatch = this.openDispatch(this.targets(true), true, true);
         dispatch.send(this.buildSends(messages.slice(0, begin), dispatch.connections, terminator, true));
         const result = await this.finishDispatch(dispatch, 'BEGIN', false);
@@ -591,7 +557,7 @@ export class ClientSession implements ClientSink {
           this.write(serverMessages.readyForQuery(this.status));
           return;
         }
-        return this.runExtendedDistributedRead(messages.slice(begin));
+        return this.extendedReads.run(messages.slice(begin));
       }
     }
     const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
@@ -719,7 +685,7 @@ export class ClientSession implements ClientSink {
       }
       else if (code === FrontendCode.bind) {
         this.portals.set(message.portal!, message.statementClass);
-        this.closeHeldPortal(message.portal!);
+        this.heldPortals.close(message.portal!);
       }
       else if (code === FrontendCode.close) {
         if (message.statementName !== undefined) this.statements.delete(message.statementName);
@@ -752,286 +718,6 @@ export class ClientSession implements ClientSink {
   }
 
   // ---- distributed tables ---------------------------------------------------------------------------------
-
-  /**
-   * The one node an extended-protocol batch must run on because it executes statements on distributed tables
-   * (their keys read from the Bind parameters); null when the batch touches no distributed table. Messages whose
-   * statements need more than one node, or a shape this protocol path does not route, get a rejection.
-   */
-  private async spansNodes(statement: PreparedStatement, bind: BindMessage): Promise<boolean> {
-    try {
-      return (await this.nodesForBind(statement.route!, bind, statement)).length > 1;
-    } catch (error) {
-      if (error instanceof PgError && error.severity === 'ERROR') return false; // the routing path reports it
-      throw error;
-    }
-  }
-
-  /** How many leading messages of a batch only execute BEGIN (or START TRANSACTION): 0 when none. */
-  private transactionStartPrefix(messages: readonly PendingMessage[]): number {
-    const portals = new Set<string>();
-    const isBegin = (statement: PreparedStatement | undefined): boolean => {
-      if (!statement || statement.route) return false;
-      const parsed = parseSql(decodeParse(statement.parseFrame.subarray(5)).sql);
-      if (!parsed.ok || parsed.statements.length !== 1) return false;
-      const node = parsed.statements[0].node as { TransactionStmt?: { kind?: string } };
-      return node.TransactionStmt?.kind === 'TRANS_STMT_BEGIN' || node.TransactionStmt?.kind === 'TRANS_STMT_START';
-    };
-    let end = 0;
-    for (const [index, message] of messages.entries()) {
-      if (message.rejection) break;
-      const code = message.frame.code;
-      if (code === FrontendCode.parse && isBegin(message.statement)) end = index + 1;
-      else if (code === FrontendCode.bind && isBegin(this.statementBefore(messages, index, message.statementName!))) portals.add(message.portal!);
-      else if (code === FrontendCode.execute && portals.has(message.portal!)) end = index + 1;
-      else break;
-    }
-    return end;
-  }
-
-  /** The route of a statement when it is a read of rows on several nodes, which the proxy answers itself. */
-  private multiNodeRead(statement: PreparedStatement | undefined): boolean {
-    return statement?.route?.kind === 'select' || statement?.route?.kind === 'declare' || (statement?.route?.kind === 'pinned' && !statement.route.write) || this.heldCursorCommand(statement) !== null;
-  }
-
-  /** FETCH, MOVE or CLOSE of a cursor the proxy holds (not CLOSE ALL, which the nodes see too). */
-  private heldCursorCommand(statement: PreparedStatement | undefined): 'fetch' | 'close' | null {
-    if (!statement?.cursorCommand) return null;
-    if (fetchTarget(statement.cursorCommand, this.heldPortals)) return 'fetch';
-    const close = closeTarget(statement.cursorCommand, this.heldPortals);
-    return close !== null && close !== '*' ? 'close' : null;
-  }
-
-  /**
-   * A batch the proxy answers itself, without any node seeing its messages: executions of multi-node reads (new,
-   * or portals the proxy holds), with the Parse, Describe and Close messages around them that name those reads.
-   */
-  private async isDistributedReadBatch(messages: readonly PendingMessage[]): Promise<boolean> {
-    let reads = 0;
-    const portals = new Set<string>();
-    for (const [index, message] of messages.entries()) {
-      if (message.rejection) return false;
-      switch (message.frame.code) {
-        case FrontendCode.parse:
-          if (!this.multiNodeRead(message.statement)) return false;
-          break;
-        case FrontendCode.bind: {
-          const statement = this.statementBefore(messages, index, message.statementName!);
-          if (!this.multiNodeRead(statement)) return false;
-          // Keys on one node leave the batch to that node (its bytes relayed); keys on several make it a merged read.
-          if (statement!.route?.kind !== 'pinned' || (await this.spansNodes(statement!, message.bind!))) reads++;
-          portals.add(message.portal!);
-          break;
-        }
-        case FrontendCode.describe:
-        case FrontendCode.close:
-          if (message.statementName !== undefined ? !this.multiNodeRead(this.statementBefore(messages, index, message.statementName)) : !portals.has(message.portal!) && !this.heldPortals.has(message.portal!)) return false;
-          break;
-        case FrontendCode.execute:
-          if (this.heldPortals.has(message.portal!)) reads++;
-          else if (!portals.has(message.portal!)) return false;
-          break;
-        default:
-          return false;
-      }
-    }
-    return reads > 0;
-  }
-
-  /**
-   * Answers a batch of one multi-node read (see isDistributedReadBatch) as a node would: ParseComplete,
-   * BindComplete, the descriptions (asked of the main node, with the bound result formats), then the read with its
-   * parameters written in as literals (binary ones turned to text by a node), planned and run like a simple query,
-   * and ReadyForQuery at the Sync. Rows stream straight through unless the Execute has a row limit or a column
-   * needs a node to encode it: then they are spooled and handed out per Execute (see SpooledPortal).
-   */
-  private async runExtendedDistributedRead(messages: readonly PendingMessage[]): Promise<void> {
-    const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage }>();
-    const fail = async (error: PgError): Promise<void> => {
-      if (this.status !== 'I') {
-        this.endTransactionPortals(false);
-        return this.refuse(error);
-      }
-      this.write(serverMessages.errorResponse(error));
-      this.endExtendedRead();
-    };
-    try {
-      for (const [index, message] of messages.entries()) {
-        switch (message.frame.code) {
-          case FrontendCode.parse: {
-            const name = message.statement!.name;
-            if (name !== '' && this.statements.has(name)) return await fail(new PgError({ code: '42P05', message: `prepared statement "${name}" already exists` }));
-            this.statements.set(name, message.statement!);
-            this.write(serverMessages.parseComplete);
-            break;
-          }
-          case FrontendCode.bind: {
-            const statement = this.statementBefore(messages, index, message.statementName!)!;
-            const portal = message.portal!;
-            if (portal !== '' && this.heldPortals.has(portal)) return await fail(new PgError({ code: '42P03', message: `portal "${portal}" already exists` }));
-            this.closeHeldPortal(portal);
-            bound.set(portal, { statement, bind: message.bind! });
-            this.portals.set(portal, message.statementClass);
-            this.write(serverMessages.bindComplete);
-            break;
-          }
-          case FrontendCode.describe: {
-            if (message.statementName === undefined && !bound.has(message.portal!)) {
-              this.write(await this.heldPortals.get(message.portal!)!.describe());
-              break;
-            }
-            const statement = message.statementName !== undefined ? this.statementBefore(messages, index, message.statementName)! : bound.get(message.portal!)!.statement;
-            const command = this.heldCursorCommand(statement);
-            if (command) {
-              if (message.statementName !== undefined) this.write(serverMessages.parameterDescription([]));
-              const cursor = command === 'fetch' ? this.heldPortals.get(fetchTarget(statement.cursorCommand!, this.heldPortals)!)! : null;
-              const formats = message.statementName !== undefined ? [] : bound.get(message.portal!)!.bind.resultFormats;
-              this.write(cursor ? withFormats(await cursor.describe(), formats) : serverMessages.noData);
-              break;
-            }
-            const parse = decodeParse(statement.parseFrame.subarray(5));
-            const { frames, fields } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
-            for (const frame of frames) {
-              if (message.statementName !== undefined) this.write(frame);
-              else if (frame[0] === BackendCode.rowDescription) this.write(describeWithFormats(fields, columnFormats(bound.get(message.portal!)!.bind.resultFormats, fields.length)));
-              else if (frame[0] !== BackendCode.parameterDescription) this.write(frame);
-            }
-            break;
-          }
-          case FrontendCode.execute: {
-            const { maxRows } = decodeExecute(message.frame.payload);
-            const held = this.heldPortals.get(message.portal!);
-            if (held && !bound.has(message.portal!)) {
-              await held.fetch(maxRows, this, () => this.evaluationConnection());
-              break;
-            }
-            const portal = bound.get(message.portal!)!;
-            const parse = decodeParse(portal.statement.parseFrame.subarray(5));
-            const parameters = await this.textParameters(parse.sql, parse.parameterTypes, portal.bind);
-            const typeNames = await this.typeNames(parse.parameterTypes);
-            const sql = bindParameters(parse.sql, parameters.map((p) => (p === null ? null : p.toString('utf8'))), typeNames);
-            const parsed = parseSql(sql);
-            if (!parsed.ok) return await fail(parsed.error);
-            const statement = parsed.statements[0];
-            bound.delete(message.portal!);
-            const command = this.heldCursorCommand(portal.statement);
-            if (command === 'fetch') {
-              const error = await fetchFromCursor(this.cursorHost(), statement.node, false, portal.bind.resultFormats);
-              if (error) return await fail(error);
-              break;
-            }
-            if (command === 'close') {
-              this.closeHeldPortal(closeTarget(statement.node, this.heldPortals)!);
-              this.write(serverMessages.commandComplete('CLOSE CURSOR'));
-              break;
-            }
-            const route = routeDistributed(statement.node, this.catalog!);
-            if (route.kind === 'declare') {
-              const error = await declareCursor(this.cursorHost(), route.name, route.options, route.statement);
-              if (error) return await fail(error);
-              break;
-            }
-            bound.set(message.portal!, portal);
-            let nodes: number[] | undefined;
-            if (route.kind === 'pinned') nodes = await this.nodesForBind(route, { ...portal.bind, parameterFormats: [], parameters }, portal.statement);
-            const described = async () => {
-              const { fields } = await describeStatement(this.mainConnection(), parse.sql, parse.parameterTypes);
-              const formats = columnFormats(portal.bind.resultFormats, fields.length);
-              return { encoder: new ResultEncoder(fields, formats), description: describeWithFormats(fields, formats) };
-            };
-            const formatted = wantsBinary(portal.bind.resultFormats) || maxRows > 0 ? await described() : null;
-            // From here on the portal is the proxy's: a later Execute fetches from it, a Describe reads it.
-            bound.delete(message.portal!);
-            if (maxRows === 0 && !formatted?.encoder.needsNode) {
-              const outcome = await this.distributedRead(statement, nodes, undefined, this.extendedSink(formatted?.encoder ?? null));
-              if (!outcome.ok) return await fail(outcome.error);
-              this.heldPortals.set(message.portal!, new SpooledPortal(new RowSpool(0, 0), null, async () => (formatted ?? (await described())).description));
-              break;
-            }
-            const spool = new RowSpool(this.context.config.mergeMemoryLimit, this.context.config.intermediateResultLimit);
-            const spooled = new SpooledPortal(spool, formatted!.encoder, async () => formatted!.description);
-            this.heldPortals.set(message.portal!, spooled);
-            const outcome = await this.distributedRead(statement, nodes, undefined, spool.sink());
-            if (!outcome.ok) return await fail(outcome.error);
-            if (spool.failure) return await fail(spool.failure);
-            await spooled.fetch(maxRows, this, () => this.evaluationConnection());
-            break;
-          }
-          default: {
-            const close = decodeClose(message.frame.payload);
-            if (close.kind === 'S') this.statements.delete(close.name);
-            else {
-              this.portals.delete(close.name);
-              this.closeHeldPortal(close.name);
-            }
-            this.write(serverMessages.closeComplete);
-          }
-        }
-      }
-    } catch (error) {
-      if (error instanceof PgError && error.severity === 'ERROR') return fail(error);
-      throw error;
-    }
-    this.endExtendedRead();
-  }
-
-  /** ReadyForQuery at the Sync; outside a transaction block the Sync ends every portal, as on a node. */
-  private endExtendedRead(): void {
-    if (this.status === 'I') this.endTransactionPortals(true);
-    this.write(serverMessages.readyForQuery(this.status));
-  }
-
-  /** Where an Execute's streamed rows go: the client, without the RowDescription, in the bound formats. */
-  private extendedSink(encoder: ResultEncoder | null): ClientSink {
-    return {
-      write: (bytes) => {
-        if (bytes[0] === BackendCode.rowDescription) return true;
-        if (bytes[0] === BackendCode.dataRow && encoder && !encoder.isIdentity) return this.write(encoder.encodeNative(bytes));
-        return this.write(bytes);
-      },
-      onceDrained: (callback) => this.onceDrained(callback),
-      closed: false,
-    };
-  }
-
-  private closeHeldPortal(name: string): void {
-    this.heldPortals.get(name)?.close();
-    this.heldPortals.delete(name);
-  }
-
-  private closeHeldPortals(): void {
-    for (const portal of this.heldPortals.values()) portal.close();
-    this.heldPortals.clear();
-  }
-
-  /** At a transaction's end: portals end with it, but cursors WITH HOLD outlive a commit. */
-  private endTransactionPortals(committed: boolean): void {
-    for (const [name, portal] of this.heldPortals) {
-      if (portal.holdable && (committed || !portal.inTransaction)) portal.inTransaction = false;
-      else this.closeHeldPortal(name);
-    }
-  }
-
-  /**
-   * A Bind's parameters all in text: those sent in binary are read by a node with their types' receive and
-   * output functions (the types from the Parse, or as the node infers them).
-   */
-  private async textParameters(sql: string, parameterTypes: readonly number[], bind: BindMessage): Promise<(Buffer | null)[]> {
-    const binary = bind.parameters.map((value, i) => value !== null && (bind.parameterFormats.length === 1 ? bind.parameterFormats[0] : bind.parameterFormats[i] ?? 0) === 1);
-    if (!binary.includes(true)) return bind.parameters;
-    const connection = await this.evaluationConnection();
-    let types = [...parameterTypes];
-    if (bind.parameters.some((_, i) => binary[i] && !types[i])) {
-      const { frames } = await describeStatement(connection, sql, parameterTypes);
-      const description = frames.find((frame) => frame[0] === BackendCode.parameterDescription);
-      types = description ? decodeParameterDescription(description.subarray(5)) : types;
-    }
-    const positions = binary.flatMap((isBinary, i) => (isBinary ? [i] : []));
-    const texts = await textOfBinary(connection, positions.map((i) => types[i] ?? 0), positions.map((i) => bind.parameters[i]));
-    const parameters = [...bind.parameters];
-    positions.forEach((position, k) => (parameters[position] = texts[k] === null ? null : Buffer.from(texts[k]!, 'utf8')));
-    return parameters;
-  }
 
   /** The names of types given by OID (0: none), for casting bound parameters. */
   private async typeNames(oids: readonly number[]): Promise<(string | undefined)[]> {
@@ -1147,7 +833,7 @@ export class ClientSession implements ClientSink {
   /** The nodes a Bind's execution runs on; binary parameters are read as text first (the statement's types). */
   private async nodesForBind(route: DistributedRoute, bind: BindMessage, statement: PreparedStatement): Promise<number[]> {
     const parse = decodeParse(statement.parseFrame.subarray(5));
-    const parameters = route.kind === 'pinned' || route.kind === 'insert-values' ? await this.textParameters(parse.sql, parse.parameterTypes, bind) : bind.parameters;
+    const parameters = route.kind === 'pinned' || route.kind === 'insert-values' ? await textParameters(() => this.evaluationConnection(), parse.sql, parse.parameterTypes, bind) : bind.parameters;
     const port: SessionPort = { ...this.port, status: this.status };
     switch (route.kind) {
       case 'pinned':
@@ -1177,6 +863,35 @@ export class ClientSession implements ClientSink {
 
   private connectionsInNodeOrder(): BackendConnection[] {
     return [...this.connections.values()].sort((a, b) => a.node.id - b.node.id);
+  }
+
+  private readonly extendedReads = new ExtendedDistributedReads(this.extendedReadHost());
+
+  private extendedReadHost(): ExtendedReadHost {
+    const session = this;
+    return {
+      get status() {
+        return session.status;
+      },
+      get catalog() {
+        return session.catalog!;
+      },
+      client: this,
+      statements: this.statements,
+      portals: this.portals,
+      held: this.heldPortals,
+      get spoolLimits() {
+        return { memory: session.context.config.mergeMemoryLimit, file: session.context.config.intermediateResultLimit };
+      },
+      statementBefore: (messages, end, name) => this.statementBefore(messages, end, name),
+      mainConnection: () => this.mainConnection(),
+      evaluationConnection: () => this.evaluationConnection(),
+      typeNames: (oids) => this.typeNames(oids),
+      nodesForBind: (route, bind, statement) => this.nodesForBind(route, bind, statement),
+      read: (statement, nodes, explain, sink) => this.distributedRead(statement, nodes, explain, sink),
+      cursorHost: () => this.cursorHost(),
+      refuse: (error) => this.refuse(error),
+    };
   }
 
   private readonly port: SessionPort = {
@@ -1356,10 +1071,10 @@ export class ClientSession implements ClientSink {
         case 'close': {
           const target = closeTarget(node, this.heldPortals)!;
           if (target === '*') {
-            this.closeHeldPortals();
+            this.heldPortals.closeAll();
             return await this.runOnNodes([frame.raw], { kind: 'read', reason: 'CLOSE ALL' }, sql, undefined, false, this.targets(true));
           }
-          this.closeHeldPortal(target);
+          this.heldPortals.close(target);
           this.write(serverMessages.commandComplete('CLOSE CURSOR'));
           break;
         }
@@ -1596,7 +1311,7 @@ export class ClientSession implements ClientSink {
     } catch (error) {
       this.writtenNodes.clear();
       this.status = 'I';
-      this.endTransactionPortals(false);
+      this.heldPortals.endTransaction(false);
       if (!(error instanceof PgError)) throw error;
       this.write(serverMessages.errorResponse(error));
       await this.reconcileTransactions();
@@ -1606,7 +1321,7 @@ export class ClientSession implements ClientSink {
     this.writtenNodes.clear();
     this.status = 'I';
     this.portals.clear();
-    this.endTransactionPortals(true);
+    this.heldPortals.endTransaction(true);
     if (this.catalogInTransaction) await this.reloadCatalog();
     this.write(serverMessages.commandComplete('COMMIT'));
     this.write(serverMessages.readyForQuery('I'));
@@ -1695,7 +1410,7 @@ export class ClientSession implements ClientSink {
     }
     if (this.status === 'I') {
       this.portals.clear();
-      this.endTransactionPortals(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
+      this.heldPortals.endTransaction(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();
       if (this.catalogInTransaction) this.definitionsChanged = true;
     } else if (wasWrite) {
@@ -1791,7 +1506,7 @@ export class ClientSession implements ClientSink {
     this.context.cluster.off('detach', this.onDetach);
     this.context.unregister(this);
     this.passwordWaiter = null;
-    this.closeHeldPortals();
+    this.heldPortals.closeAll();
     for (const cancel of this.cancelHooks) cancel();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;

@@ -8,6 +8,9 @@ import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
 import { dataRowFields } from './data-row';
 import type { PgError } from './errors';
 import { BackendCode } from './message-codes';
+import { describeStatement } from './describe-statement';
+import type { BindMessage } from './frontend-messages';
+import { decodeParameterDescription } from './row-description';
 
 const batchRows = 500;
 
@@ -45,4 +48,25 @@ export function binaryOfText(connection: BackendConnection, types: readonly numb
 export async function textOfBinary(connection: BackendConnection, types: readonly number[], values: readonly (Buffer | null)[]): Promise<(string | null)[]> {
   const [row] = await selectParameters(connection, types, [values], false);
   return row.map((value) => (value === null ? null : value.toString('utf8')));
+}
+
+/**
+ * A Bind's parameters all in text: those sent in binary are read by a node with their types' receive and output
+ * functions (the types from the Parse, or as the node infers them).
+ */
+export async function textParameters(connectionOf: () => Promise<BackendConnection>, sql: string, parameterTypes: readonly number[], bind: BindMessage): Promise<(Buffer | null)[]> {
+  const binary = bind.parameters.map((value, i) => value !== null && (bind.parameterFormats.length === 1 ? bind.parameterFormats[0] : bind.parameterFormats[i] ?? 0) === 1);
+  if (!binary.includes(true)) return bind.parameters;
+  const connection = await connectionOf();
+  let types = [...parameterTypes];
+  if (bind.parameters.some((_, i) => binary[i] && !types[i])) {
+    const { frames } = await describeStatement(connection, sql, parameterTypes);
+    const description = frames.find((frame) => frame[0] === BackendCode.parameterDescription);
+    types = description ? decodeParameterDescription(description.subarray(5)) : types;
+  }
+  const positions = binary.flatMap((isBinary, i) => (isBinary ? [i] : []));
+  const texts = await textOfBinary(connection, positions.map((i) => types[i] ?? 0), positions.map((i) => bind.parameters[i]));
+  const parameters = [...bind.parameters];
+  positions.forEach((position, k) => (parameters[position] = texts[k] === null ? null : Buffer.from(texts[k]!, 'utf8')));
+  return parameters;
 }

@@ -15,12 +15,13 @@ import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary } from '
 import { decodeRowDescription } from './row-description';
 import { serverMessages } from './server-messages';
 import { SpooledPortal } from './spooled-portal';
+import type { HeldPortals } from './held-portals';
 
 /** What cursors need of the session. */
 export interface CursorHost {
   readonly status: TransactionStatus;
   /** The session's portals the proxy holds, which cursors share a namespace with. */
-  readonly portals: Map<string, SpooledPortal>;
+  readonly portals: HeldPortals;
   readonly client: ClientSink;
   read(statement: { node: Node; sql: string }, sink: ClientSink): Promise<ReadOutcome>;
   conversionConnection(): Promise<BackendConnection>;
@@ -79,7 +80,7 @@ export async function declareCursor(host: CursorHost, name: string, options: num
 }
 
 /** The cursor a FETCH or MOVE names, when the proxy holds it. */
-export function fetchTarget(node: Node, portals: ReadonlyMap<string, SpooledPortal>): string | null {
+export function fetchTarget(node: Node, portals: HeldPortals): string | null {
   const fetch = (node as { FetchStmt?: { portalname?: string } }).FetchStmt;
   return fetch?.portalname !== undefined && portals.has(fetch.portalname) ? fetch.portalname : null;
 }
@@ -113,7 +114,7 @@ export async function fetchFromCursor(host: CursorHost, node: Node, withDescript
 }
 
 /** The cursor a CLOSE names when the proxy holds it; '*' for CLOSE ALL; null for a node's own cursor. */
-export function closeTarget(node: Node, portals: ReadonlyMap<string, SpooledPortal>): string | null {
+export function closeTarget(node: Node, portals: HeldPortals): string | null {
   const close = (node as { ClosePortalStmt?: { portalname?: string } }).ClosePortalStmt;
   if (!close) return null;
   if (close.portalname === undefined) return '*';
