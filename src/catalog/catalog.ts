@@ -1,5 +1,6 @@
 // The partition rules of one database, in memory, loaded from the nodes and shared by every session of that
-// database. Lookups take a table as written in SQL; an unqualified name means schema public.
+// database. Lookups take a table as written in SQL; an unqualified name means schema public, or, for a session
+// with another search_path, the schema that search_path finds it in (resolvingWith).
 
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
@@ -28,6 +29,30 @@ export class Catalog {
     for (const routine of routines) this.functions.set(routine.name, [...(this.functions.get(routine.name) ?? []), routine]);
   }
 
+  /**
+   * Where unqualified names resolve, for a session whose search_path is not the default: name → schema ('' for
+   * a name that resolves to no relation). Names not in it resolve to public.
+   */
+  private unqualified: ReadonlyMap<string, string> | null = null;
+
+  /** This catalog as a session with another search_path sees it (see `unqualified`); shares everything else. */
+  resolvingWith(unqualified: ReadonlyMap<string, string> | null): Catalog {
+    if (unqualified === null) return this;
+    const view = Object.create(this) as Catalog;
+    view.unqualified = unqualified;
+    return view;
+  }
+
+  /** The schema an unqualified name means. */
+  private schemaOf(schema: string | undefined, name: string): string {
+    return schema ?? this.unqualified?.get(name) ?? 'public';
+  }
+
+  /** Every table name with a rule and every view name, for resolving them under a search_path. */
+  get relationNames(): string[] {
+    return [...new Set([...[...this.rules.values()].map((rule) => rule.table.name), ...[...this.views.keys()].map((k) => k.split('\0')[1])])];
+  }
+
   /** The SQL and PL/pgSQL routines of a name, in any schema (every overload). */
   routines(name: string): readonly RoutineDefinition[] {
     return this.functions.get(name) ?? [];
@@ -35,7 +60,7 @@ export class Catalog {
 
   /** The SELECT a view named in SQL stands for, or null when it is not a view. */
   viewDefinition(schema: string | undefined, name: string): string | null {
-    return this.views.get(key({ schema: schema ?? 'public', name })) ?? null;
+    return this.views.get(key({ schema: this.schemaOf(schema, name), name })) ?? null;
   }
 
   get hasViews(): boolean {
@@ -44,7 +69,7 @@ export class Catalog {
 
   /** The rule of a table named in SQL, or null (no rule: the table is replicated). */
   lookup(schema: string | undefined, name: string): PartitionRule | null {
-    return this.rules.get(key({ schema: schema ?? 'public', name })) ?? null;
+    return this.rules.get(key({ schema: this.schemaOf(schema, name), name })) ?? null;
   }
 
   distributed(schema: string | undefined, name: string): DistributedRule | null {

@@ -75,7 +75,11 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
   const references = tablesReferenced(node);
   const tag = nodeTag(node);
   if (tag === 'DropStmt') {
-    const withRules = dropTargets(node).filter((t) => catalog.lookup(t.schema, t.name));
+    // As the session's search_path resolves them: the rule to forget is that table's.
+    const withRules = dropTargets(node).flatMap((t) => {
+      const rule = catalog.lookup(t.schema, t.name);
+      return rule ? [{ ...t, schema: rule.table.schema }] : [];
+    });
     return withRules.length > 0 ? { kind: 'drop', tables: withRules } : { kind: 'none' };
   }
   const distributed = references.map((r) => ({ ref: r, rule: catalog.distributed(r.schema, r.name) })).filter((d) => d.rule) as { ref: TableReference; rule: DistributedRule }[];

@@ -238,7 +238,8 @@ export class ClientSession implements ClientSink {
         nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
       });
       await this.connectNodes();
-      this.catalog = await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder());
+      this.useCatalog(await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder()));
+      if (/search_path/i.test(this.parameters.get('options') ?? '')) await this.resolveSearchPath();
       const main = this.mainConnection();
       for (const [name, value] of main.parameters) this.socket.write(serverMessages.parameterStatus(name, value));
       this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
@@ -397,6 +398,7 @@ export class ClientSession implements ClientSink {
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.followCatalog();
     if (parsed.statements.some((st) => mayChangeDefinitions(st.node))) this.definitionsChanged = true;
+    if (mayChangeSearchPath.test(sql)) this.searchPathDirty = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
   }
@@ -491,6 +493,7 @@ export class ClientSession implements ClientSink {
         this.followCatalog();
         const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
         const changesDefinitions = parsed.ok && parsed.statements.some((st) => mayChangeDefinitions(st.node));
+        if (mayChangeSearchPath.test(message.sql)) this.searchPathDirty = true;
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
@@ -605,10 +608,50 @@ export class ClientSession implements ClientSink {
   /** Set while this session's catalog holds what its open transaction changed, which other sessions must not see. */
   private catalogInTransaction = false;
 
+  /** The database's catalog as shared by every session; `catalog` is it as this session's search_path sees it. */
+  private sharedCatalog: Catalog | null = null;
+  /** Where unqualified names resolve under a search_path other than the default (null: public). */
+  private searchPathResolution: Map<string, string> | null = null;
+  /** Set when a statement may have changed the search_path; read again before ReadyForQuery. */
+  private searchPathDirty = false;
+  /** Set when the search_path was read inside a transaction block: a rollback may undo a SET. */
+  private searchPathInTransaction = false;
+
+  private useCatalog(shared: Catalog): void {
+    this.sharedCatalog = shared;
+    this.catalog = shared.resolvingWith(this.searchPathResolution);
+  }
+
+  /**
+   * Reads where the session's search_path finds each name that has a rule or is a view in some schema (the main
+   * node resolves them, as it would the statement's own names); with the default search_path, public.
+   */
+  private async resolveSearchPath(): Promise<void> {
+    this.searchPathDirty = false;
+    if (!this.sharedCatalog || this.status === 'E') return;
+    const main = this.mainConnection();
+    const [[path]] = (await main.query("SELECT current_setting('search_path')")).rows;
+    const names = this.sharedCatalog.relationNames;
+    let resolution: Map<string, string> | null = null;
+    if (path !== '"$user", public' && names.length > 0) {
+      const { rows } = await main.query(
+        `SELECT n, (SELECT s.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(n)))
+         FROM unnest(ARRAY[${names.map(quoteLiteral).join(', ')}]::text[]) n`,
+      );
+      resolution = new Map(rows.map(([name, schema]) => [name!, schema ?? '']));
+    }
+    this.searchPathResolution = resolution;
+    this.searchPathInTransaction = this.status !== 'I';
+    this.useCatalog(this.sharedCatalog);
+  }
+
   /** Picks up rule and view changes other sessions made (a session inside its own change keeps its copy). */
   private followCatalog(): void {
-    if (this.catalogInTransaction || !this.catalog) return;
-    this.catalog = this.context.catalogs.current(this.catalog.database) ?? this.catalog;
+    if (this.catalogInTransaction || !this.sharedCatalog) return;
+    const current = this.context.catalogs.current(this.sharedCatalog.database);
+    if (!current || current === this.sharedCatalog) return;
+    this.useCatalog(current);
+    if (this.searchPathResolution) this.searchPathDirty = true; // its names may differ: read again after this statement
   }
 
   /**
@@ -623,7 +666,8 @@ export class ClientSession implements ClientSink {
       return null;
     });
     if (!catalog) return;
-    this.catalog = catalog;
+    this.useCatalog(catalog);
+    if (this.searchPathResolution) await this.resolveSearchPath();
     this.catalogInTransaction = this.status !== 'I';
     if (this.status === 'I') this.context.catalogs.replace(catalog);
   }
@@ -936,7 +980,11 @@ export class ClientSession implements ClientSink {
           .map((t) => `DELETE FROM parapool.partition_rules WHERE table_schema = ${quoteLiteral(t.schema ?? 'public')} AND table_name = ${quoteLiteral(t.name)}`)
           .join(';\n');
         await this.runOnNodes([serialize.query(`${statement.sql};\n${forget}`)], { kind: 'write', reason: 'DROP of a table with a rule' }, sql);
-        if (this.status === 'I') this.context.catalogs.replace((this.catalog = await readCatalog(this.catalog!.database, this.connectionsInNodeOrder())));
+        if (this.status === 'I') {
+          const catalog = await readCatalog(this.catalog!.database, this.connectionsInNodeOrder());
+          this.context.catalogs.replace(catalog);
+          this.useCatalog(catalog);
+        }
         return;
       }
       case 'copy-in':
@@ -1128,9 +1176,10 @@ export class ClientSession implements ClientSink {
           connectTimeoutMs: this.context.config.connectTimeout * 1000,
         });
         this.sourceConnections.add(connection);
-        // The session may have changed how values read and print (SET TimeZone, ...): the borrowed connection follows.
-        const settings = sessionSettings.filter((name) => main.parameters.get(name) !== undefined && main.parameters.get(name) !== connection.parameters.get(name));
-        if (settings.length > 0) await connection.query(settings.map((name) => `SET ${name} = ${quoteLiteral(main.parameters.get(name)!)}`).join('; '));
+        // The session may have changed how values read and print, where names resolve, who it is (SET TimeZone,
+        // search_path, ROLE, ...): the borrowed connection follows (the settings were read before the read began).
+        const settings = await this.sessionSettings();
+        if (settings.length > 0) await connection.query(settings.map(([name, value]) => `SELECT pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join('; '));
         return connection;
       },
       releaseSource: (connection) => {
@@ -1214,7 +1263,7 @@ export class ClientSession implements ClientSink {
     if (statement.sql.toLowerCase().includes('set_config')) this.settingsEpoch++;
     const port = this.readPort();
     try {
-      if (port.workerFragments) await this.sessionSettings();
+      await this.sessionSettings(); // now, while the main node's connection is idle
       return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return { ok: false, error, errorFrame: null };
@@ -1248,7 +1297,7 @@ export class ClientSession implements ClientSink {
       this.write(serverMessages.readyForQuery(this.status));
       return;
     }
-    this.catalog = await this.context.catalogs.forDatabase(this.parameters.get('database')!, connections);
+    this.useCatalog(await this.context.catalogs.forDatabase(this.parameters.get('database')!, connections));
     for (const bytes of [serverMessages.textRowDescription([command.name]), serverMessages.dataRow([result]), serverMessages.commandComplete('SELECT 1')]) this.write(bytes);
     this.write(serverMessages.readyForQuery('I'));
   }
@@ -1422,6 +1471,7 @@ export class ClientSession implements ClientSink {
     }
     // Before ReadyForQuery: the client's next statement, in any session, must see the views as they are now.
     if (this.definitionsChanged) await this.reloadCatalog();
+    if (this.searchPathDirty || (this.searchPathInTransaction && this.status === 'I')) await this.resolveSearchPath();
     if (ready) this.write(serverMessages.readyForQuery(this.status));
     return result;
   }
@@ -1545,7 +1595,8 @@ function negotiateProtocolVersion(unsupported: string[]): Buffer {
 }
 
 /** Settings a node reports (ParameterStatus) that change how values are read or printed. */
-const sessionSettings = ['TimeZone', 'DateStyle', 'IntervalStyle'];
+/** Statements after which the search_path may differ. */
+const mayChangeSearchPath = /search_path|discard|reset\s+all|session\s+authorization|\brole\b/i;
 
 /** The statement an EXPLAIN explains, with its own text (the EXPLAIN keywords and options cut off). */
 function explainedStatement(sql: string, node: Node): { node: Node; sql: string } {

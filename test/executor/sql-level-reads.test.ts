@@ -216,6 +216,43 @@ test('routines that read distributed tables are refused where called, not answer
   await Promise.all([admin.end(), other.end()]);
 });
 
+test('unqualified names resolve through the session\'s search_path, as the nodes resolve them', async () => {
+  const admin = await cluster.connect();
+  await admin.query('create schema app');
+  await admin.query('create table app.items (id int primary key, v int)');
+  await admin.query('insert into app.items select g, g from generate_series(1, 300) g');
+  await admin.query("select parapool.distribute_table('app.items', 'id')");
+  const client = await cluster.connect();
+  const both = async (unqualified: string, qualified: string) => assert.deepEqual(await rowsOf(client, unqualified), await rowsOf(client, qualified), unqualified);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from items'), [['500']]);
+  await client.query('set search_path = app, public');
+  assert.deepEqual(await rowsOf(client, 'select count(*), sum(v) from items'), [['300', '45150']]);
+  await both('select v % 5 as r, count(*) from items group by r order by r', 'select v % 5 as r, count(*) from app.items group by r order by r');
+  await both('select count(*) from items a join public.items b on b.grp = a.v', 'select count(*) from app.items a join public.items b on b.grp = a.v');
+  await both('select count(*) from items a join public.items b on b.id = a.v * 2', 'select count(*) from app.items a join public.items b on b.id = a.v * 2');
+  await client.query('begin');
+  await client.query('set local search_path = public');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from items'), [['500']]);
+  await client.query('rollback');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from items'), [['300']], 'the rollback undid SET LOCAL');
+  // A plain table earlier in the search_path hides the distributed one of the same name, as on one server.
+  await admin.query('create schema shadow');
+  await admin.query('create table shadow.items (id int)');
+  await admin.query('insert into shadow.items values (1)');
+  await client.query('set search_path = shadow, public');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from items'), [['1']]);
+  await client.query('reset search_path');
+  assert.deepEqual(await rowsOf(client, 'select count(*) from items'), [['500']]);
+  await client.end();
+  const started = await cluster.connect({ options: '-c search_path=app,public' });
+  assert.deepEqual(await rowsOf(started, 'select count(*) from items'), [['300']], 'a search_path given at start-up');
+  await started.end();
+  await admin.query('drop schema shadow cascade');
+  await admin.query('drop table app.items');
+  await admin.query('drop schema app');
+  await admin.end();
+});
+
 test('COPY ... TO STDOUT of a distributed table or a query over one, in text and CSV, byte for byte', async () => {
   const create = [
     'create table texts (id int primary key, t text, n numeric, b bool)',
