@@ -94,6 +94,9 @@ async function executeInWorker(plan: AggregatePlan, port: ExecutionPort, worker:
   let result: FragmentResult;
   try {
     result = (await workerPool().run(task, { name: 'runFragmentsAndFold', transferList: [port2] as never })) as FragmentResult;
+  } catch (error) {
+    // The thread itself failed (its connections went with it): this statement fails, the session goes on.
+    result = { ok: false, code: SqlState.internalError, message: `a worker thread failed: ${(error as Error).message}` };
   } finally {
     unregister();
     port1.close();

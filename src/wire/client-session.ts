@@ -932,7 +932,7 @@ export class ClientSession implements ClientSink {
       evaluationConnection: () => this.evaluationConnection(),
       typeNames: (oids) => this.typeNames(oids),
       nodesForBind: (route, bind, statement) => this.nodesForBind(route, bind, statement),
-      read: (statement, nodes, explain, sink) => this.distributedRead(statement, nodes, explain, sink),
+      read: (statement, nodes, sink) => this.distributedRead(statement, nodes, undefined, sink),
       cursorHost: () => this.cursorHost(),
       refuse: (error) => this.refuse(error),
     };
@@ -1596,7 +1596,7 @@ function negotiateProtocolVersion(unsupported: string[]): Buffer {
 
 /** Settings a node reports (ParameterStatus) that change how values are read or printed. */
 /** Statements after which the search_path may differ. */
-const mayChangeSearchPath = /search_path|discard|reset\s+all|session\s+authorization|\brole\b/i;
+const mayChangeSearchPath = /search_path|discard|reset\s+all|session\s+authorization|(set|reset)\s+((local|session)\s+)?role/i;
 
 /** The statement an EXPLAIN explains, with its own text (the EXPLAIN keywords and options cut off). */
 function explainedStatement(sql: string, node: Node): { node: Node; sql: string } {

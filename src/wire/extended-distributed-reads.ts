@@ -42,7 +42,8 @@ export interface ExtendedReadHost {
   evaluationConnection(): Promise<BackendConnection>;
   typeNames(oids: readonly number[]): Promise<(string | undefined)[]>;
   nodesForBind(route: DistributedRoute, bind: BindMessage, statement: PreparedStatement): Promise<number[]>;
-  read(statement: { node: Node; sql: string }, nodes: readonly number[] | undefined, explain: undefined, sink: ClientSink): Promise<ReadOutcome>;
+  /** A distributed read (on `nodes` only, when given), its frames written to `sink`. */
+  read(statement: { node: Node; sql: string }, nodes: readonly number[] | undefined, sink: ClientSink): Promise<ReadOutcome>;
   cursorHost(): CursorHost;
   /** Fails the statement inside a transaction block, aborting the transaction on every node. */
   refuse(error: PgError): Promise<void>;
@@ -51,6 +52,7 @@ export interface ExtendedReadHost {
 export class ExtendedDistributedReads {
   constructor(private readonly host: ExtendedReadHost) {}
 
+  /** Whether a pinned read's bound keys live on more than one node. */
   private async spansNodes(statement: PreparedStatement, bind: BindMessage): Promise<boolean> {
     try {
       return (await this.host.nodesForBind(statement.route!, bind, statement)).length > 1;
@@ -132,7 +134,7 @@ export class ExtendedDistributedReads {
   }
 
   /**
-   * Answers a batch of one multi-node read (see isDistributedReadBatch) as a node would: ParseComplete,
+   * Answers a batch of multi-node reads (see isBatch) as a node would: ParseComplete,
    * BindComplete, the descriptions (asked of the main node, with the bound result formats), then the read with its
    * parameters written in as literals (binary ones turned to text by a node), planned and run like a simple query,
    * and ReadyForQuery at the Sync. Rows stream straight through unless the Execute has a row limit or a column
@@ -236,7 +238,7 @@ export class ExtendedDistributedReads {
             // From here on the portal is the proxy's: a later Execute fetches from it, a Describe reads it.
             bound.delete(message.portal!);
             if (maxRows === 0 && !formatted?.encoder.needsNode) {
-              const outcome = await this.host.read(statement, nodes, undefined, this.extendedSink(formatted?.encoder ?? null));
+              const outcome = await this.host.read(statement, nodes, this.extendedSink(formatted?.encoder ?? null));
               if (!outcome.ok) return await fail(outcome.error);
               this.host.held.set(message.portal!, new SpooledPortal(new RowSpool(0, 0), null, async () => (formatted ?? (await described())).description));
               break;
@@ -244,7 +246,7 @@ export class ExtendedDistributedReads {
             const spool = new RowSpool(this.host.spoolLimits.memory, this.host.spoolLimits.file);
             const spooled = new SpooledPortal(spool, formatted!.encoder, async () => formatted!.description);
             this.host.held.set(message.portal!, spooled);
-            const outcome = await this.host.read(statement, nodes, undefined, spool.sink());
+            const outcome = await this.host.read(statement, nodes, spool.sink());
             if (!outcome.ok) return await fail(outcome.error);
             if (spool.failure) return await fail(spool.failure);
             await spooled.fetch(maxRows, this.host.client, () => this.host.evaluationConnection());
