@@ -630,15 +630,23 @@ export class ClientSession implements ClientSink {
     this.searchPathDirty = false;
     if (!this.sharedCatalog || this.status === 'E') return;
     const main = this.mainConnection();
-    const [[path]] = (await main.query("SELECT current_setting('search_path')")).rows;
-    const names = this.sharedCatalog.relationNames;
     let resolution: Map<string, string> | null = null;
-    if (path !== '"$user", public' && names.length > 0) {
-      const { rows } = await main.query(
-        `SELECT n, (SELECT s.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(n)))
-         FROM unnest(ARRAY[${names.map(quoteLiteral).join(', ')}]::text[]) n`,
-      );
-      resolution = new Map(rows.map(([name, schema]) => [name!, schema ?? '']));
+    try {
+      const [[path]] = (await main.query("SELECT current_setting('search_path')")).rows;
+      const names = this.sharedCatalog.relationNames;
+      if (path !== '"$user", public' && names.length > 0) {
+        const { rows } = await main.query(
+          `SELECT n, (SELECT s.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(n)))
+           FROM unnest(ARRAY[${names.map(quoteLiteral).join(', ')}]::text[]) n`,
+        );
+        resolution = new Map(rows.map(([name, schema]) => [name!, schema ?? '']));
+      }
+    } catch (error) {
+      if (!(error instanceof PgError)) throw error;
+      // Asked again after the next statement; until then names resolve as they did.
+      log('warning', 'search_path_read_failed', { session: this.id, error: error.message });
+      this.searchPathDirty = true;
+      return;
     }
     this.searchPathResolution = resolution;
     this.searchPathInTransaction = this.status !== 'I';
