@@ -25,6 +25,12 @@ import { executeBroadcast, executeRepartition } from './redistribute-executor';
 import { executeIntermediate } from './intermediate-executor';
 
 export interface DistributedReadPort extends ExecutionPort {
+  /**
+   * Inside a transaction block that can read outside it without seeing anything else (READ COMMITTED, nothing
+   * written yet, no temporary tables): connections of their own to every node, for the plans that need a
+   * transaction of their own (broadcast, repartition, intermediate results). Released after the plan.
+   */
+  readonly outsideTransaction?: () => Promise<{ connectionFor(node: number): BackendConnection; release(): void }>;
   readonly nodeCount: number;
   /** The node that finishes merges in SQL: the session's main node. */
   readonly finalNode: number;
@@ -113,6 +119,16 @@ export async function runDistributedRead(statement: Node, sql: string, catalog: 
   const run = async (sink: ExecutionPort['sink']) => {
     const outcome = await executePlan(plan, { ...port, sink });
     if (outcome.ok || !outcome.fallback) return outcome;
+    // Refused only for the transaction block: where the transaction allows, the plan runs outside it.
+    if (port.outsideTransaction && (plan.kind === 'intermediate' || plan.kind === 'broadcast' || plan.kind === 'repartition')) {
+      const outside = await port.outsideTransaction();
+      try {
+        const retried = await executePlan(plan, { ...port, sink, connectionFor: outside.connectionFor });
+        if (retried.ok || !retried.fallback) return retried;
+      } finally {
+        outside.release();
+      }
+    }
     plan = await planGather(sql, catalog, plannerPortOf(port), outcome.error.message);
     return executePlan(plan, { ...port, sink });
   };

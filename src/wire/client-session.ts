@@ -399,6 +399,8 @@ export class ClientSession implements ClientSink {
     this.followCatalog();
     if (parsed.statements.some((st) => mayChangeDefinitions(st.node))) this.definitionsChanged = true;
     if (mayChangeSearchPath.test(sql)) this.searchPathDirty = true;
+    if (this.status === 'I') this.transactionWrote = false;
+    if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
   }
@@ -497,7 +499,8 @@ export class ClientSession implements ClientSink {
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand };
+        const writesData = parsed.ok && parsed.statements.some((st) => this.writesData(st.node));
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -548,6 +551,8 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
+    if (this.status === 'I' && !this.dispatch) this.transactionWrote = false;
+    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.writesData)) this.transactionWrote = true;
     if (isSync && !this.dispatch) {
       if (await this.extendedReads.isBatch(messages)) return this.extendedReads.run(messages);
       // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
@@ -1198,6 +1203,40 @@ export class ClientSession implements ClientSink {
       mergeMemoryLimit: this.context.config.mergeMemoryLimit,
       intermediateResultLimit: this.context.config.intermediateResultLimit,
       workerFragments: this.status === 'I' && !this.madeTemporaryObjects ? this.workerFragments() : undefined,
+      outsideTransaction: this.status === 'T' && this.readsOutsideTransaction ? () => this.connectionsOutsideTransaction() : undefined,
+    };
+  }
+
+  /**
+   * Set before each distributed read inside a transaction block: whether it may run outside the transaction and
+   * still see what the transaction would (READ COMMITTED takes a new snapshot per statement anyway; nothing
+   * written yet; no temporary tables, which only the session's connections see).
+   */
+  private readsOutsideTransaction = false;
+  /** Set once the open transaction ran a statement that changes data (see writesData). */
+  private transactionWrote = false;
+
+  /** Whether a statement changes data; BEGIN, SET and the like go to every node but change none. */
+  private writesData(node: Node): boolean {
+    if ('TransactionStmt' in node || 'VariableSetStmt' in node || 'VariableShowStmt' in node) return false;
+    return classifyStatement(node, this.context.writeFunctions).kind === 'write';
+  }
+
+  private async connectionsOutsideTransaction(): Promise<{ connectionFor(node: number): BackendConnection; release(): void }> {
+    const port = this.readPort();
+    const borrowed = new Map<number, BackendConnection>();
+    const release = () => {
+      for (const connection of borrowed.values()) port.releaseSource(connection);
+    };
+    try {
+      for (const node of this.connections.keys()) borrowed.set(node, await port.sourceConnection(node));
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return {
+      connectionFor: (node) => borrowed.get(node) ?? this.port.connectionFor(node),
+      release,
     };
   }
 
@@ -1269,9 +1308,14 @@ export class ClientSession implements ClientSink {
    */
   private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, sink: ClientSink = this): Promise<ReadOutcome> {
     if (statement.sql.toLowerCase().includes('set_config')) this.settingsEpoch++;
-    const port = this.readPort();
     try {
       await this.sessionSettings(); // now, while the main node's connection is idle
+      this.readsOutsideTransaction = false;
+      if (this.status === 'T' && !this.transactionWrote && !this.madeTemporaryObjects) {
+        const [[isolation]] = (await this.mainConnection().query("SELECT current_setting('transaction_isolation')")).rows;
+        this.readsOutsideTransaction = isolation === 'read committed';
+      }
+      const port = this.readPort();
       return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return { ok: false, error, errorFrame: null };

@@ -19,6 +19,8 @@ export interface PreparedStatement {
   readonly route?: DistributedRoute;
   /** DDL that may change views or routines, which the planner reads (view-expansion.ts, routine-reads.ts). */
   readonly changesDefinitions?: boolean;
+  /** Changes data (not only BEGIN, SET and the like): a transaction that ran it can no longer read outside itself. */
+  readonly writesData?: boolean;
   /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
   readonly cursorCommand?: Node;
 }

@@ -122,12 +122,23 @@ test('a gather past intermediate_result_limit fails with 54000 and leaves nothin
   await client.end();
 });
 
-test('a join outside one colocation group broadcasts the small side; inside a transaction it gathers and sees its writes', async () => {
+test('a join outside one colocation group broadcasts the small side; inside a transaction that wrote it gathers and sees its writes', async () => {
   const client = await cluster.connect();
   const query = "select label, count(*) from events e join kinds k on k.kind = e.kind where k.label in ('label 1', 'label 2', 'label 9') group by label order by label";
   const plan = (await rowsOf(client, `explain ${query}`)).map((r) => r[0]).join('\n');
   assert.match(plan, /^Distributed Broadcast Join/);
   assert.deepEqual(await rowsOf(client, query), [['label 1', '429'], ['label 2', '429']]);
+  // A READ COMMITTED transaction that wrote nothing yet reads outside it, with the same plan.
+  await client.query('begin');
+  const analyzed = (await rowsOf(client, `explain analyze ${query}`)).map((r) => r[0]).join('\n');
+  assert.match(analyzed, /^Distributed Broadcast Join/, analyzed);
+  assert.deepEqual(await rowsOf(client, query), [['label 1', '429'], ['label 2', '429']]);
+  await client.query('commit');
+  assert.equal(await temporaryTablesOnNodes(), 0);
+  await client.query('begin isolation level repeatable read');
+  const repeatable = (await rowsOf(client, `explain analyze ${query}`)).map((r) => r[0]).join('\n');
+  assert.match(repeatable, /^Distributed Gather/, 'a snapshot of its own keeps the read in the transaction');
+  await client.query('commit');
   await client.query('begin');
   await client.query("insert into kinds values ('kind 9', 'label 9')");
   await client.query("insert into events values (9001, 'kind 9', 1)");
