@@ -33,6 +33,7 @@ import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
 import { explainRouter, runDistributedRead, textOrderIsBytewise, type DistributedReadPort, type ReadOutcome } from '../executor/plan-executor';
 import { HeldPortals } from './held-portals';
+import { SessionCatalog } from './session-catalog';
 import { ExtendedDistributedReads, type ExtendedReadHost } from './extended-distributed-reads';
 import type { PendingMessage, PreparedStatement } from './pending-message';
 import { textParameters } from './node-value-format';
@@ -118,7 +119,12 @@ export class ClientSession implements ClientSink {
   private readonly sqlPrepared = new Map<string, SqlPreparedStatement>();
   private readonly output: CoalescingWriter;
   /** The partition rules of the session's database. */
-  private catalog: Catalog | null = null;
+  /** The partition rules, views and routines as this session sees them (null until start-up reads them). */
+  private sessionCatalog: SessionCatalog | null = null;
+
+  private get catalog(): Catalog | null {
+    return this.sessionCatalog?.catalog ?? null;
+  }
   /** Nodes the open transaction wrote on: more than one means its COMMIT is a two-phase commit. */
   private readonly writtenNodes = new Set<number>();
   private readonly onDetach = (node: BackendNode) => this.dropNode(node.id);
@@ -238,8 +244,14 @@ export class ClientSession implements ClientSink {
         nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
       });
       await this.connectNodes();
-      this.useCatalog(await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder()));
-      if (/search_path/i.test(this.parameters.get('options') ?? '')) await this.resolveSearchPath();
+      const shared = await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder());
+      this.sessionCatalog = new SessionCatalog(this.context.catalogs, shared, {
+        id: this.id,
+        status: () => this.status,
+        connections: () => this.connectionsInNodeOrder(),
+        mainConnection: () => this.mainConnection(),
+      });
+      if (/search_path/i.test(this.parameters.get('options') ?? '')) await this.sessionCatalog.resolveSearchPath();
       const main = this.mainConnection();
       for (const [name, value] of main.parameters) this.socket.write(serverMessages.parameterStatus(name, value));
       this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
@@ -396,9 +408,7 @@ export class ClientSession implements ClientSink {
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
-    this.followCatalog();
-    if (parsed.statements.some((st) => mayChangeDefinitions(st.node))) this.definitionsChanged = true;
-    if (mayChangeSearchPath.test(sql)) this.searchPathDirty = true;
+    this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
     if (this.status === 'I') this.transactionWrote = false;
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
@@ -492,10 +502,9 @@ export class ClientSession implements ClientSink {
             }
           }
         }
-        this.followCatalog();
-        const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
         const changesDefinitions = parsed.ok && parsed.statements.some((st) => mayChangeDefinitions(st.node));
-        if (mayChangeSearchPath.test(message.sql)) this.searchPathDirty = true;
+        this.sessionCatalog?.beforeStatement(message.sql, false);
+        const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
@@ -602,87 +611,10 @@ export class ClientSession implements ClientSink {
     } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
-    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesDefinitions)) this.definitionsChanged = true;
+    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesDefinitions)) this.sessionCatalog?.definitionsMayHaveChanged();
     const sends = this.buildSends(messages, dispatch.connections, terminator, isSync);
     dispatch.send(sends);
     if (isSync) await this.finishDispatch(dispatch);
-  }
-
-  /** Set when view or routine DDL ran since the catalog was last read. */
-  private definitionsChanged = false;
-  /** Set while this session's catalog holds what its open transaction changed, which other sessions must not see. */
-  private catalogInTransaction = false;
-
-  /** The database's catalog as shared by every session; `catalog` is it as this session's search_path sees it. */
-  private sharedCatalog: Catalog | null = null;
-  /** Where unqualified names resolve under a search_path other than the default (null: public). */
-  private searchPathResolution: Map<string, string> | null = null;
-  /** Set when a statement may have changed the search_path; read again before ReadyForQuery. */
-  private searchPathDirty = false;
-  /** Set when the search_path was read inside a transaction block: a rollback may undo a SET. */
-  private searchPathInTransaction = false;
-
-  private useCatalog(shared: Catalog): void {
-    this.sharedCatalog = shared;
-    this.catalog = shared.resolvingWith(this.searchPathResolution);
-  }
-
-  /**
-   * Reads where the session's search_path finds each name that has a rule or is a view in some schema (the main
-   * node resolves them, as it would the statement's own names); with the default search_path, public.
-   */
-  private async resolveSearchPath(): Promise<void> {
-    this.searchPathDirty = false;
-    if (!this.sharedCatalog || this.status === 'E') return;
-    const main = this.mainConnection();
-    let resolution: Map<string, string> | null = null;
-    try {
-      const [[path]] = (await main.query("SELECT current_setting('search_path')")).rows;
-      const names = this.sharedCatalog.relationNames;
-      if (path !== '"$user", public' && names.length > 0) {
-        const { rows } = await main.query(
-          `SELECT n, (SELECT s.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(n)))
-           FROM unnest(ARRAY[${names.map(quoteLiteral).join(', ')}]::text[]) n`,
-        );
-        resolution = new Map(rows.map(([name, schema]) => [name!, schema ?? '']));
-      }
-    } catch (error) {
-      if (!(error instanceof PgError)) throw error;
-      // Asked again after the next statement; until then names resolve as they did.
-      log('warning', 'search_path_read_failed', { session: this.id, error: error.message });
-      this.searchPathDirty = true;
-      return;
-    }
-    this.searchPathResolution = resolution;
-    this.searchPathInTransaction = this.status !== 'I';
-    this.useCatalog(this.sharedCatalog);
-  }
-
-  /** Picks up rule and view changes other sessions made (a session inside its own change keeps its copy). */
-  private followCatalog(): void {
-    if (this.catalogInTransaction || !this.sharedCatalog) return;
-    const current = this.context.catalogs.current(this.sharedCatalog.database);
-    if (!current || current === this.sharedCatalog) return;
-    this.useCatalog(current);
-    if (this.searchPathResolution) this.searchPathDirty = true; // its names may differ: read again after this statement
-  }
-
-  /**
-   * Reads the catalog again after view or routine DDL: shared with every session once committed; inside a transaction
-   * block kept to this session until the transaction ends (then read again, committed or not).
-   */
-  private async reloadCatalog(): Promise<void> {
-    if (!this.catalog || this.status === 'E') return;
-    this.definitionsChanged = false;
-    const catalog = await readCatalog(this.catalog.database, this.connectionsInNodeOrder()).catch((error: unknown) => {
-      log('warning', 'catalog_reload_failed', { session: this.id, error: (error as Error).message });
-      return null;
-    });
-    if (!catalog) return;
-    this.useCatalog(catalog);
-    if (this.searchPathResolution) await this.resolveSearchPath();
-    this.catalogInTransaction = this.status !== 'I';
-    if (this.status === 'I') this.context.catalogs.replace(catalog);
   }
 
   /**
@@ -996,7 +928,7 @@ export class ClientSession implements ClientSink {
         if (this.status === 'I') {
           const catalog = await readCatalog(this.catalog!.database, this.connectionsInNodeOrder());
           this.context.catalogs.replace(catalog);
-          this.useCatalog(catalog);
+          this.sessionCatalog!.use(catalog);
         }
         return;
       }
@@ -1349,7 +1281,7 @@ export class ClientSession implements ClientSink {
       this.write(serverMessages.readyForQuery(this.status));
       return;
     }
-    this.useCatalog(await this.context.catalogs.forDatabase(this.parameters.get('database')!, connections));
+    this.sessionCatalog!.use(await this.context.catalogs.forDatabase(this.parameters.get('database')!, connections));
     for (const bytes of [serverMessages.textRowDescription([command.name]), serverMessages.dataRow([result]), serverMessages.commandComplete('SELECT 1')]) this.write(bytes);
     this.write(serverMessages.readyForQuery('I'));
   }
@@ -1423,7 +1355,7 @@ export class ClientSession implements ClientSink {
     this.status = 'I';
     this.portals.clear();
     this.heldPortals.endTransaction(true);
-    if (this.catalogInTransaction) await this.reloadCatalog();
+    await this.sessionCatalog?.settle();
     this.write(serverMessages.commandComplete('COMMIT'));
     this.write(serverMessages.readyForQuery('I'));
   }
@@ -1513,7 +1445,6 @@ export class ClientSession implements ClientSink {
       this.portals.clear();
       this.heldPortals.endTransaction(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();
-      if (this.catalogInTransaction) this.definitionsChanged = true;
     } else if (wasWrite) {
       for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
     }
@@ -1522,8 +1453,7 @@ export class ClientSession implements ClientSink {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
     }
     // Before ReadyForQuery: the client's next statement, in any session, must see the views as they are now.
-    if (this.definitionsChanged) await this.reloadCatalog();
-    if (this.searchPathDirty || (this.searchPathInTransaction && this.status === 'I')) await this.resolveSearchPath();
+    await this.sessionCatalog?.settle();
     if (ready) this.write(serverMessages.readyForQuery(this.status));
     return result;
   }
@@ -1647,8 +1577,6 @@ function negotiateProtocolVersion(unsupported: string[]): Buffer {
 }
 
 /** Settings a node reports (ParameterStatus) that change how values are read or printed. */
-/** Statements after which the search_path may differ. */
-const mayChangeSearchPath = /search_path|discard|reset\s+all|session\s+authorization|(set|reset)\s+((local|session)\s+)?role/i;
 
 /** The statement an EXPLAIN explains, with its own text (the EXPLAIN keywords and options cut off). */
 function explainedStatement(sql: string, node: Node): { node: Node; sql: string } {
