@@ -152,8 +152,10 @@ export async function runFragmentsAndFold(task: FragmentTask): Promise<FragmentR
     return failure(new PgError({ code: '08006', message: (error as Error).message }), null);
   } finally {
     task.port.close();
+    // A fragment that calls set_config() may leave a setting behind that the next task would not know to undo.
+    const changedSettings = /set_config/i.test(task.sql);
     for (const connection of connections) {
-      if (cancelledConnections.has(connection)) connection.destroy();
+      if (cancelledConnections.has(connection) || changedSettings) connection.destroy();
       else release(connection);
     }
   }
