@@ -4,7 +4,7 @@
 // shipped columns.
 
 import type { Node } from '@pgsql/types';
-import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, parseExpression, rewriteTree, sameExpression, unwrap } from './ast-tools';
+import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, namesOutputColumn, outputNamesOf, parseExpression, rewriteTree, sameExpression, unwrap } from './ast-tools';
 import { splitAggregate, type AggregateCall } from './aggregate-split';
 import { containsAggregateCall, isKnownAggregate, keyTableOf, type Scope } from './colocation';
 import type { AggregatePlan, StateCombine } from './distributed-plan';
@@ -115,16 +115,9 @@ export async function planAggregate(select: Body, targets: { ResTarget: Body }[]
   const keyColumns = () => [...groupExpressions, ...dedupe, ...dependent];
   const stateOffset = () => keyColumns().length;
   const columnName = (i: number) => `c${i}`;
-  const outputNames = new Set(targets.map((t) => (t.ResTarget.name as string | undefined) ?? columnNameOf(t.ResTarget.val)));
+  const outputNames = outputNamesOf(targets);
   const rewrite = (node: unknown, sortItem = false): unknown => {
-    if (sortItem) {
-      const [tag, body] = unwrap(node);
-      if (integerConstant(node) !== null) return node;
-      if (tag === 'ColumnRef') {
-        const fields = body.fields as Body[];
-        if (fields.length === 1 && 'String' in fields[0] && outputNames.has((fields[0].String as { sval: string }).sval)) return node;
-      }
-    }
+    if (sortItem && namesOutputColumn(node, outputNames)) return node;
     return rewriteTree(node, (tag, body, current) => {
       const keyIndex = keyColumns().findIndex((g) => sameExpression(g, current));
       if (keyIndex >= 0 && keyIndex < groupExpressions.length) return columnRef(columnName(keyIndex));

@@ -131,6 +131,23 @@ const xmlNames: Record<string, string> = {
 };
 
 /** The value of an integer constant (LIMIT 10, ORDER BY 2), or null for anything else. */
+/** The names a SELECT's output columns go by: their alias, else the name PostgreSQL gives them. */
+export function outputNamesOf(targets: readonly { ResTarget: Body }[]): Set<string> {
+  return new Set(targets.map((t) => (t.ResTarget.name as string | undefined) ?? columnNameOf(t.ResTarget.val)));
+}
+
+/**
+ * Whether an ORDER BY item names an output column, by position or by its name (which wins over an input column of
+ * that name there): such an item is left as written when the statement is rewritten.
+ */
+export function namesOutputColumn(node: unknown, outputNames: ReadonlySet<string>): boolean {
+  if (integerConstant(node) !== null) return true;
+  const [tag, body] = unwrap(node);
+  if (tag !== 'ColumnRef') return false;
+  const fields = body.fields as Body[];
+  return fields.length === 1 && 'String' in fields[0] && outputNames.has((fields[0].String as { sval: string }).sval);
+}
+
 export function integerConstant(node: unknown): bigint | null {
   if (!node || typeof node !== 'object') return null;
   const [tag, body] = unwrap(node);

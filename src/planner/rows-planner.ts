@@ -3,7 +3,7 @@
 // statement names, and one node runs the rest of the statement over them.
 
 import type { Node } from '@pgsql/types';
-import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, rewriteTree, sameExpression, unwrap } from './ast-tools';
+import { cloneTree, columnNameOf, columnRef, deparseVerified, integerConstant, namesOutputColumn, outputNamesOf, rewriteTree, sameExpression } from './ast-tools';
 import type { AggregatePlan } from './distributed-plan';
 import { allNodes, containsSublink, isStar, unwritable, type Planned, type PlannerPort } from './planner-port';
 
@@ -19,16 +19,9 @@ export function planRows(select: Body, targets: { ResTarget: Body }[], port: Pla
   const parts = [select.targetList, select.havingClause, select.sortClause, select.groupClause, select.windowClause, select.distinctClause];
   if (containsSublink(parts)) return { ok: false, reason: `${reason}, and a subquery names the rows` };
   const columns: Node[] = [];
-  const outputNames = new Set(targets.map((t) => (t.ResTarget.name as string | undefined) ?? columnNameOf(t.ResTarget.val)));
+  const outputNames = outputNamesOf(targets);
   const rewrite = (node: unknown, sortItem = false): unknown => {
-    if (sortItem) {
-      const [tag, body] = unwrap(node);
-      if (integerConstant(node) !== null) return node;
-      if (tag === 'ColumnRef') {
-        const fields = body.fields as Body[];
-        if (fields.length === 1 && 'String' in fields[0] && outputNames.has((fields[0].String as { sval: string }).sval)) return node;
-      }
-    }
+    if (sortItem && namesOutputColumn(node, outputNames)) return node;
     return rewriteTree(node, (tag, _body, current) => {
       if (tag !== 'ColumnRef') return undefined;
       let index = columns.findIndex((c) => sameExpression(c, current));
