@@ -21,6 +21,7 @@ import {
   hashUuidExtended,
 } from '../../src/catalog/pg-hash';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+import { digits, intBetween, prng } from '../support/random';
 
 // 0 means "no seed" to PostgreSQL; the second is the hash-partitioning seed; the third has the top bit set, so
 // the seed's halves are taken from a negative int8.
@@ -38,21 +39,6 @@ after(async () => {
   await client?.end();
   await cluster?.stop();
 });
-
-/** mulberry32: a small deterministic PRNG, so a failure names a value that can be reproduced. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function intBetween(random: () => number, min: number, max: number): number {
-  return min + Math.floor(random() * (max - min + 1));
-}
 
 function random64(random: () => number): bigint {
   const hi = BigInt(Math.floor(random() * 2 ** 32));
@@ -183,18 +169,12 @@ test('bpchar: trailing blanks are not hashed', async () => {
   for (const seed of SEEDS) assert.equal(hashBpcharExtended('ab   ', seed), hashBpcharExtended('ab', seed));
 });
 
-function randomDigits(random: () => number, length: number): string {
-  let s = '';
-  for (let i = 0; i < length; i++) s += String(intBetween(random, 0, 9));
-  return s;
-}
-
 function randomNumeric(random: () => number): string {
   const sign = ['', '', '-', '+'][intBetween(random, 0, 3)];
   const leadingZeros = random() < 0.2 ? '0'.repeat(intBetween(random, 1, 6)) : '';
-  const intPart = leadingZeros + randomDigits(random, intBetween(random, 0, 25));
+  const intPart = leadingZeros + digits(random, intBetween(random, 0, 25));
   const trailingZeros = random() < 0.3 ? '0'.repeat(intBetween(random, 1, 9)) : '';
-  const fracPart = randomDigits(random, intBetween(random, 0, 25)) + trailingZeros;
+  const fracPart = digits(random, intBetween(random, 0, 25)) + trailingZeros;
   let s = sign + (intPart === '' && fracPart === '' ? '0' : intPart);
   if (fracPart !== '' && random() < 0.8) s += `.${fracPart}`;
   else if (intPart === '') s += '0';
@@ -268,7 +248,7 @@ function randomTime(random: () => number): string {
   if (roll < 0.1) return base;
   const seconds = `${base}:${pad(intBetween(random, 0, 59), 2)}`;
   if (roll < 0.4) return seconds;
-  return `${seconds}.${randomDigits(random, intBetween(random, 1, roll < 0.9 ? 6 : 9))}`;
+  return `${seconds}.${digits(random, intBetween(random, 1, roll < 0.9 ? 6 : 9))}`;
 }
 
 function randomOffset(random: () => number): string {

@@ -8,6 +8,7 @@ import type { Client } from 'pg';
 import { PgError } from '../../src/wire/errors';
 import { comparatorForType, groupKeyNormalizerForType, sortKeyComparator } from '../../src/executor/value-order';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+import { digits, intBetween, prng } from '../support/random';
 
 let cluster: TestCluster;
 let client: Client;
@@ -23,29 +24,8 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** mulberry32: a small deterministic PRNG, so a failure names a value that can be reproduced. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = Math.imul(state ^ (state >>> 15), 1 | state);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function intBetween(random: () => number, min: number, max: number): number {
-  return min + Math.floor(random() * (max - min + 1));
-}
-
 function pick<T>(random: () => number, items: readonly T[]): T {
   return items[intBetween(random, 0, items.length - 1)];
-}
-
-function digits(random: () => number, length: number): string {
-  let s = '';
-  for (let i = 0; i < length; i++) s += String(intBetween(random, 0, 9));
-  return s;
 }
 
 function pad(n: number, width: number): string {
