@@ -9,7 +9,6 @@ import type { ExecutionOutcome, ExecutionPort, StepStats, WorkerFragments } from
 import type { FragmentResult, FragmentTask } from './fragment-worker';
 import type { BackendConnection } from '../wire/backend-connection';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
-import { appendCopyRow } from './intermediate-result';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
 import { MessageChannel } from 'node:worker_threads';
@@ -122,9 +121,7 @@ async function foldHere(streams: readonly FragmentStream[], fields: readonly Fie
     if (error instanceof PgError) return { ok: false, code: error.code, message: error.message, hint: error.hint };
     throw error;
   }
-  const chunks: Buffer[] = [];
-  for (const row of combiner.rows()) appendCopyRow(row, chunks);
-  return { ok: true, copyText: Buffer.concat(chunks), groups: combiner.groupCount, folding: combiner.folding };
+  return { ok: true, copyText: combiner.copyText(), groups: combiner.groupCount, folding: combiner.folding };
 }
 
 /**

@@ -7,15 +7,18 @@ import type { StateCombine } from '../planner/distributed-plan';
 import { dataRowFields } from '../wire/data-row';
 import { PgError } from '../wire/errors';
 import type { FieldDescription } from '../wire/row-description';
-import { appendCopyRow } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
 
-export interface CombineTask {
-  readonly fields: readonly FieldDescription[];
+/** How partial rows fold: what PartialCombiner.create takes besides the rows' fields. */
+export interface FoldSpec {
   readonly groupColumns: number;
   readonly combine: readonly StateCombine[];
   readonly textBytewise: boolean;
   readonly limitBytes: number;
+}
+
+export interface CombineTask extends FoldSpec {
+  readonly fields: readonly FieldDescription[];
   /** Batches of whole DataRow frames arrive here as { rows: Uint8Array }, then { end: true }; each is acknowledged. */
   readonly port: MessagePort;
 }
@@ -46,10 +49,7 @@ export function combinePartials(task: CombineTask): Promise<CombineResult> {
       if (!message.end) return;
       task.port.close();
       if (failed) return resolve(failed);
-      const chunks: Buffer[] = [];
-      for (const row of combiner.rows()) appendCopyRow(row, chunks);
-      const copyText = Buffer.concat(chunks);
-      resolve({ ok: true, copyText, groups: combiner.groupCount, folding: combiner.folding });
+      resolve({ ok: true, copyText: combiner.copyText(), groups: combiner.groupCount, folding: combiner.folding });
     });
   });
 }

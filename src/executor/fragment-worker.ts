@@ -9,14 +9,12 @@
 
 import type { MessagePort } from 'node:worker_threads';
 import type { NodeAddress } from '../cluster/backend-node';
-import type { StateCombine } from '../planner/distributed-plan';
 import { BackendConnection, sendCancel } from '../wire/backend-connection';
 import { dataRowFields } from '../wire/data-row';
 import { PgError } from '../wire/errors';
 import type { StoredSecret } from '../wire/password-file';
 import { decodeRowDescription } from '../wire/row-description';
-import { quoteLiteral } from '../catalog/partition-rule';
-import { appendCopyRow } from './intermediate-result';
+import type { FoldSpec } from './combine-worker';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { PartialCombiner } from './partial-combine';
 
@@ -28,16 +26,12 @@ export interface WorkerStartup {
   readonly connectTimeoutMs: number;
 }
 
-export interface FragmentTask {
+export interface FragmentTask extends FoldSpec {
   readonly startup: WorkerStartup;
   /** The session's own settings (name, value), applied to each connection before the fragment. */
   readonly settings: readonly (readonly [string, string])[];
   readonly nodes: readonly number[];
   readonly sql: string;
-  readonly groupColumns: number;
-  readonly combine: readonly StateCombine[];
-  readonly textBytewise: boolean;
-  readonly limitBytes: number;
   /** Receives { cancel: true } from the main thread (CancelRequest, the client gone). */
   readonly port: MessagePort;
 }
@@ -74,9 +68,7 @@ async function acquire(node: NodeAddress, startup: WorkerStartup, settings: Frag
   }
   const wanted = JSON.stringify(settings);
   if (applied.get(connection) !== wanted) {
-    const sets = settings.map(([name, value]) => `SELECT pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`);
-    // RESET ALL leaves the role and the session authorization as they are.
-    await connection.query(['SET SESSION AUTHORIZATION DEFAULT', 'RESET ROLE', 'RESET ALL', ...sets].join('; '));
+    await connection.applySettings(settings, true);
     applied.set(connection, wanted);
   }
   return connection;
@@ -142,10 +134,8 @@ export async function runFragmentsAndFold(task: FragmentTask): Promise<FragmentR
     await settle(streams, failed !== null || overflow !== null, cancelledConnections);
     if (overflow) return failure(overflow, null);
     if (failed) return failure(failed.error, failed.frame);
-    const chunks: Buffer[] = [];
-    for (const row of combiner.rows()) appendCopyRow(row, chunks);
     const steps = streams.map((s, i) => ({ node: task.nodes[i], rows: s.rowCount, ms: s.elapsedMs }));
-    return { ok: true, copyText: Buffer.concat(chunks), columns: fields.length, groups: combiner.groupCount, folding: combiner.folding, steps };
+    return { ok: true, copyText: combiner.copyText(), columns: fields.length, groups: combiner.groupCount, folding: combiner.folding, steps };
   } catch (error) {
     if (streams.length > 0) await settle(streams, true, cancelledConnections);
     if (error instanceof PgError) return failure(error, null); // a node's error, or one it refused the connection with

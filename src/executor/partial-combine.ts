@@ -7,6 +7,7 @@ import Decimal from 'decimal.js';
 import type { StateCombine } from '../planner/distributed-plan';
 import { PgError, SqlState } from '../wire/errors';
 import type { FieldDescription } from '../wire/row-description';
+import { appendCopyRow } from './intermediate-result';
 import { comparatorForType, groupKeyNormalizerForType } from './value-order';
 
 const ExactDecimal = Decimal.clone({ precision: 10000, rounding: Decimal.ROUND_HALF_UP, toExpNeg: -10000, toExpPos: 10000 });
@@ -149,7 +150,14 @@ export class PartialCombiner {
     return this.folds ? this.groups.size : this.passThrough.length;
   }
 
-  *rows(): Iterable<(Buffer | null)[]> {
+  /** The folded rows as COPY text, what the finishing node loads into its temporary table. */
+  copyText(): Buffer {
+    const chunks: Buffer[] = [];
+    for (const row of this.rows()) appendCopyRow(row, chunks);
+    return Buffer.concat(chunks);
+  }
+
+  private *rows(): Iterable<(Buffer | null)[]> {
     if (this.folds) yield* this.groups.values();
     else yield* this.passThrough;
   }

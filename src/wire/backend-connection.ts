@@ -7,6 +7,7 @@ import { serialize } from 'pg-protocol';
 import type { NodeAddress } from '../cluster/backend-node';
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
+import { quoteLiteral } from '../catalog/partition-rule';
 import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
 import { decodeDataRowText } from './data-row';
 import { PgError, SqlState } from './errors';
@@ -277,6 +278,17 @@ export class BackendConnection {
    * Runs SQL with the simple protocol and collects the result as text: for the proxy's own statements
    * (reset, time evaluation, checks), never for client traffic. Rejects with the node's error.
    */
+  /**
+   * Takes a session's settings (name, value: what its SET statements left, role and session authorization last),
+   * for the rest of this connection's session; `reset` first undoes what an earlier user of the connection set.
+   */
+  async applySettings(settings: readonly (readonly [string, string])[], reset = false): Promise<void> {
+    // RESET ALL leaves the role and the session authorization as they are.
+    const statements = reset ? ['SET SESSION AUTHORIZATION DEFAULT', 'RESET ROLE', 'RESET ALL'] : [];
+    for (const [name, value] of settings) statements.push(`SELECT pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`);
+    if (statements.length > 0) await this.query(statements.join('; '));
+  }
+
   query(sql: string): Promise<{ rows: (string | null)[][]; tags: string[] }> {
     // N.B. one exchange at a time: a second query sent before the first's ReadyForQuery would take its replies.
     const run = this.queryTail.then(() => this.runQuery(sql));

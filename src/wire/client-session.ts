@@ -78,6 +78,12 @@ export interface SessionContext {
   unregister(session: ClientSession): void;
 }
 
+/** What a session SET, for connections borrowed for one of its reads to take, and its isolation level. */
+interface SessionSettings {
+  readonly settings: [string, string][];
+  readonly isolation: string;
+}
+
 /** Stands for "the unnamed statement holds a pinned copy" in a node's preparedStatements. */
 const pinnedStatement = { name: '', pinned: true };
 
@@ -1102,7 +1108,8 @@ export class ClientSession implements ClientSink {
   private readonly sourceConnections = new Set<BackendConnection>();
 
   /** What a distributed read borrows from this session. */
-  private readPort(): DistributedReadPort {
+  /** `outsideTransaction`: the read may run its own transactions outside the session's (see distributedRead). */
+  private readPort(outsideTransaction = false): DistributedReadPort {
     const main = this.mainConnection();
     return {
       nodeCount: this.context.cluster.nodes.length,
@@ -1123,8 +1130,7 @@ export class ClientSession implements ClientSink {
         this.sourceConnections.add(connection);
         // The session may have changed how values read and print, where names resolve, who it is (SET TimeZone,
         // search_path, ROLE, ...): the borrowed connection follows (the settings were read before the read began).
-        const settings = await this.sessionSettings();
-        if (settings.length > 0) await connection.query(settings.map(([name, value]) => `SELECT pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`).join('; '));
+        await connection.applySettings((await this.sessionSettings()).settings);
         return connection;
       },
       releaseSource: (connection) => {
@@ -1135,16 +1141,10 @@ export class ClientSession implements ClientSink {
       mergeMemoryLimit: this.context.config.mergeMemoryLimit,
       intermediateResultLimit: this.context.config.intermediateResultLimit,
       workerFragments: this.status === 'I' && !this.madeTemporaryObjects ? this.workerFragments() : undefined,
-      outsideTransaction: this.status === 'T' && this.readsOutsideTransaction ? () => this.connectionsOutsideTransaction() : undefined,
+      outsideTransaction: outsideTransaction ? () => this.connectionsOutsideTransaction() : undefined,
     };
   }
 
-  /**
-   * Set before each distributed read inside a transaction block: whether it may run outside the transaction and
-   * still see what the transaction would (READ COMMITTED takes a new snapshot per statement anyway; nothing
-   * written yet; no temporary tables, which only the session's connections see).
-   */
-  private readsOutsideTransaction = false;
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   private transactionWrote = false;
 
@@ -1187,7 +1187,7 @@ export class ClientSession implements ClientSink {
         secret: this.context.passwords?.get(user) ?? null,
         connectTimeoutMs: this.context.config.connectTimeout * 1000,
       },
-      settings: () => this.sessionSettings(),
+      settings: async () => (await this.sessionSettings()).settings,
       onCancel: (cancel) => {
         this.cancelHooks.add(cancel);
         return () => this.cancelHooks.delete(cancel);
@@ -1200,20 +1200,25 @@ export class ClientSession implements ClientSink {
    * again after any statement that may have changed it. Read before a distributed read starts, while the main
    * node's connection is idle (later it may be copying rows).
    */
-  private settingsRead: { epoch: number; settings: Promise<[string, string][]> } | null = null;
+  private settingsRead: { epoch: number; settings: Promise<SessionSettings> } | null = null;
   private settingsEpoch = 0;
 
-  private sessionSettings(): Promise<[string, string][]> {
+  private sessionSettings(): Promise<SessionSettings> {
     if (this.settingsRead?.epoch !== this.settingsEpoch) {
       // role and session_authorization are not listed in pg_settings; they go last, the role after the authorization.
+      // The isolation level comes along (k = 3), for deciding where a read in a transaction block may run.
       const user = quoteLiteral(this.parameters.get('user') ?? '');
       const settings = this.mainConnection()
         .query(
-          `SELECT name, setting FROM (SELECT 0 AS k, name, setting FROM pg_catalog.pg_settings WHERE source = 'session'
+          `SELECT k, name, setting FROM (SELECT 0 AS k, name, setting FROM pg_catalog.pg_settings WHERE source = 'session'
            UNION ALL SELECT 1, 'session_authorization', current_setting('session_authorization') WHERE current_setting('session_authorization') <> ${user}
-           UNION ALL SELECT 2, 'role', current_setting('role') WHERE current_setting('role') <> 'none') s ORDER BY k, name`,
+           UNION ALL SELECT 2, 'role', current_setting('role') WHERE current_setting('role') <> 'none'
+           UNION ALL SELECT 3, 'transaction_isolation', current_setting('transaction_isolation')) s ORDER BY k, name`,
         )
-        .then(({ rows }) => rows.map(([name, value]): [string, string] => [name!, value ?? '']));
+        .then(({ rows }) => ({
+          settings: rows.filter(([k]) => k !== '3').map(([, name, value]): [string, string] => [name!, value ?? '']),
+          isolation: rows.find(([k]) => k === '3')?.[2] ?? 'read committed',
+        }));
       this.settingsRead = { epoch: this.settingsEpoch, settings };
       settings.catch(() => (this.settingsRead = null));
     }
@@ -1241,13 +1246,11 @@ export class ClientSession implements ClientSink {
   private async distributedRead(statement: { node: Node; sql: string }, nodes?: readonly number[], explain?: { analyze: boolean }, sink: ClientSink = this): Promise<ReadOutcome> {
     if (statement.sql.toLowerCase().includes('set_config')) this.settingsEpoch++;
     try {
-      await this.sessionSettings(); // now, while the main node's connection is idle
-      this.readsOutsideTransaction = false;
-      if (this.status === 'T' && !this.transactionWrote && !this.madeTemporaryObjects) {
-        const [[isolation]] = (await this.mainConnection().query("SELECT current_setting('transaction_isolation')")).rows;
-        this.readsOutsideTransaction = isolation === 'read committed';
-      }
-      const port = this.readPort();
+      const { isolation } = await this.sessionSettings(); // now, while the main node's connection is idle
+      // READ COMMITTED takes a new snapshot per statement anyway: with nothing written yet and no temporary tables
+      // (only the session's connections see those), a read outside the transaction sees what it would.
+      const outsideTransaction = this.status === 'T' && !this.transactionWrote && !this.madeTemporaryObjects && isolation === 'read committed';
+      const port = this.readPort(outsideTransaction);
       return await runDistributedRead(statement.node, statement.sql, this.catalog!, { ...port, sink }, { nodes, explain });
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return { ok: false, error, errorFrame: null };
@@ -1412,7 +1415,6 @@ export class ClientSession implements ClientSink {
   };
 
   private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false, targets?: BackendConnection[]): Promise<void> {
-    this.settingsEpoch++; // SET, RESET, DISCARD, set_config(), a function that sets: read the settings again
     if (rejection) this.rejections.push(rejection);
     const isWrite = statementClass.kind === 'write';
     // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
@@ -1430,6 +1432,7 @@ export class ClientSession implements ClientSink {
    */
   private async finishDispatch(dispatch: ReplicatedDispatch, sql = '', ready = true): Promise<DispatchResult> {
     const result = await dispatch.done;
+    this.settingsEpoch++; // SET, RESET, DISCARD, set_config(), BEGIN ISOLATION LEVEL ...: read the settings again
     const wasWrite = this.dispatchIsWrite;
     this.dispatch = null;
     this.rejections = [];

@@ -21,6 +21,7 @@ import { BackendCode, FrontendCode, type TransactionStatus } from './message-cod
 import { textParameters } from './node-value-format';
 import type { PendingMessage, PreparedStatement } from './pending-message';
 import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary, withFormats } from './result-formats';
+import type { FieldDescription } from './row-description';
 import { serverMessages } from './server-messages';
 import { closeTarget, declareCursor, fetchFromCursor, fetchTarget, type CursorHost } from './sql-cursors';
 import { SpooledPortal } from './spooled-portal';
@@ -141,7 +142,8 @@ export class ExtendedDistributedReads {
    * needs a node to encode it: then they are spooled and handed out per Execute (see SpooledPortal).
    */
   async run(messages: readonly PendingMessage[]): Promise<void> {
-    const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage }>();
+    // Portals bound in this batch and not yet executed; `fields` once a Describe asked the main node for them.
+    const bound = new Map<string, { statement: PreparedStatement; bind: BindMessage; fields?: FieldDescription[] }>();
     const fail = async (error: PgError): Promise<void> => {
       if (this.host.status !== 'I') {
         this.host.held.endTransaction(false);
@@ -186,9 +188,11 @@ export class ExtendedDistributedReads {
             }
             const parse = decodeParse(statement.parseFrame.subarray(5));
             const { frames, fields } = await describeStatement(this.host.mainConnection(), parse.sql, parse.parameterTypes);
+            const portal = message.statementName === undefined ? bound.get(message.portal!)! : null;
+            if (portal) portal.fields = fields;
             for (const frame of frames) {
-              if (message.statementName !== undefined) this.host.client.write(frame);
-              else if (frame[0] === BackendCode.rowDescription) this.host.client.write(describeWithFormats(fields, columnFormats(bound.get(message.portal!)!.bind.resultFormats, fields.length)));
+              if (!portal) this.host.client.write(frame);
+              else if (frame[0] === BackendCode.rowDescription) this.host.client.write(describeWithFormats(fields, columnFormats(portal.bind.resultFormats, fields.length)));
               else if (frame[0] !== BackendCode.parameterDescription) this.host.client.write(frame);
             }
             break;
@@ -208,6 +212,7 @@ export class ExtendedDistributedReads {
             const parsed = parseSql(sql);
             if (!parsed.ok) return await fail(parsed.error);
             const statement = parsed.statements[0];
+            // From here on the portal is the proxy's: a later Execute fetches from it, a Describe reads it.
             bound.delete(message.portal!);
             const command = this.heldCursorCommand(portal.statement);
             if (command === 'fetch') {
@@ -226,17 +231,14 @@ export class ExtendedDistributedReads {
               if (error) return await fail(error);
               break;
             }
-            bound.set(message.portal!, portal);
             let nodes: number[] | undefined;
             if (route.kind === 'pinned') nodes = await this.host.nodesForBind(route, { ...portal.bind, parameterFormats: [], parameters }, portal.statement);
             const described = async () => {
-              const { fields } = await describeStatement(this.host.mainConnection(), parse.sql, parse.parameterTypes);
+              const fields = portal.fields ?? (await describeStatement(this.host.mainConnection(), parse.sql, parse.parameterTypes)).fields;
               const formats = columnFormats(portal.bind.resultFormats, fields.length);
               return { encoder: new ResultEncoder(fields, formats), description: describeWithFormats(fields, formats) };
             };
             const formatted = wantsBinary(portal.bind.resultFormats) || maxRows > 0 ? await described() : null;
-            // From here on the portal is the proxy's: a later Execute fetches from it, a Describe reads it.
-            bound.delete(message.portal!);
             if (maxRows === 0 && !formatted?.encoder.needsNode) {
               const outcome = await this.host.read(statement, nodes, this.extendedSink(formatted?.encoder ?? null));
               if (!outcome.ok) return await fail(outcome.error);
