@@ -5,11 +5,20 @@ import { EventEmitter } from 'node:events';
 import type { BackendConfig } from '../config/config';
 import { log } from '../log';
 import { describeNode, type BackendNode } from './backend-node';
+import { probeNode } from './node-probe';
+
+/** How a lost connection is checked against the node before the node is taken out of service. */
+export interface LossProbe {
+  readonly user: string;
+  readonly timeoutMs: number;
+}
 
 export class ClusterState extends EventEmitter {
   readonly nodes: BackendNode[];
 
-  constructor(backends: readonly BackendConfig[]) {
+  private readonly probing = new Map<number, Promise<boolean>>();
+
+  constructor(backends: readonly BackendConfig[], private readonly lossProbe: LossProbe = { user: 'postgres', timeoutMs: 10_000 }) {
     super();
     this.setMaxListeners(0); // every session listens for detaches
     this.nodes = backends.map((b) => ({
@@ -43,6 +52,29 @@ export class ClusterState extends EventEmitter {
     node.downReason = reason;
     log('error', 'node_detached', { node: nodeId, address: `${node.host}:${node.port}`, reason });
     this.emit('detach', node);
+  }
+
+  /**
+   * A connection to the node ended without the proxy closing it. The node is detached only when a probe finds
+   * it no longer serving; resolves to whether it is out of service. Concurrent losses share one probe.
+   */
+  confirmLoss(nodeId: number, reason: string): Promise<boolean> {
+    const node = this.nodes[nodeId];
+    if (!node || node.status === 'down') return Promise.resolve(true);
+    let probe = this.probing.get(nodeId);
+    if (!probe) {
+      probe = probeNode(node, this.lossProbe.user, this.lossProbe.timeoutMs).then((result) => {
+        this.probing.delete(nodeId);
+        if (result.serving) {
+          log('warning', 'node_connection_lost', { node: nodeId, reason, probe: result.reason });
+          return false;
+        }
+        this.detach(nodeId, `${reason} (${result.reason})`);
+        return true;
+      });
+      this.probing.set(nodeId, probe);
+    }
+    return probe;
   }
 
   attach(nodeId: number): void {

@@ -38,6 +38,8 @@ export interface ProxyConfig {
   poolPasswd: string | null;
   /** Seconds to wait for a node to accept a connection. */
   connectTimeout: number;
+  /** Seconds a client has from connecting to finishing start-up and authentication; 0 waits forever. */
+  authenticationTimeout: number;
   /** Largest message accepted from a client, in bytes. */
   clientMaxMessageSize: number;
   /** Most bytes of rows the proxy holds for one merge that must keep state (its hash aggregate of partial groups). */
@@ -70,6 +72,7 @@ export function defaultConfig(): ProxyConfig {
     clientAuthentication: 'trust',
     poolPasswd: null,
     connectTimeout: 10,
+    authenticationTimeout: 60,
     clientMaxMessageSize: 256 * 1024 * 1024,
     mergeMemoryLimit: 256 * 1024 * 1024,
     intermediateResultLimit: 4 * 1024 * 1024 * 1024,
@@ -151,6 +154,9 @@ const settings: Record<string, Setter> = {
   },
   connect_timeout: (c, v, fail) => {
     c.connectTimeout = parseInteger(v, fail, 1, 3600);
+  },
+  authentication_timeout: (c, v, fail) => {
+    c.authenticationTimeout = parseInteger(v, fail, 0, 86400);
   },
   broadcast_join_limit: (c, v, fail) => {
     c.broadcastJoinLimit = parseInteger(v, fail, 0, Number.MAX_SAFE_INTEGER);
@@ -276,6 +282,7 @@ export function configToText(config: ProxyConfig): string {
     `client_authentication = ${quote(config.clientAuthentication)}`,
     `pool_passwd = ${quote(config.poolPasswd ?? '')}`,
     `connect_timeout = ${config.connectTimeout}`,
+    `authentication_timeout = ${config.authenticationTimeout}`,
     `client_max_message_size = ${config.clientMaxMessageSize}`,
     `merge_memory_limit = ${config.mergeMemoryLimit}`,
     `intermediate_result_limit = ${config.intermediateResultLimit}`,

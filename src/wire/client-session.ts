@@ -145,7 +145,20 @@ export class ClientSession implements ClientSink {
     socket.on('error', () => this.close('socket error'));
     socket.on('close', () => this.close('client closed the connection'));
     context.cluster.on('detach', this.onDetach);
+    const timeout = context.config.authenticationTimeout;
+    // A client that opens a connection and then goes quiet must not hold a slot (or, once registered, one of
+    // num_init_children) for ever: start-up and authentication have authentication_timeout to finish.
+    if (timeout > 0) {
+      this.startupTimer = setTimeout(() => {
+        if (this.phase === 'ready') return;
+        log('warning', 'authentication_timeout', { session: this.id, client: this.remote, phase: this.phase });
+        this.fail(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'canceling authentication due to timeout' }));
+      }, timeout * 1000);
+      this.startupTimer.unref();
+    }
   }
+
+  private startupTimer: NodeJS.Timeout | null = null;
 
   get remote(): string {
     return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
@@ -250,6 +263,7 @@ export class ClientSession implements ClientSink {
         nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
       });
       await this.connectNodes();
+      if (this.closed) return;
       const shared = await this.context.catalogs.forDatabase(this.parameters.get('database')!, this.connectionsInNodeOrder());
       this.sessionCatalog = new SessionCatalog(this.context.catalogs, shared, {
         id: this.id,
@@ -263,6 +277,7 @@ export class ClientSession implements ClientSink {
       this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
       this.socket.write(serverMessages.readyForQuery('I'));
       this.phase = 'ready';
+      if (this.startupTimer) clearTimeout(this.startupTimer);
       if (this.context.config.logConnections) {
         log('info', 'session_start', { session: this.id, client: this.remote, user, database: this.parameters.get('database'), nodes: [...this.connections.keys()].join(',') });
       }
@@ -285,6 +300,11 @@ export class ClientSession implements ClientSink {
         this.context.pool.acquire({ node, parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 }),
       ),
     );
+    if (this.closed) {
+      // The client left while the nodes were answering: close() found no connection to give back.
+      for (const result of results) if (result.status === 'fulfilled') void this.context.pool.release(result.value);
+      return;
+    }
     let refusal: PgError | null = null;
     results.forEach((result, index) => {
       const node = nodes[index];
@@ -328,7 +348,14 @@ export class ClientSession implements ClientSink {
       const frame = this.inbox.shift()!;
       this.inboxBytes -= frame.raw.length;
       if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.waitingForNodes) this.socket.resume();
-      const step = this.handle(frame);
+      let step: Promise<void> | null;
+      try {
+        step = this.handle(frame);
+      } catch (error) {
+        // A message the session cannot take (a protocol violation, an undecodable body) ends this session only.
+        this.fail(error);
+        return;
+      }
       if (step) {
         this.stepping = true;
         step
@@ -1436,6 +1463,19 @@ export class ClientSession implements ClientSink {
     const wasWrite = this.dispatchIsWrite;
     this.dispatch = null;
     this.rejections = [];
+    const lost = [result.leader, ...result.others].filter((state) => state.lost).map((state) => state.connection.node);
+    const outOfService = await Promise.all(lost.map((node) => this.context.cluster.confirmLoss(node.id, `lost connection to ${describeNode(node)}`)));
+    const stillServing = lost.filter((_, i) => !outOfService[i]);
+    if (stillServing.length > 0) {
+      // The node ended this session's backend but serves others (pg_terminate_backend, a protocol error it
+      // saw): going on without it would let this session's writes miss a node that is in service.
+      throw new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: `lost connection to ${describeNode(stillServing[0])} during the statement`,
+        detail: 'The node is still in service, so the session ends rather than go on without it.',
+      });
+    }
     if (result.leader.lost) {
       const node = result.leader.connection.node;
       this.write(serverMessages.errorResponse(new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(node)} during the statement`, hint: 'the node was detached; the session continues on the other nodes' })));
@@ -1490,7 +1530,7 @@ export class ClientSession implements ClientSink {
   }
 
   private onNodeLost(connection: BackendConnection, error: Error | null): void {
-    this.context.cluster.detach(connection.node.id, `lost connection to ${describeNode(connection.node)}${error ? `: ${error.message}` : ''}`);
+    void this.context.cluster.confirmLoss(connection.node.id, `lost connection to ${describeNode(connection.node)}${error ? `: ${error.message}` : ''}`);
   }
 
   /** A node connection ended outside an exchange (the node restarted, or an administrator terminated it). */
@@ -1500,7 +1540,7 @@ export class ClientSession implements ClientSink {
       this.connections.delete(nodeId);
       if (this.readNodeId === nodeId) this.readNodeId = null;
       if (!this.closed && this.dispatch === null && this.context.cluster.nodes[nodeId]?.status === 'up') {
-        this.context.cluster.detach(nodeId, `lost connection to ${describeNode(connection.node)} while idle`);
+        void this.context.cluster.confirmLoss(nodeId, `lost connection to ${describeNode(connection.node)} while idle`);
       }
     }
   };
@@ -1538,6 +1578,7 @@ export class ClientSession implements ClientSink {
   close(reason: string, logIt = true): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
     this.context.cluster.off('detach', this.onDetach);
     this.context.unregister(this);
     this.passwordWaiter = null;

@@ -15,6 +15,7 @@ import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { ClientSession, type SessionContext } from './client-session';
 import { loadPasswordFile, type StoredSecret } from './password-file';
+import { installProcessGuard } from './process-guard';
 
 export class ProxyServer {
   readonly cluster: ClusterState;
@@ -27,7 +28,7 @@ export class ProxyServer {
 
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
-    this.cluster = new ClusterState(config.backends);
+    this.cluster = new ClusterState(config.backends, { user: config.recoveryUser, timeoutMs: config.connectTimeout * 1000 });
     this.pool = new ConnectionPool({ enabled: config.connectionCache, maxIdlePerKey: config.maxPool, resetQueries: config.resetQueryList });
     this.cluster.on('detach', (node: BackendNode) => this.pool.dropNode(node.id));
     const passwords: Map<string, StoredSecret> | null = config.poolPasswd ? loadPasswordFile(config.poolPasswd) : null;
@@ -57,6 +58,7 @@ export class ProxyServer {
 
   /** Loads the parser, checks that every node answers, and listens. Resolves once clients can connect. */
   async start(): Promise<void> {
+    installProcessGuard();
     await loadParser();
     await Promise.all(this.cluster.nodes.map((node) => this.checkNode(node)));
     await recoverAtStartup({

@@ -1,0 +1,146 @@
+// No byte sequence a client sends ends the proxy or another session: seeded, mutated sessions and random bytes
+// before start-up, with the proxy answering a fresh SELECT 1 after every batch, its memory flat, no error
+// reaching the last-resort handlers and no backend connection left behind. Slow and half-open clients are
+// closed after authentication_timeout without starving the others.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { serialize } from 'pg-protocol';
+import { startTestCluster, rowsOf, type TestCluster } from '../support/test-cluster';
+import { RawClient } from '../support/raw-client';
+import { fuzzCase, fuzzSchema, playFuzzCase } from '../support/protocol-fuzz';
+import { escapedErrorCount } from '../../src/wire/process-guard';
+import { closeWorkerPool } from '../../src/executor/worker-pool';
+
+let cluster: TestCluster;
+
+before(async () => {
+  cluster = await startTestCluster({
+    nodes: 2,
+    configure: (config) => {
+      config.authenticationTimeout = 2;
+    },
+  });
+  const client = await cluster.connect();
+  for (const sql of fuzzSchema) await client.query(sql);
+  await client.end();
+});
+
+after(async () => {
+  await cluster?.stop();
+});
+
+async function assertAlive(context: string): Promise<void> {
+  const client = await RawClient.ready(cluster.proxy.port);
+  client.send(serialize.query('SELECT 1'));
+  const replies = await client.readUntil('Z');
+  assert.ok(replies.some((m) => m.type === 'D'), `${context}: SELECT 1 answered`);
+  client.end();
+  assert.equal(escapedErrorCount(), 0, `${context}: no error reached the last-resort handlers`);
+}
+
+async function waitFor(condition: () => Promise<boolean> | boolean, what: string, timeoutMs = 20000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Client backends on each node other than the one asking. */
+async function backendsPerNode(): Promise<number[]> {
+  const counts = await cluster.onEachNode("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()");
+  return counts.map((rows) => Number(rows[0][0]));
+}
+
+const messagesPerSession = 50;
+const targetMessages = Number(process.env.PARAPOOL_FUZZ_MESSAGES ?? 100_000);
+const seedBase = Number(process.env.PARAPOOL_FUZZ_SEED ?? 20261202);
+
+test(`fuzzed sessions: ${targetMessages} messages, the proxy alive after every batch, memory flat`, async (t) => {
+  const concurrency = 16;
+  const batchSessions = 160;
+  let sent = 0;
+  let sessions = 0;
+  let beforeStartup = 0;
+  let seed = seedBase;
+  let warmRss = 0;
+  let peakRss = 0;
+  let batches = 0;
+  while (sent < targetMessages) {
+    const cases = Array.from({ length: batchSessions }, () => fuzzCase(seed++, messagesPerSession));
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < cases.length) {
+          const fuzz = cases[next++];
+          await playFuzzCase(cluster.proxy.port, fuzz);
+        }
+      }),
+    );
+    for (const fuzz of cases) {
+      sent += fuzz.messages.length;
+      if (fuzz.beforeStartup) beforeStartup++;
+    }
+    sessions += cases.length;
+    batches++;
+    await assertAlive(`after batch ${batches} (seeds up to ${seed - 1})`);
+    const rss = process.memoryUsage().rss;
+    if (batches === 2) warmRss = rss;
+    peakRss = Math.max(peakRss, rss);
+  }
+  t.diagnostic(`${sent} fuzzed messages in ${sessions} sessions (${beforeStartup} with bytes before start-up), seeds ${seedBase}..${seed - 1}`);
+  t.diagnostic(`RSS after warm-up ${(warmRss / 2 ** 20).toFixed(0)} MiB, peak ${(peakRss / 2 ** 20).toFixed(0)} MiB`);
+  assert.ok(peakRss - warmRss < 128 * 2 ** 20, `RSS flat: grew from ${warmRss} to ${peakRss}`);
+  const nodes = await rowsOf(await cluster.connect(), 'SHOW pool_nodes');
+  assert.ok(nodes.every((row) => row.includes('up')), `no node detached: ${JSON.stringify(nodes)}`);
+});
+
+test('a half-open start-up is closed after authentication_timeout and does not starve others', async () => {
+  const silent = Array.from({ length: 50 }, () => connect({ host: '127.0.0.1', port: cluster.proxy.port }));
+  const closed = silent.map((socket) => new Promise<void>((resolvePromise) => socket.on('close', () => resolvePromise())));
+  for (const socket of silent) {
+    socket.on('error', () => undefined);
+    // Half a start-up packet, then silence.
+    socket.write(Buffer.from([0, 0, 0, 40, 0, 3]));
+  }
+  const waiting = await RawClient.connect(cluster.proxy.port);
+  // A start-up complete except for the password exchange never begins: trust, so an unfinished packet instead.
+  waiting.send(serialize.startup({ user: 'postgres', database: 'postgres' }).subarray(0, 12));
+  await assertAlive('with 51 silent clients');
+  await Promise.all(closed);
+  await waiting.readUntilClosed(10000);
+});
+
+test('1,000 concurrent connects and disconnects at every stage leave no backend connection behind', async () => {
+  const port = cluster.proxy.port;
+  const startup = serialize.startup({ user: 'postgres', database: 'postgres' });
+  await Promise.all(
+    Array.from({ length: 1000 }, (_, i) =>
+      new Promise<void>((resolvePromise) => {
+        const socket = connect({ host: '127.0.0.1', port });
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolvePromise());
+        socket.on('connect', () => {
+          const stage = i % 4;
+          if (stage === 0) return socket.destroy();
+          if (stage === 1) return void socket.end(startup.subarray(0, 10));
+          socket.write(startup);
+          if (stage === 2) return void setImmediate(() => socket.destroy());
+          socket.once('data', () => {
+            socket.write(serialize.query('SELECT count(*) FROM fuzz_spread'));
+            setTimeout(() => socket.destroy(), i % 7);
+          });
+        });
+      }),
+    ),
+  );
+  await waitFor(() => cluster.proxy.sessionCount === 0, 'every session to end');
+  await assertAlive('after 1,000 connects');
+  await waitFor(() => cluster.proxy.sessionCount === 0, 'the check session to end');
+  // Every backend connection is now idle in a pool (the session's or a worker thread's): emptied, none is left.
+  cluster.proxy.pool.close();
+  await closeWorkerPool();
+  await waitFor(async () => (await backendsPerNode()).every((n) => n === 0), 'no backend connection left once the pool is emptied');
+});
