@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Entry point of `npm run bench`: runs the relay benchmark, the load benchmark, the parallel-query benchmark and the
 # TPC-H one, all 22 queries (`--only relay|load|parallel|tpch` runs one; the last two are parts of parallel-bench.js,
-# with the same set-up). The relay benchmark compares against PgBouncer and pgpool-II, which are installed from
+# with the same set-up). `--only fuzz` runs the protocol fuzzer at bench scale (1,000,000 messages; --messages N),
+# which the full run leaves out: it measures robustness, not speed. The relay benchmark compares against PgBouncer and pgpool-II, which are installed from
 # Debian's packages when missing, so that a fresh machine needs nothing installed by hand. Each option goes to the
 # benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02` and `--runs 5` to the load, parallel and
 # tpch ones, `--stream-rows N` to the parallel one); --docs and --keep go to all.
@@ -9,11 +10,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch] [options of the benchmarks run]
+usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch|fuzz] [options of the benchmarks run]
   relay options:    --duration S --warmup S --clients N --threads N --scale N
   load options:     --sf SF --pgbench-scale N --runs N
   parallel options: --sf SF --runs N --stream-rows N
   tpch options:     --sf SF --runs N
+  fuzz options:     --messages N --seed S
   all:              --docs FILE --keep
   node dist/bench/<relay|load|parallel>-bench.js --help describes each (tpch is parallel-bench.js --part tpch)"
 
@@ -28,13 +30,15 @@ load_args=()
 # Options of both parts of parallel-bench.js (parallel and tpch), and those of the parallel part alone.
 parallel_args=()
 stream_args=()
+fuzz_args=()
+fuzz_only_options=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only)
-      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel or tpch" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel, tpch or fuzz" >&2; exit 2; }
       case "$2" in
-        relay|load|parallel|tpch) only="$2" ;;
-        *) echo "bench: --only needs relay, load, parallel or tpch, not \"$2\"" >&2; exit 2 ;;
+        relay|load|parallel|tpch|fuzz) only="$2" ;;
+        *) echo "bench: --only needs relay, load, parallel, tpch or fuzz, not \"$2\"" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --duration|--warmup|--clients|--threads|--scale)
@@ -46,12 +50,15 @@ while [ $# -gt 0 ]; do
     --sf|--runs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shared_options+=" $1"; shift 2 ;;
+    --messages|--seed)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      fuzz_args+=("$1" "$2"); fuzz_only_options+=" $1"; shift 2 ;;
     --stream-rows)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       stream_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
     --docs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
-      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shift 2 ;;
+      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); fuzz_args+=("$1" "$2"); shift 2 ;;
     --keep)
       relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); shift ;;
     -h|--help)
@@ -62,6 +69,12 @@ while [ $# -gt 0 ]; do
 done
 
 # Options for a benchmark that is not run are a mistake worth stopping for, not something to drop silently.
+if [ "$only" != "fuzz" ] && [ -n "$fuzz_only_options" ]; then
+  echo "bench:$fuzz_only_options: the fuzz benchmark's options, but it runs only with --only fuzz" >&2; exit 2
+fi
+if [ "$only" = "fuzz" ] && [ -n "$relay_only_options$load_only_options$shared_options$parallel_only_options" ]; then
+  echo "bench:$relay_only_options$load_only_options$shared_options$parallel_only_options: options of other benchmarks, but --only fuzz skips them" >&2; exit 2
+fi
 if [ "$only" = "relay" ] && [ -n "$load_only_options$shared_options" ]; then
   echo "bench:$load_only_options$shared_options: options of the load or parallel benchmark, but --only relay skips them" >&2; exit 2
 fi
@@ -138,7 +151,13 @@ run_parallel() {
   run_node dist/bench/parallel-bench.js "$@" ${parallel_args[@]+"${parallel_args[@]}"}
 }
 
+run_fuzz() {
+  needs_build fuzz-bench || return 1
+  run_node dist/bench/fuzz-bench.js ${fuzz_args[@]+"${fuzz_args[@]}"}
+}
+
 case "$only" in
+  fuzz) run_fuzz; exit ;;
   relay) run_relay; exit ;;
   load) run_load; exit ;;
   parallel) run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"}; exit ;;

@@ -23,6 +23,8 @@ export class Catalog {
     rules: readonly PartitionRule[],
     views: readonly { schema: string; name: string; definition: string }[] = [],
     routines: readonly RoutineDefinition[] = [],
+    /** Names of the database's own functions with a VOLATILE overload (see FunctionEffects). */
+    readonly volatileFunctions: ReadonlySet<string> = new Set(),
   ) {
     for (const rule of rules) this.rules.set(key(rule.table), rule);
     for (const view of views) this.views.set(key(view), view.definition);
@@ -164,7 +166,8 @@ export async function readCatalog(database: string, connections: readonly Backen
   const routines = rows.length > 0
     ? (await connections[0].query(loadRoutinesSql)).rows.map(([schema, name, language, definition]) => ({ schema: schema!, name: name!, language: language as RoutineDefinition['language'], definition: definition! }))
     : [];
-  return new Catalog(database, rows.map(ruleFromRow), views, routines);
+  const volatileFunctions = new Set((await connections[0].query(loadVolatileFunctionsSql)).rows.map(([name]) => name!));
+  return new Catalog(database, rows.map(ruleFromRow), views, routines, volatileFunctions);
 }
 
 export interface RoutineDefinition {
@@ -179,6 +182,10 @@ const loadRoutinesSql = `SELECT n.nspname, p.proname, l.lanname, pg_get_function
   JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
   WHERE l.lanname IN ('sql', 'plpgsql') AND p.prokind IN ('f', 'p')
     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname NOT LIKE 'pg\\_%'`;
+
+/** Read whatever the rules: replicated mode routes a SELECT that calls one of these to every node. */
+const loadVolatileFunctionsSql = `SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE p.provolatile = 'v' AND p.prokind = 'f' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool')`;
 
 /** Views outside the system schemas; DDL runs on every node, so the first node's are every node's. */
 const loadViewsSql = `SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

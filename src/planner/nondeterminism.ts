@@ -34,7 +34,7 @@ const perNodeFunctions = new Set([
   'pg_backend_pid', 'txid_current', 'pg_current_xact_id', 'inet_server_addr', 'inet_server_port',
 ]);
 
-const dataModifying = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'SelectStmt']);
+const dataModifying = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'SelectStmt', 'CreateTableAsStmt']);
 
 export type DeterminismCheck =
   | { kind: 'deterministic' }

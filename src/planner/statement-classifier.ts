@@ -11,9 +11,15 @@ export type StatementClass =
   /** Answered by the proxy itself (SHOW pool_nodes and friends). */
   | { kind: 'admin'; command: string };
 
-export interface ClassifierOptions {
-  /** Anchored, case-insensitive patterns of functions that write (pgpool's write_function_list). */
-  readonly writeFunctions: readonly string[];
+/** What the classifier knows of the functions a statement calls. */
+export interface FunctionEffects {
+  /** write_function_list, compiled (compileWriteFunctions): calls that make a SELECT a write. */
+  readonly writeFunctions: RegExp | null;
+  /**
+   * Names of the database's own functions (outside pg_catalog) with a VOLATILE overload: a SELECT that calls
+   * one may change data, so it runs on every node, as pgpool-II decides by volatility.
+   */
+  readonly volatileFunctions?: ReadonlySet<string>;
 }
 
 /** SHOW commands the proxy answers instead of a node. */
@@ -24,12 +30,12 @@ export function compileWriteFunctions(patterns: readonly string[]): RegExp | nul
   return new RegExp(`^(?:pg_catalog\\.)?(?:${patterns.map((p) => `(?:${p})`).join('|')})$`, 'i');
 }
 
-export function classifyStatement(node: Node, writeFunctions: RegExp | null): StatementClass {
+export function classifyStatement(node: Node, functions: FunctionEffects): StatementClass {
   const tag = nodeTag(node);
   const body = (node as unknown as Record<string, Record<string, unknown>>)[tag];
   switch (tag) {
     case 'SelectStmt':
-      return classifySelect(body, writeFunctions);
+      return classifySelect(body, functions);
     case 'VariableShowStmt': {
       const name = String(body.name ?? '').toLowerCase();
       if (adminShowCommands.has(name)) return { kind: 'admin', command: name };
@@ -39,13 +45,13 @@ export function classifyStatement(node: Node, writeFunctions: RegExp | null): St
       const options = (body.options as { DefElem?: { defname?: string; arg?: unknown } }[] | undefined) ?? [];
       const analyze = options.some((o) => o.DefElem?.defname === 'analyze' && !isFalse(o.DefElem.arg));
       if (!analyze) return { kind: 'read', reason: 'EXPLAIN without ANALYZE runs nothing' };
-      const inner = classifyStatement(body.query as Node, writeFunctions);
+      const inner = classifyStatement(body.query as Node, functions);
       return inner.kind === 'read' ? { kind: 'read', reason: 'EXPLAIN ANALYZE of a read' } : { kind: 'write', reason: 'EXPLAIN ANALYZE runs a write' };
     }
     case 'CopyStmt': {
       if (body.is_from) return { kind: 'write', reason: 'COPY FROM writes' };
       if (body.query) {
-        const inner = classifyStatement(body.query as Node, writeFunctions);
+        const inner = classifyStatement(body.query as Node, functions);
         return inner.kind === 'read' ? { kind: 'read', reason: 'COPY TO of a read' } : { kind: 'write', reason: 'COPY TO of a statement that writes' };
       }
       return { kind: 'read', reason: 'COPY TO reads a table' };
@@ -60,7 +66,7 @@ function isFalse(arg: unknown): boolean {
   return text.includes('"false"') || text.includes('"off"') || text.includes('"ival":0');
 }
 
-function classifySelect(body: Record<string, unknown>, writeFunctions: RegExp | null): StatementClass {
+function classifySelect(body: Record<string, unknown>, functions: FunctionEffects): StatementClass {
   if (body.intoClause) return { kind: 'write', reason: 'SELECT INTO creates a table' };
   let verdict: StatementClass = { kind: 'read', reason: 'SELECT reads' };
   walkAst({ SelectStmt: body }, (tag, inner) => {
@@ -69,9 +75,10 @@ function classifySelect(body: Record<string, unknown>, writeFunctions: RegExp | 
       verdict = { kind: 'write', reason: 'SELECT ... FOR UPDATE/SHARE locks rows on every node' };
     } else if (tag === 'InsertStmt' || tag === 'UpdateStmt' || tag === 'DeleteStmt' || tag === 'MergeStmt') {
       verdict = { kind: 'write', reason: 'a WITH clause modifies data' };
-    } else if (tag === 'FuncCall' && writeFunctions) {
+    } else if (tag === 'FuncCall') {
       const name = functionName(inner);
-      if (writeFunctions.test(name)) verdict = { kind: 'write', reason: `function ${name}() is in write_function_list` };
+      if (functions.writeFunctions?.test(name)) verdict = { kind: 'write', reason: `function ${name}() is in write_function_list` };
+      else if (functions.volatileFunctions?.has(name.slice(name.lastIndexOf('.') + 1))) verdict = { kind: 'write', reason: `function ${name}() is volatile` };
     }
   });
   return verdict;

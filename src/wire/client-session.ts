@@ -19,6 +19,7 @@ import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
 import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
+import { PrepareRefusals } from '../planner/prepare-refusals';
 import { answerAdminCommand } from '../admin/show-commands';
 import type { Catalog, CatalogRegistry } from '../catalog/catalog';
 import { readCatalog } from '../catalog/catalog';
@@ -427,7 +428,7 @@ export class ClientSession implements ClientSink {
     if (this.pending.length > 0 || this.dispatch) {
       // Extended-protocol messages not yet synced (a Close, say) run first, in the same exchange, as on a node.
       const parsed = parseSql(sql);
-      const classes = parsed.ok ? parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions)) : [];
+      const classes = parsed.ok ? parsed.statements.map((s) => this.classify(s.node)) : [];
       const needsProxy = !parsed.ok || classes.some((c) => c.kind === 'admin') || parsed.statements.some((s) => checkDeterminism(s.node).kind !== 'deterministic');
       if (needsProxy) {
         this.pending = [];
@@ -442,9 +443,13 @@ export class ClientSession implements ClientSink {
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
-    if (this.status === 'I') this.transactionWrote = false;
+    if (this.status === 'I') {
+      this.transactionWrote = false;
+      this.prepareRefusals.endTransaction();
+    }
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
+    for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
   }
 
@@ -459,11 +464,11 @@ export class ClientSession implements ClientSink {
         }
         return this.runDistributed(routes[0], parsed.statements[0], frame, sql);
       }
-      if (this.status === 'T' && this.writtenNodes.size > 1 && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
+      if (this.status === 'T' && this.writtenNodes.size > 1 && this.prepareRefusals.reason === null && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
         return this.commitAcrossNodes();
       }
     }
-    const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
+    const classes = parsed.statements.map((s) => this.classify(s.node));
     const admin = classes.find((c) => c.kind === 'admin');
     if (admin && admin.kind === 'admin') {
       if (classes.length > 1) {
@@ -524,7 +529,7 @@ export class ClientSession implements ClientSink {
         let rejection: PgError | undefined;
         let timePinning: PreparedStatement['timePinning'];
         if (parsed.ok) {
-          const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
+          const classes = parsed.statements.map((s) => this.classify(s.node));
           statementClass = classes.find((c) => c.kind === 'write') ?? classes[0] ?? readClass;
           if (statementClass.kind === 'admin') statementClass = { kind: 'read', reason: 'SHOW' };
           if (statementClass.kind === 'write') {
@@ -542,7 +547,8 @@ export class ClientSession implements ClientSink {
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
         const writesData = parsed.ok && parsed.statements.some((st) => this.writesData(st.node));
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData };
+        const prepareRefusal = parsed.ok ? parsed.statements.map((st) => this.prepareRefusals.inspect(st.node)).find((r) => r !== null) : undefined;
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -593,8 +599,16 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
-    if (this.status === 'I' && !this.dispatch) this.transactionWrote = false;
-    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.writesData)) this.transactionWrote = true;
+    if (this.status === 'I' && !this.dispatch) {
+      this.transactionWrote = false;
+      this.prepareRefusals.endTransaction();
+    }
+    for (let i = 0; i < messages.length; i++) {
+      if (messages[i].frame.code !== FrontendCode.bind) continue;
+      const statement = this.statementBefore(messages, i, messages[i].statementName!);
+      if (statement?.writesData) this.transactionWrote = true;
+      if (statement?.prepareRefusal) this.prepareRefusals.reason ??= statement.prepareRefusal;
+    }
     if (isSync && !this.dispatch) {
       if (await this.extendedReads.isBatch(messages)) return this.extendedReads.run(messages);
       // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
@@ -1003,7 +1017,7 @@ export class ClientSession implements ClientSink {
         return;
       }
       case 'select': {
-        const statementClass = classifyStatement(statement.node, this.context.writeFunctions);
+        const statementClass = this.classify(statement.node);
         if (statementClass.kind === 'write') {
           return this.refuse(new PgError({
             code: SqlState.featureNotSupported,
@@ -1172,13 +1186,21 @@ export class ClientSession implements ClientSink {
     };
   }
 
+  /** Read or write, with write_function_list and the volatile functions of the session's database. */
+  private classify(node: Node): StatementClass {
+    return classifyStatement(node, { writeFunctions: this.context.writeFunctions, volatileFunctions: this.catalog?.volatileFunctions });
+  }
+
+  /** What the open transaction did that keeps it from a two-phase commit. */
+  private readonly prepareRefusals = new PrepareRefusals();
+
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   private transactionWrote = false;
 
   /** Whether a statement changes data; BEGIN, SET and the like go to every node but change none. */
   private writesData(node: Node): boolean {
     if ('TransactionStmt' in node || 'VariableSetStmt' in node || 'VariableShowStmt' in node) return false;
-    return classifyStatement(node, this.context.writeFunctions).kind === 'write';
+    return this.classify(node).kind === 'write';
   }
 
   private async connectionsOutsideTransaction(): Promise<{ connectionFor(node: number): BackendConnection; release(): void }> {
@@ -1383,6 +1405,7 @@ export class ClientSession implements ClientSink {
     }
     this.writtenNodes.clear();
     this.status = 'I';
+    this.prepareRefusals.endTransaction();
     this.portals.clear();
     this.heldPortals.endTransaction(true);
     await this.sessionCatalog?.settle();
@@ -1485,6 +1508,7 @@ export class ClientSession implements ClientSink {
       this.status = result.status;
     }
     if (this.status === 'I') {
+      this.prepareRefusals.endTransaction();
       this.portals.clear();
       this.heldPortals.endTransaction(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();

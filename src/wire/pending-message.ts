@@ -21,6 +21,8 @@ export interface PreparedStatement {
   readonly changesDefinitions?: boolean;
   /** Changes data (not only BEGIN, SET and the like): a transaction that ran it can no longer read outside itself. */
   readonly writesData?: boolean;
+  /** What in it PREPARE TRANSACTION refuses (see prepare-refusals.ts): its transaction then commits node by node. */
+  readonly prepareRefusal?: string | null;
   /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
   readonly cursorCommand?: Node;
 }

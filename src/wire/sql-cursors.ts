@@ -8,6 +8,7 @@ import type { ClientSink } from '../executor/client-sink';
 import type { ReadOutcome } from '../executor/plan-executor';
 import { RowSpool } from '../executor/row-spool';
 import { deparseVerified } from '../planner/ast-tools';
+import { cursorHoldOption } from '../planner/prepare-refusals';
 import type { BackendConnection } from './backend-connection';
 import { PgError, SqlState } from './errors';
 import { BackendCode, type TransactionStatus } from './message-codes';
@@ -32,7 +33,6 @@ export interface CursorHost {
 // DECLARE's option bits (parsenodes.h).
 const cursorBinary = 0x1;
 const cursorScroll = 0x2;
-const cursorHold = 0x20;
 
 /** FETCH ALL, as the parser gives it. */
 const fetchAll = 2147483647;
@@ -42,7 +42,7 @@ export async function declareCursor(host: CursorHost, name: string, options: num
   if (options & cursorScroll) {
     return new PgError({ code: SqlState.featureNotSupported, message: 'a SCROLL cursor over distributed tables is not supported', hint: 'declare it NO SCROLL: its rows are fetched forward only' });
   }
-  const hold = (options & cursorHold) !== 0;
+  const hold = (options & cursorHoldOption) !== 0;
   if (!hold && host.status === 'I') return new PgError({ code: '25P01', message: 'DECLARE CURSOR can only be used in transaction blocks' });
   if (host.portals.has(name)) return new PgError({ code: '42P03', message: `cursor "${name}" already exists` });
   const sql = deparseVerified(query);

@@ -110,6 +110,27 @@ test('writes with per-node values are refused with 0A000 and change nothing', as
   assert.deepEqual(results, [[['0']], [['0']], [['0']]]);
 });
 
+test('CREATE TABLE AS pins its time functions and refuses per-node values', async () => {
+  const client = await cluster.connect();
+  await client.query('create table ctas_at as select clock_timestamp() as at, g from generate_series(1, 3) g');
+  await assert.rejects(client.query('create table ctas_random as select random() as r'), (e: { code?: string }) => e.code === '0A000');
+  await client.end();
+  const results = await cluster.onEachNode('select md5(string_agg(at::text || g, \',\' order by g)) from ctas_at');
+  assert.deepEqual(results[1], results[0]);
+  assert.deepEqual(results[2], results[0]);
+  assert.deepEqual(await cluster.onEachNode("select to_regclass('ctas_random') is null"), [[['t']], [['t']], [['t']]]);
+});
+
+test('a SELECT that calls a volatile function of the database is a write: its changes reach every node', async () => {
+  const client = await cluster.connect();
+  await client.query('create table calls (n int)');
+  await client.query("create function record_call(x int) returns int language plpgsql as $$ begin insert into calls values (x); return x; end $$");
+  await client.query("create function twice(x int) returns int language sql immutable as 'select x * 2'");
+  assert.deepEqual(await rowsOf(client, 'select record_call(7), twice(4)'), [['7', '8']]);
+  await client.end();
+  assert.deepEqual(await cluster.onEachNode('select array_agg(n) from calls'), [[['{7}']], [['{7}']], [['{7}']]]);
+});
+
 test('a SELECT that calls nextval() is a write: every node advances its sequence', async () => {
   const client = await cluster.connect();
   await client.query('create sequence seq');

@@ -12,13 +12,16 @@ before(() => loadParser());
 function classOf(sql: string, functions = ['nextval', 'setval']): string {
   const parsed = parseSql(sql);
   assert.ok(parsed.ok, sql);
-  const c = classifyStatement(parsed.statements[0].node, compileWriteFunctions(functions));
+  const c = classifyStatement(parsed.statements[0].node, { writeFunctions: compileWriteFunctions(functions), volatileFunctions: new Set(['add_row']) });
   return c.kind === 'admin' ? `admin:${c.command}` : c.kind;
 }
 
 test('statements are classified as reads, writes or admin commands', () => {
   const cases: [string, string][] = [
     ['select 1', 'read'],
+    ['select add_row(1)', 'write'],
+    ['select * from s.add_row(1)', 'write'],
+    ['select random(), clock_timestamp()', 'read'],
     ['select * from t join u using (id) where x in (select y from v)', 'read'],
     ['values (1), (2)', 'read'],
     ['table t', 'read'],

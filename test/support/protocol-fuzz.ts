@@ -196,3 +196,53 @@ export async function playFuzzCase(port: number, fuzz: FuzzCase, quietMs = 150):
   }
   socket.destroy();
 }
+
+export interface FuzzCampaign {
+  readonly port: number;
+  readonly targetMessages: number;
+  readonly seedBase: number;
+  /** Runs after every batch of sessions (the caller checks that the proxy still answers). */
+  readonly afterBatch: (batch: number, lastSeed: number) => Promise<void>;
+  readonly messagesPerSession?: number;
+  readonly concurrency?: number;
+  readonly batchSessions?: number;
+}
+
+export interface FuzzTotals {
+  messages: number;
+  sessions: number;
+  beforeStartup: number;
+  batches: number;
+  lastSeed: number;
+  /** RSS after the second batch (once the pools and caches have warmed up) and at its highest. */
+  warmRss: number;
+  peakRss: number;
+}
+
+/** Plays batches of seeded cases, `concurrency` sessions at a time, until `targetMessages` have been sent. */
+export async function runFuzzCampaign(campaign: FuzzCampaign): Promise<FuzzTotals> {
+  const { port, targetMessages, seedBase, afterBatch, messagesPerSession = 50, concurrency = 16, batchSessions = 160 } = campaign;
+  const totals: FuzzTotals = { messages: 0, sessions: 0, beforeStartup: 0, batches: 0, lastSeed: seedBase - 1, warmRss: 0, peakRss: 0 };
+  let seed = seedBase;
+  while (totals.messages < targetMessages) {
+    const cases = Array.from({ length: batchSessions }, () => fuzzCase(seed++, messagesPerSession));
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < cases.length) await playFuzzCase(port, cases[next++]);
+      }),
+    );
+    for (const fuzz of cases) {
+      totals.messages += fuzz.messages.length;
+      if (fuzz.beforeStartup) totals.beforeStartup++;
+    }
+    totals.sessions += cases.length;
+    totals.batches++;
+    totals.lastSeed = seed - 1;
+    await afterBatch(totals.batches, totals.lastSeed);
+    const rss = process.memoryUsage().rss;
+    if (totals.batches === 2) totals.warmRss = rss;
+    totals.peakRss = Math.max(totals.peakRss, rss);
+  }
+  return totals;
+}

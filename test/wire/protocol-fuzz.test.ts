@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import { serialize } from 'pg-protocol';
 import { startTestCluster, rowsOf, type TestCluster } from '../support/test-cluster';
 import { RawClient } from '../support/raw-client';
-import { fuzzCase, fuzzSchema, playFuzzCase } from '../support/protocol-fuzz';
+import { fuzzSchema, runFuzzCampaign } from '../support/protocol-fuzz';
 import { escapedErrorCount } from '../../src/wire/process-guard';
 import { closeWorkerPool } from '../../src/executor/worker-pool';
 
@@ -54,45 +54,19 @@ async function backendsPerNode(): Promise<number[]> {
   return counts.map((rows) => Number(rows[0][0]));
 }
 
-const messagesPerSession = 50;
 const targetMessages = Number(process.env.PARAPOOL_FUZZ_MESSAGES ?? 100_000);
 const seedBase = Number(process.env.PARAPOOL_FUZZ_SEED ?? 20261202);
 
 test(`fuzzed sessions: ${targetMessages} messages, the proxy alive after every batch, memory flat`, async (t) => {
-  const concurrency = 16;
-  const batchSessions = 160;
-  let sent = 0;
-  let sessions = 0;
-  let beforeStartup = 0;
-  let seed = seedBase;
-  let warmRss = 0;
-  let peakRss = 0;
-  let batches = 0;
-  while (sent < targetMessages) {
-    const cases = Array.from({ length: batchSessions }, () => fuzzCase(seed++, messagesPerSession));
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        while (next < cases.length) {
-          const fuzz = cases[next++];
-          await playFuzzCase(cluster.proxy.port, fuzz);
-        }
-      }),
-    );
-    for (const fuzz of cases) {
-      sent += fuzz.messages.length;
-      if (fuzz.beforeStartup) beforeStartup++;
-    }
-    sessions += cases.length;
-    batches++;
-    await assertAlive(`after batch ${batches} (seeds up to ${seed - 1})`);
-    const rss = process.memoryUsage().rss;
-    if (batches === 2) warmRss = rss;
-    peakRss = Math.max(peakRss, rss);
-  }
-  t.diagnostic(`${sent} fuzzed messages in ${sessions} sessions (${beforeStartup} with bytes before start-up), seeds ${seedBase}..${seed - 1}`);
-  t.diagnostic(`RSS after warm-up ${(warmRss / 2 ** 20).toFixed(0)} MiB, peak ${(peakRss / 2 ** 20).toFixed(0)} MiB`);
-  assert.ok(peakRss - warmRss < 128 * 2 ** 20, `RSS flat: grew from ${warmRss} to ${peakRss}`);
+  const totals = await runFuzzCampaign({
+    port: cluster.proxy.port,
+    targetMessages,
+    seedBase,
+    afterBatch: (batch, lastSeed) => assertAlive(`after batch ${batch} (seeds up to ${lastSeed})`),
+  });
+  t.diagnostic(`${totals.messages} fuzzed messages in ${totals.sessions} sessions (${totals.beforeStartup} with bytes before start-up), seeds ${seedBase}..${totals.lastSeed}`);
+  t.diagnostic(`RSS after warm-up ${(totals.warmRss / 2 ** 20).toFixed(0)} MiB, peak ${(totals.peakRss / 2 ** 20).toFixed(0)} MiB`);
+  assert.ok(totals.peakRss - totals.warmRss < 128 * 2 ** 20, `RSS flat: grew from ${totals.warmRss} to ${totals.peakRss}`);
   const nodes = await rowsOf(await cluster.connect(), 'SHOW pool_nodes');
   assert.ok(nodes.every((row) => row.includes('up')), `no node detached: ${JSON.stringify(nodes)}`);
 });
