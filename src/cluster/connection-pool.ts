@@ -1,6 +1,8 @@
 // Backend connections kept open between client sessions, per node and per (user, database, start-up options),
 // as pgpool-II's connection cache does. A connection goes back only when it is idle outside a transaction,
 // and only after the reset statements ran (ABORT; DISCARD ALL by default), so no session sees another's state.
+// N.B. a connection the node closed is never handed out: it leaves the pool on its socket's close, and one idle for
+// longer than `liveCheckAfterMs` answers a round trip before it is reused.
 
 import { log } from '../log';
 import { BackendConnection, type BackendStartup } from '../wire/backend-connection';
@@ -20,20 +22,26 @@ export function poolKeyOf(parameters: ReadonlyMap<string, string>): string {
     .join('\0');
 }
 
+/** A connection idle for this long is checked with a round trip before it is used again. */
+export const liveCheckAfterMs = 1000;
+
 export class ConnectionPool {
   private readonly idle = new Map<string, BackendConnection[]>();
+  /** Connections running their reset statements on the way into the pool. */
+  private readonly resetting = new Set<BackendConnection>();
   private closing = false;
   private readonly watched = new WeakSet<BackendConnection>();
 
   constructor(private readonly settings: PoolSettings) {}
 
-  /** A started connection to the node for these parameters: a cached one if any, else a new one. */
+  /** A started connection to the node for these parameters: a cached one that still works if any, else a new one. */
   async acquire(startup: BackendStartup): Promise<BackendConnection> {
     const key = `${startup.node.id}\0${poolKeyOf(startup.parameters)}`;
     const list = this.idle.get(key);
     while (list && list.length > 0) {
       const connection = list.pop()!;
-      if (!connection.closed) return connection;
+      if (await connection.checkAlive(liveCheckAfterMs)) return connection;
+      connection.destroy();
     }
     return BackendConnection.connect(startup, key);
   }
@@ -44,12 +52,16 @@ export class ConnectionPool {
       connection.destroy();
       return;
     }
+    this.watch(connection);
+    this.resetting.add(connection);
     try {
       for (const sql of this.settings.resetQueries) await connection.query(sql);
     } catch (error) {
-      log('warning', 'pool_reset_failed', { node: connection.node.id, error: (error as Error).message });
+      if (!connection.closedByProxy) log('warning', 'pool_reset_failed', { node: connection.node.id, error: (error as Error).message });
       connection.destroy();
       return;
+    } finally {
+      this.resetting.delete(connection);
     }
     connection.preparedStatements.clear(); // DISCARD ALL deallocated them
     if (connection.txStatus !== 'I' || connection.closed) {
@@ -63,13 +75,30 @@ export class ConnectionPool {
     }
     list.push(connection);
     this.idle.set(connection.poolKey, list);
-    if (!this.watched.has(connection)) {
-      this.watched.add(connection);
-      connection.onClose(() => {
-        const current = this.idle.get(connection.poolKey);
-        if (current) this.idle.set(connection.poolKey, current.filter((c) => c !== connection));
-      });
+  }
+
+  /** Makes a connection leave the idle list as soon as it closes. */
+  private watch(connection: BackendConnection): void {
+    if (this.watched.has(connection)) return;
+    this.watched.add(connection);
+    connection.onClose(() => {
+      const current = this.idle.get(connection.poolKey);
+      if (current) this.idle.set(connection.poolKey, current.filter((c) => c !== connection));
+    });
+  }
+
+  /**
+   * Closes every idle connection to a database, those still running their reset statements too, so that a DROP
+   * DATABASE does not find the proxy's own connections in its way; returns how many it closed.
+   */
+  dropDatabase(database: string): number {
+    let count = 0;
+    for (const connection of [...this.resetting, ...[...this.idle.values()].flat()]) {
+      if (connection.database !== database) continue;
+      connection.destroy();
+      count++;
     }
+    return count;
   }
 
   /** Closes every idle connection to a node (after it was detached). */

@@ -2,12 +2,13 @@
 // connects to each node as the session's user, applies the session's settings, runs the fragment everywhere at
 // once, decodes the partial rows and folds them by group, and hands the main thread only the folded groups as
 // COPY text. Reading and folding millions of partial rows then never holds up the client sockets. The worker
-// keeps its connections between tasks, one idle list per node and start-up.
+// keeps its connections between tasks, one idle list per node and start-up; a kept connection answers a round
+// trip before each use, and the main thread has every worker close those to a database it is about to drop.
 //
 // Only statements outside a transaction block come here: inside one, fragments must see the transaction's own
 // writes, which only the session's connections can.
 
-import type { MessagePort } from 'node:worker_threads';
+import { BroadcastChannel, isMainThread, threadId, type MessagePort } from 'node:worker_threads';
 import type { NodeAddress } from '../cluster/backend-node';
 import { BackendConnection, sendCancel } from '../wire/backend-connection';
 import { dataRowFields } from '../wire/data-row';
@@ -17,6 +18,7 @@ import { decodeRowDescription } from '../wire/row-description';
 import type { FoldSpec } from './combine-worker';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { PartialCombiner } from './partial-combine';
+import { workerChannelName, type WorkerBroadcast } from './worker-messages';
 
 /** What a worker needs to connect to the nodes as the session does. */
 export interface WorkerStartup {
@@ -51,31 +53,67 @@ export type FragmentResult =
 const idle = new Map<string, BackendConnection[]>();
 /** The settings each pooled connection carries, as applied. */
 const applied = new WeakMap<BackendConnection, string>();
+/** Connections a task is using now. */
+const inUse = new Set<BackendConnection>();
+/** Connections in use whose database is being dropped: closed when their task ends. */
+const doomed = new WeakSet<BackendConnection>();
+
+// Every thread hears the main thread's request to let go of a database (before its DROP DATABASE).
+if (!isMainThread) {
+  const channel = new BroadcastChannel(workerChannelName);
+  channel.unref();
+  channel.onmessage = (event) => {
+    const message = (event as MessageEvent).data as WorkerBroadcast;
+    if (message.kind !== 'close-database') return;
+    for (const list of idle.values()) for (const connection of [...list]) if (connection.database === message.database) connection.destroy();
+    for (const connection of inUse) if (connection.database === message.database) doomed.add(connection);
+    const answer: WorkerBroadcast = { kind: 'closed-database', id: message.id, threadId };
+    channel.postMessage(answer);
+  };
+}
 
 function poolKey(node: NodeAddress, startup: WorkerStartup): string {
   return `${node.host}:${node.port}\0${JSON.stringify(startup.parameters)}`;
 }
 
-async function acquire(node: NodeAddress, startup: WorkerStartup, settings: FragmentTask['settings']): Promise<BackendConnection> {
+/**
+ * A connection to the node with the task's settings applied: an idle one that answers a round trip (a thread may
+ * have been busy while the node closed it), else a new one when `reuse` is false or none is left.
+ */
+async function acquire(node: NodeAddress, startup: WorkerStartup, settings: FragmentTask['settings'], reuse: boolean): Promise<{ connection: BackendConnection; reused: boolean }> {
   const key = poolKey(node, startup);
   let connection: BackendConnection | undefined;
-  while ((connection = idle.get(key)?.pop()) && (connection.closed || connection.txStatus !== 'I')) connection.destroy();
+  const list = idle.get(key);
+  while (reuse && list && (connection = list.pop())) {
+    if (connection.txStatus === 'I' && (await connection.checkAlive(0))) break;
+    connection.destroy();
+    connection = undefined;
+  }
+  const reused = connection !== undefined;
   if (!connection) {
     const secret = startup.secret?.kind === 'scram'
       ? { kind: 'scram' as const, verifier: { ...startup.secret.verifier, salt: Buffer.from(startup.secret.verifier.salt), storedKey: Buffer.from(startup.secret.verifier.storedKey), serverKey: Buffer.from(startup.secret.verifier.serverKey) } }
       : startup.secret;
     connection = await BackendConnection.connect({ node, parameters: new Map(startup.parameters), secret, connectTimeoutMs: startup.connectTimeoutMs }, key);
   }
-  const wanted = JSON.stringify(settings);
-  if (applied.get(connection) !== wanted) {
-    await connection.applySettings(settings, true);
-    applied.set(connection, wanted);
+  inUse.add(connection);
+  try {
+    const wanted = JSON.stringify(settings);
+    if (applied.get(connection) !== wanted) {
+      await connection.applySettings(settings, true);
+      applied.set(connection, wanted);
+    }
+  } catch (error) {
+    inUse.delete(connection);
+    connection.destroy();
+    throw error;
   }
-  return connection;
+  return { connection, reused };
 }
 
 function release(connection: BackendConnection): void {
-  if (connection.closed || connection.txStatus !== 'I' || connection.busy) {
+  inUse.delete(connection);
+  if (connection.closed || connection.txStatus !== 'I' || connection.busy || doomed.has(connection)) {
     connection.destroy();
     return;
   }
@@ -86,37 +124,76 @@ function release(connection: BackendConnection): void {
   }
   list.push(connection);
   idle.set(connection.poolKey, list);
+  if (watched.has(connection)) return;
+  watched.add(connection);
+  connection.onClose(() => {
+    const current = idle.get(connection.poolKey);
+    if (current) idle.set(connection.poolKey, current.filter((c) => c !== connection));
+  });
 }
+
+/** Kept connections that leave their idle list when they close. */
+const watched = new WeakSet<BackendConnection>();
 
 /** Idle connections a worker keeps per node and start-up; more are closed when their task ends. */
 const idlePerKey = 4;
 
+/**
+ * Runs the task's fragments and folds their rows. A fragment only reads, so when a kept connection turns out to
+ * have been closed by its node (a restart, pg_terminate_backend, idle_session_timeout), the task runs once more on
+ * new connections.
+ */
 export async function runFragmentsAndFold(task: FragmentTask): Promise<FragmentResult> {
-  let cancelled = false;
-  let streams: FragmentStream[] = [];
-  // A connection that was sent a cancel is not reused: the cancel may land on its next statement.
-  const cancelledConnections = new Set<BackendConnection>();
+  const state = { cancelled: false, streams: [] as FragmentStream[], cancelledConnections: new Set<BackendConnection>() };
   task.port.on('message', () => {
-    cancelled = true;
-    for (const stream of streams) {
+    state.cancelled = true;
+    for (const stream of state.streams) {
       if (stream.done) continue;
-      cancelledConnections.add(stream.connection);
+      // A connection that was sent a cancel is not reused: the cancel may land on its next statement.
+      state.cancelledConnections.add(stream.connection);
       void sendCancel(stream.connection.node, stream.connection.processId, stream.connection.secretKey);
     }
   });
-  const connections: BackendConnection[] = [];
   try {
-    for (const id of task.nodes) {
-      const node = task.startup.nodes.find((n) => n.id === id)!;
-      connections.push(await acquire(node, task.startup, task.settings));
+    const first = await attempt(task, state, true);
+    if (!first.retry || state.cancelled) return first.result;
+    state.streams = [];
+    return (await attempt(task, state, false)).result;
+  } finally {
+    task.port.close();
+  }
+}
+
+interface TaskState {
+  cancelled: boolean;
+  streams: FragmentStream[];
+  readonly cancelledConnections: Set<BackendConnection>;
+}
+
+async function attempt(task: FragmentTask, state: TaskState, reuse: boolean): Promise<{ result: FragmentResult; retry: boolean }> {
+  const { cancelledConnections } = state;
+  const connections: BackendConnection[] = [];
+  const reusedConnections: BackendConnection[] = [];
+  /** A reused connection that its node closed: the whole attempt may be run again. */
+  const staleReuse = () => reusedConnections.some((c) => c.closed && !c.closedByProxy);
+  try {
+    const acquired = await Promise.allSettled(
+      task.nodes.map((id) => acquire(task.startup.nodes.find((n) => n.id === id)!, task.startup, task.settings, reuse)),
+    );
+    for (const outcome of acquired) {
+      if (outcome.status !== 'fulfilled') continue;
+      connections.push(outcome.value.connection);
+      if (outcome.value.reused) reusedConnections.push(outcome.value.connection);
     }
-    if (cancelled) return { ok: false, code: '57014', message: 'canceling statement due to user request' };
-    streams = connections.map((connection) => new FragmentStream(connection, task.sql));
+    const refused = acquired.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (refused) throw refused.reason;
+    if (state.cancelled) return { result: { ok: false, code: '57014', message: 'canceling statement due to user request' }, retry: false };
+    const streams = (state.streams = connections.map((connection) => new FragmentStream(connection, task.sql)));
     await whenDescribed(streams);
     let failed = firstError(streams);
     if (failed || !streams[0].rowDescription) {
       await settle(streams, true, cancelledConnections);
-      return failure(failed?.error ?? new PgError({ code: 'XX000', message: 'a fragment returned no rows description' }), failed?.frame ?? null);
+      return { result: failure(failed?.error ?? new PgError({ code: 'XX000', message: 'a fragment returned no rows description' }), failed?.frame ?? null), retry: staleReuse() };
     }
     const fields = decodeRowDescription(streams[0].rowDescription.subarray(5));
     const combiner = PartialCombiner.create(fields, task.groupColumns, task.combine, task.textBytewise, task.limitBytes);
@@ -132,21 +209,25 @@ export async function runFragmentsAndFold(task: FragmentTask): Promise<FragmentR
     });
     failed = firstError(streams);
     await settle(streams, failed !== null || overflow !== null, cancelledConnections);
-    if (overflow) return failure(overflow, null);
-    if (failed) return failure(failed.error, failed.frame);
+    if (overflow) return { result: failure(overflow, null), retry: false };
+    if (failed) return { result: failure(failed.error, failed.frame), retry: staleReuse() };
     const steps = streams.map((s, i) => ({ node: task.nodes[i], rows: s.rowCount, ms: s.elapsedMs }));
-    return { ok: true, copyText: combiner.copyText(), columns: fields.length, groups: combiner.groupCount, folding: combiner.folding, steps };
+    return { result: { ok: true, copyText: combiner.copyText(), columns: fields.length, groups: combiner.groupCount, folding: combiner.folding, steps }, retry: false };
   } catch (error) {
-    if (streams.length > 0) await settle(streams, true, cancelledConnections);
-    if (error instanceof PgError) return failure(error, null); // a node's error, or one it refused the connection with
-    return failure(new PgError({ code: '08006', message: (error as Error).message }), null);
+    if (state.streams.length > 0) await settle(state.streams, true, cancelledConnections);
+    // a node's error, or one it refused the connection with
+    const result = failure(error instanceof PgError ? error : new PgError({ code: '08006', message: (error as Error).message }), null);
+    return { result, retry: staleReuse() };
   } finally {
-    task.port.close();
     // A fragment that calls set_config() may leave a setting behind that the next task would not know to undo.
     const changedSettings = /set_config/i.test(task.sql);
     for (const connection of connections) {
-      if (cancelledConnections.has(connection) || changedSettings) connection.destroy();
-      else release(connection);
+      if (cancelledConnections.has(connection) || changedSettings) {
+        inUse.delete(connection);
+        connection.destroy();
+      } else {
+        release(connection);
+      }
     }
   }
 }

@@ -61,6 +61,13 @@ export class ReplicatedDispatch {
   copyIn = false;
   private heldStatus: TransactionStatus = 'I';
   private finished = false;
+  /**
+   * Keeps back a FATAL that is the leader's first reply (the node had ended the connection before the statement
+   * reached it), so that a statement without effects can run again elsewhere with the client none the wiser.
+   */
+  holdLeadingFatal = false;
+  /** Frames of the leader relayed to the client so far. */
+  leaderRelayed = 0;
 
   constructor(
     leader: BackendConnection,
@@ -167,11 +174,14 @@ export class ReplicatedDispatch {
       case BackendCode.emptyQueryResponse:
         state.outcomes.push('EMPTY');
         break;
-      case BackendCode.errorResponse:
-        state.outcomes.push(`ERROR ${decodeBackendNotice(frame).code ?? ''}`);
+      case BackendCode.errorResponse: {
+        const notice = decodeBackendNotice(frame);
+        state.outcomes.push(`ERROR ${notice.code ?? ''}`);
         state.skippingUntilSync = true;
         state.replyQueue = [];
+        if (state.isLeader && this.holdLeadingFatal && this.leaderRelayed === 0 && notice.severity === 'FATAL') return;
         break;
+      }
       case BackendCode.parseComplete:
       case BackendCode.closeComplete:
         if (state.replyQueue.shift() === true) return; // the proxy's own Parse or Close
@@ -192,6 +202,7 @@ export class ReplicatedDispatch {
 
   private relay(state: NodeState, frame: Frame): void {
     if (this.client.closed) return;
+    this.leaderRelayed++;
     if (!this.client.write(frame.raw) && !this.waitingForClient) {
       // The rest of the chunk already read still goes out; the node's socket waits until the client drains.
       this.waitingForClient = true;

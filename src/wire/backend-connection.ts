@@ -1,6 +1,8 @@
 // One connection from the proxy to one PostgreSQL node: start-up and authentication (trust, cleartext, md5,
 // SCRAM-SHA-256), then a frame pump. Frames go to whichever handler the current exchange installed; the
-// connection tracks only what must always be tracked (transaction status, parameters, key data).
+// connection tracks only what must always be tracked (transaction status, parameters, key data, when it was last
+// used). N.B. a connection counts as closed from the moment the node says it ends it (a FATAL while idle, its end of
+// the socket), not only once the socket has closed, so no pool hands out a connection the node already ended.
 
 import { connect as netConnect, type Socket } from 'node:net';
 import { serialize } from 'pg-protocol';
@@ -42,6 +44,8 @@ export class BackendStartupError extends PgError {
 
 let nextConnectionId = 1;
 
+const syncFrame = serialize.sync();
+
 export class BackendConnection {
   readonly id = nextConnectionId++;
   processId = 0;
@@ -58,16 +62,22 @@ export class BackendConnection {
    * from (compared by identity, so a re-Parse under the same name is noticed).
    */
   readonly preparedStatements = new Map<string, object>();
+  /** When the last exchange on this connection ended (its ReadyForQuery), in Date.now() milliseconds. */
+  lastUsedAt = Date.now();
+  /** Why the node ended the connection, when it said so (its FATAL message). */
+  closeReason: string | null = null;
   private handler: FrameHandler | null = null;
   private closeListeners: ((error: Error | null) => void)[] = [];
   private readonly reader: FrameReader;
 
-  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string) {
+  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string, readonly database: string) {
     this.reader = new FrameReader(1024 * 1024 * 1024 + 5, describeNode(node));
     this.coalescing = new CoalescingWriter(socket);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) => this.onClosed(error));
+    // The node's end of the socket: 'close' follows only after a turn of the event loop.
+    socket.on('end', () => this.onClosed(null));
     socket.on('close', () => this.onClosed(null));
   }
 
@@ -75,7 +85,8 @@ export class BackendConnection {
   static async connect(startup: BackendStartup, poolKey: string): Promise<BackendConnection> {
     const { node } = startup;
     const socket = await openSocket(node, startup.connectTimeoutMs);
-    const connection = new BackendConnection(node, socket, poolKey);
+    const database = startup.parameters.get('database') ?? startup.parameters.get('user') ?? '';
+    const connection = new BackendConnection(node, socket, poolKey, database);
     try {
       await connection.startUp(startup);
     } catch (error) {
@@ -192,6 +203,7 @@ export class BackendConnection {
     for (const frame of frames) {
       if (frame.code === BackendCode.readyForQuery) {
         this.txStatus = String.fromCharCode(frame.payload[0]) as TransactionStatus;
+        this.lastUsedAt = Date.now();
       } else if (frame.code === BackendCode.parameterStatus) {
         const cursor = new MessageCursor(frame.payload, 'ParameterStatus');
         this.parameters.set(cursor.cstring(), cursor.cstring());
@@ -199,10 +211,42 @@ export class BackendConnection {
       const handler = this.handler;
       if (handler) handler(frame, this);
       else if (frame.code === BackendCode.errorResponse) {
-        // e.g. FATAL on idle-session timeout or an administrator's pg_terminate_backend
-        log('warning', 'backend_unsolicited_error', { node: this.node.id, message: decodeBackendNotice(frame).message });
+        // e.g. FATAL on idle-session timeout, an administrator's pg_terminate_backend, a shutdown or DROP DATABASE
+        // WITH (FORCE): the node ends the connection right after, so it is closed now.
+        const notice = decodeBackendNotice(frame);
+        log(notice.severity === 'FATAL' ? 'info' : 'warning', 'backend_unsolicited_error', { node: this.node.id, message: notice.message });
+        if (notice.severity === 'FATAL' || notice.severity === 'PANIC') {
+          this.closeReason = notice.message ?? 'the node ended the connection';
+          this.onClosed(new Error(this.closeReason));
+          return;
+        }
       }
     }
+  }
+
+  /**
+   * Whether the connection can still run a statement: false once it is closed; when it has been idle for
+   * `roundTripAfterMs` or longer, also false unless the node answers a Sync within `timeoutMs` (a connection that
+   * does not answer in time is closed). Only for an idle connection (not busy).
+   */
+  async checkAlive(roundTripAfterMs: number, timeoutMs = 5000): Promise<boolean> {
+    if (this.closed) return false;
+    if (this.socket.destroyed || !this.socket.writable || this.socket.readableEnded) {
+      this.onClosed(null);
+      return false;
+    }
+    if (this.busy || Date.now() - this.lastUsedAt < roundTripAfterMs) return true;
+    const timer = setTimeout(() => this.destroy(), timeoutMs);
+    try {
+      // Outside an extended-protocol exchange a Sync only makes the node send ReadyForQuery: no transaction
+      // starts or ends.
+      await this.exchange([syncFrame], () => undefined);
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+    return !this.closed;
   }
 
   private onClosed(error: Error | null): void {

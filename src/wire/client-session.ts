@@ -3,6 +3,8 @@
 // up to Flush or Sync so that a batch runs on one set of nodes, and prepared statements are re-created lazily on
 // a node that has not seen them. The session never lets two nodes drift apart silently: differing results
 // detach a node, and a transaction aborted on one node is aborted on the others before the client continues.
+// A connection the node ends between statements (a restart, pg_terminate_backend, idle_session_timeout) is opened
+// again before the next statement outside a transaction; inside one, the transaction fails with 08006.
 
 import type { Socket } from 'node:net';
 import type { Node } from '@pgsql/types';
@@ -10,9 +12,10 @@ import type { ProxyConfig } from '../config/config';
 import type { BackendNode } from '../cluster/backend-node';
 import { describeNode } from '../cluster/backend-node';
 import type { ClusterState } from '../cluster/cluster-state';
-import type { ConnectionPool } from '../cluster/connection-pool';
+import { liveCheckAfterMs, type ConnectionPool } from '../cluster/connection-pool';
 import type { ClientSink } from '../executor/client-sink';
 import type { WorkerFragments } from '../executor/execution-port';
+import { closeWorkerConnections } from '../executor/worker-pool';
 import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
@@ -113,6 +116,13 @@ export class ClientSession implements ClientSink {
   private passwordWaiter: ((body: Buffer) => void) | null = null;
   private parameters = new Map<string, string>();
   private readonly connections = new Map<number, BackendConnection>();
+  /**
+   * Connections that closed under the session, by node: the next statement opens them again
+   * (see restoreBeforeStatement).
+   */
+  private readonly lostConnections = new Map<number, { connection: BackendConnection }>();
+  /** Databases a DROP DATABASE in the pending extended-protocol messages names. */
+  private databasesToRelease: string[] = [];
   private readNodeId: number | null = null;
   private status: TransactionStatus = 'I';
   private dispatch: ReplicatedDispatch | null = null;
@@ -408,7 +418,7 @@ export class ClientSession implements ClientSink {
         decodeEmpty(frame.payload, 'Sync');
         return this.sendExtended(frame, true);
       case FrontendCode.functionCall:
-        return this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call');
+        return this.restoreBeforeStatement(() => false).then((goOn) => (goOn ? this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call') : undefined));
       case FrontendCode.terminate:
         this.close('client terminated the session');
         return null;
@@ -439,8 +449,10 @@ export class ClientSession implements ClientSink {
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
     this.heldPortals.close('');
-    for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     const parsed = parseSql(sql);
+    if (!(await this.restoreBeforeStatement(() => parsed.ok && parsed.statements.length === 1 && isRollback(parsed.statements[0].node)))) return;
+    for (const connection of this.connections.values()) connection.preparedStatements.delete('');
+    if (parsed.ok) for (const statement of parsed.statements) await this.releaseDatabase(droppedDatabase(statement.node));
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
     if (this.status === 'I') {
@@ -547,6 +559,7 @@ export class ClientSession implements ClientSink {
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
         const writesData = parsed.ok && parsed.statements.some((st) => this.writesData(st.node));
+        if (parsed.ok) for (const st of parsed.statements) if (droppedDatabase(st.node) !== null) this.databasesToRelease.push(droppedDatabase(st.node)!);
         const prepareRefusal = parsed.ok ? parsed.statements.map((st) => this.prepareRefusals.inspect(st.node)).find((r) => r !== null) : undefined;
         const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
@@ -599,6 +612,12 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
+    if (!this.dispatch) {
+      // After a Flush the batch goes on: the nodes, their transaction failed, skip to its Sync on their own.
+      const goOn = () => !isSync || messages.some((m, i) => m.frame.code === FrontendCode.bind && rollbackText.test(statementSql(this.statementBefore(messages, i, m.statementName!))));
+      if (!(await this.restoreBeforeStatement(goOn))) return;
+    }
+    for (const database of this.databasesToRelease.splice(0)) await this.releaseDatabase(database);
     if (this.status === 'I' && !this.dispatch) {
       this.transactionWrote = false;
       this.prepareRefusals.endTransaction();
@@ -1444,9 +1463,12 @@ export class ClientSession implements ClientSink {
     return [leader, ...[...this.connections.values()].filter((c) => c !== leader)];
   }
 
-  private openDispatch(targets: BackendConnection[], isWrite: boolean, extended: boolean, leaderFirst = true): ReplicatedDispatch {
+  private openDispatch(targets: BackendConnection[], isWrite: boolean, extended: boolean, leaderFirst = true, retryable = false): ReplicatedDispatch {
     const [leader, ...others] = targets;
-    const dispatch = new ReplicatedDispatch(leader, others, this.relaySink, (connection, error) => this.onNodeLost(connection, error), extended, leaderFirst);
+    // A statement that may run again asks whether the node serves only if it fails again (finishDispatch).
+    const onLost = retryable ? () => undefined : (connection: BackendConnection, error: Error | null) => this.onNodeLost(connection, error);
+    const dispatch = new ReplicatedDispatch(leader, others, this.relaySink, onLost, extended, leaderFirst);
+    dispatch.holdLeadingFatal = retryable;
     this.dispatch = dispatch;
     this.dispatchIsWrite = isWrite;
     return dispatch;
@@ -1464,15 +1486,27 @@ export class ClientSession implements ClientSink {
     closed: false,
   };
 
-  private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false, targets?: BackendConnection[]): Promise<void> {
+  private async runOnNodes(frames: Buffer[], statementClass: StatementClass, sql: string, rejection?: PgError, copyIn = false, targets?: BackendConnection[], retry = true): Promise<void> {
     if (rejection) this.rejections.push(rejection);
     const isWrite = statementClass.kind === 'write';
+    // A read outside a transaction has no effects: when its node had ended the connection before the read reached
+    // it (nothing was relayed yet), it runs once more on a new connection.
+    const retryable = retry && !isWrite && !copyIn && !rejection && !targets && this.status === 'I';
     // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
-    const dispatch = this.openDispatch(targets ?? this.targets(isWrite), isWrite, false, !copyIn);
+    const dispatch = this.openDispatch(targets ?? this.targets(isWrite), isWrite, false, !copyIn, retryable);
     if (this.context.config.logPerNodeStatement) {
       for (const connection of dispatch.connections) log('info', 'node_statement', { session: this.id, node: connection.node.id, sql });
     }
     dispatch.send(dispatch.connections.map((connection) => ({ connection, frames, injected: [], syncs: 1 })));
+    if (retryable) {
+      const result = await dispatch.done;
+      if (result.leader.lost && dispatch.leaderRelayed === 0 && !this.closed) {
+        this.dispatch = null;
+        log('info', 'statement_retried', { session: this.id, node: result.leader.connection.node.id, reason: result.leader.connection.closeReason ?? result.leader.lost.message });
+        if (!(await this.restoreBeforeStatement(() => false))) return;
+        return this.runOnNodes(frames, statementClass, sql, undefined, false, undefined, false);
+      }
+    }
     await this.finishDispatch(dispatch, sql);
   }
 
@@ -1516,7 +1550,8 @@ export class ClientSession implements ClientSink {
       for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
     }
     await this.reconcileTransactions();
-    if (this.connections.size === 0) {
+    // A connection that closed once the exchange was over is opened again before the next statement.
+    if (this.connections.size === 0 && (this.lostConnections.size === 0 || this.status !== 'I')) {
       throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
     }
     // Before ReadyForQuery: the client's next statement, in any session, must see the views as they are now.
@@ -1557,17 +1592,136 @@ export class ClientSession implements ClientSink {
     void this.context.cluster.confirmLoss(connection.node.id, `lost connection to ${describeNode(connection.node)}${error ? `: ${error.message}` : ''}`);
   }
 
-  /** A node connection ended outside an exchange (the node restarted, or an administrator terminated it). */
+  /**
+   * A node connection ended (the node restarted, an administrator terminated it, idle_session_timeout): it is
+   * remembered, to be opened again before the next statement. No probe of the node runs now: a node that
+   * restarts is often still down at this moment, and detaching it would outlast its restart; whether it
+   * serves is asked when the session needs it again (restoreBeforeStatement) or by an exchange it broke.
+   */
   private readonly onConnectionClosed = (): void => {
     for (const [nodeId, connection] of this.connections) {
       if (!connection.closed) continue;
       this.connections.delete(nodeId);
       if (this.readNodeId === nodeId) this.readNodeId = null;
-      if (!this.closed && this.dispatch === null && this.context.cluster.nodes[nodeId]?.status === 'up') {
-        void this.context.cluster.confirmLoss(nodeId, `lost connection to ${describeNode(connection.node)} while idle`);
-      }
+      if (this.closed) continue;
+      this.lostConnections.set(nodeId, { connection });
+      log('info', 'node_connection_closed', { session: this.id, node: nodeId, reason: connection.closeReason ?? 'connection closed' });
     }
   };
+
+  /**
+   * Before a statement: finds the connections that no longer work (closed, or idle for a while and not answering a
+   * round trip) and opens them again, with the session's settings. Inside a transaction a lost connection fails the
+   * transaction on every node (the new connection joins it failed) and the statement is answered with 08006,
+   * unless `goOn` says it rolls the transaction back (or the nodes will fail it themselves). Returns false when the
+   * session answered the statement itself; throws a FATAL error when the session cannot go on.
+   */
+  private async restoreBeforeStatement(goOn: () => boolean): Promise<boolean> {
+    // Lets the close of a connection that the node ended in the same turn as the client's message be seen first.
+    await new Promise<void>((resolvePromise) => setImmediate(resolvePromise));
+    if (this.status === 'I' && this.lostConnections.size === 0) {
+      await Promise.all([...this.connections.values()].map((connection) => connection.checkAlive(liveCheckAfterMs)));
+    }
+    for (const nodeId of [...this.lostConnections.keys()]) {
+      if (this.context.cluster.nodes[nodeId]?.status !== 'up') this.lostConnections.delete(nodeId);
+    }
+    if (this.lostConnections.size === 0 || this.closed) return true;
+    const lost = [...this.lostConnections.entries()];
+    const node = this.context.cluster.nodes[lost[0][0]];
+    if (this.status === 'I') {
+      const failure = await this.reconnect(lost.map(([id]) => id));
+      if (!failure) return true;
+      // With no connection left the session cannot go on (its database was dropped, say): it ends, as on a node.
+      if (this.connections.size === 0) throw new PgError({ severity: 'FATAL', code: failure.code, message: failure.message, detail: failure.detail, hint: failure.hint });
+      this.write(serverMessages.errorResponse(failure));
+      this.write(serverMessages.readyForQuery(this.status));
+      return false;
+    }
+    // Inside a transaction: its work on that node is gone, so it fails everywhere, as one server's would.
+    const reason = lost[0][1].connection.closeReason;
+    await this.reconnect(lost.map(([id]) => id), true);
+    this.status = 'E';
+    await this.reconcileTransactions();
+    if (this.connections.size === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
+    }
+    if (goOn()) return true;
+    this.write(serverMessages.errorResponse(new PgError({
+      code: SqlState.connectionFailure,
+      message: `lost connection to ${describeNode(node)} inside the transaction${reason ? `: ${reason}` : ''}`,
+      detail: 'The transaction was rolled back on that node, so it is aborted on every node.',
+      hint: 'Roll back, then run the transaction again.',
+    })));
+    this.write(serverMessages.readyForQuery(this.status));
+    return false;
+  }
+
+  /**
+   * Opens new connections to the nodes whose connections were lost and gives them the session's settings (read from
+   * a connection still open when there is one, else those the lost connection reported); `inTransaction` opens a
+   * transaction on each, to be failed with the others. A node that cannot be reached is detached when a probe finds
+   * it no longer serving. Returns the error that keeps a node out of this session for now, if any.
+   */
+  private async reconnect(nodeIds: readonly number[], inTransaction = false): Promise<PgError | null> {
+    if (this.madeTemporaryObjects) {
+      throw new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: `lost connection to ${describeNode(this.context.cluster.nodes[nodeIds[0]])}: the temporary objects of this session went with it`,
+      });
+    }
+    const user = this.parameters.get('user')!;
+    const secret = this.context.passwords?.get(user) ?? null;
+    let settings: readonly (readonly [string, string])[] | null = null;
+    if (this.connections.size > 0 && this.status !== 'E') settings = await this.sessionSettings().then((s) => s.settings, () => null);
+    const results = await Promise.allSettled(
+      nodeIds.map((id) => this.context.pool.acquire({ node: this.context.cluster.nodes[id], parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 })),
+    );
+    let failure: PgError | null = null;
+    for (const [index, result] of results.entries()) {
+      const nodeId = nodeIds[index];
+      const node = this.context.cluster.nodes[nodeId];
+      const lost = this.lostConnections.get(nodeId)!.connection;
+      if (result.status === 'rejected') {
+        const error = result.reason;
+        if (error instanceof BackendStartupError && error.unreachable && (await this.context.cluster.confirmLoss(nodeId, error.message))) {
+          this.lostConnections.delete(nodeId); // detached: the session goes on without it
+          continue;
+        }
+        failure ??= new PgError({
+          code: error instanceof PgError ? error.code : SqlState.connectionFailure,
+          message: `could not connect to ${describeNode(node)} again: ${(error as Error).message}`,
+          hint: 'the connection of this session to that node was closed by the node',
+        });
+        continue;
+      }
+      const connection = result.value;
+      try {
+        if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') throw new Error('no longer needed');
+        await connection.applySettings(settings ?? reportedSettings(lost, connection));
+        if (inTransaction) await connection.query('BEGIN');
+      } catch (error) {
+        void this.context.pool.release(connection);
+        if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') continue;
+        failure ??= error instanceof PgError ? new PgError({ code: error.code, message: error.message, detail: error.detail, hint: error.hint }) : new PgError({ code: SqlState.connectionFailure, message: (error as Error).message });
+        continue;
+      }
+      this.lostConnections.delete(nodeId);
+      this.connections.set(nodeId, connection);
+      connection.onClose(this.onConnectionClosed);
+      log('info', 'node_reconnected', { session: this.id, node: nodeId });
+    }
+    this.settingsEpoch++;
+    return failure;
+  }
+
+  /** Closes the proxy's idle connections to a database about to be dropped, the worker threads' too (pgpool-II's way). */
+  private async releaseDatabase(database: string | null): Promise<void> {
+    if (database === null) return;
+    const closed = this.context.pool.dropDatabase(database);
+    await closeWorkerConnections(database);
+    log('info', 'pool_database_released', { session: this.id, database, closed });
+  }
 
   private dropNode(nodeId: number): void {
     const connection = this.connections.get(nodeId);
@@ -1621,11 +1775,46 @@ export class ClientSession implements ClientSink {
       else void this.context.pool.release(connection);
     }
     this.connections.clear();
+    this.lostConnections.clear();
     if (this.sideConnection) void this.context.pool.release(this.sideConnection);
     if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
       log('info', 'session_end', { session: this.id, client: this.remote, reason });
     }
   }
+}
+
+/** The database a DROP DATABASE names; null for any other statement. */
+function droppedDatabase(node: Node): string | null {
+  return (node as { DropdbStmt?: { dbname?: string } }).DropdbStmt?.dbname ?? null;
+}
+
+/**
+ * ROLLBACK (or ABORT) of the whole transaction. N.B. not COMMIT: a failed transaction's COMMIT answers ROLLBACK
+ * without an error, and a client that saw no error would take it for a commit.
+ */
+function isRollback(node: Node): boolean {
+  return (node as { TransactionStmt?: { kind: string } }).TransactionStmt?.kind === 'TRANS_STMT_ROLLBACK';
+}
+
+/** The same, for a prepared statement's text. */
+const rollbackText = /^\s*(rollback|abort)\b(?!\s+(to|prepared)\b)/i;
+
+function statementSql(statement: PreparedStatement | undefined): string {
+  return statement ? decodeParse(statement.parseFrame.subarray(5)).sql : '';
+}
+
+/**
+ * Settings a lost connection reported (ParameterStatus) that a new one lacks: what a session whose every
+ * connection was lost can still take along. Others set with SET are not reported by the node, and are lost.
+ */
+function reportedSettings(lost: BackendConnection, replacement: BackendConnection): [string, string][] {
+  const settable = ['application_name', 'client_encoding', 'DateStyle', 'IntervalStyle', 'TimeZone', 'standard_conforming_strings', 'search_path', 'default_transaction_read_only'];
+  const out: [string, string][] = [];
+  for (const name of settable) {
+    const value = lost.parameters.get(name);
+    if (value !== undefined && value !== replacement.parameters.get(name)) out.push([name, value]);
+  }
+  return out;
 }
 
 function isCommit(node: Node): boolean {
