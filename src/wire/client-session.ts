@@ -442,7 +442,7 @@ export class ClientSession implements ClientSink {
     const parsed = parseSql(sql);
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
-    if (this.status === 'I') this.transactionWrote = false;
+    if (this.status === 'I') this.transactionWrote = this.wroteDistributedRows = false;
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
@@ -457,10 +457,13 @@ export class ClientSession implements ClientSink {
         if (routes.length > 1) {
           return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table, or a call of a parapool function, must be sent alone, not with other statements in one query' }));
         }
+        if (writesDistributedRows(routes[0])) this.wroteDistributedRows = true;
         return this.runDistributed(routes[0], parsed.statements[0], frame, sql);
       }
-      if (this.status === 'T' && this.writtenNodes.size > 1 && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
-        return this.commitAcrossNodes();
+      if (this.status === 'T' && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
+        const lost = this.wroteDistributedRows ? [...this.writtenNodes].find((node) => !this.connections.has(node)) : undefined;
+        if (lost !== undefined) return this.rollBackForLostNode(lost);
+        if (this.writtenNodes.size > 1) return this.commitAcrossNodes();
       }
     }
     const classes = parsed.statements.map((s) => classifyStatement(s.node, this.context.writeFunctions));
@@ -593,8 +596,9 @@ export class ClientSession implements ClientSink {
   private async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     const messages = this.pending;
     this.pending = [];
-    if (this.status === 'I' && !this.dispatch) this.transactionWrote = false;
+    if (this.status === 'I' && !this.dispatch) this.transactionWrote = this.wroteDistributedRows = false;
     if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.writesData)) this.transactionWrote = true;
+    if (messages.some((m, i) => m.frame.code === FrontendCode.bind && writesDistributedRows(this.statementBefore(messages, i, m.statementName!)?.route))) this.wroteDistributedRows = true;
     if (isSync && !this.dispatch) {
       if (await this.extendedReads.isBatch(messages)) return this.extendedReads.run(messages);
       // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
@@ -1175,6 +1179,12 @@ export class ClientSession implements ClientSink {
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   private transactionWrote = false;
 
+  /**
+   * Set once the open transaction wrote rows of a distributed table: rows that only their node holds, so losing a
+   * node it wrote on loses part of the transaction (a replicated write survives on the other nodes).
+   */
+  private wroteDistributedRows = false;
+
   /** Whether a statement changes data; BEGIN, SET and the like go to every node but change none. */
   private writesData(node: Node): boolean {
     if ('TransactionStmt' in node || 'VariableSetStmt' in node || 'VariableShowStmt' in node) return false;
@@ -1361,6 +1371,23 @@ export class ClientSession implements ClientSink {
     else for (const connection of connections) this.writtenNodes.add(connection.node.id);
     this.write(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'COPY 0'))));
     this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /**
+   * COMMIT of a transaction that wrote rows of a distributed table on a node the session has lost since: that
+   * node's part is gone (its backend rolled it back), so the rest must not commit. Rolls back on every node.
+   */
+  private async rollBackForLostNode(nodeId: number): Promise<void> {
+    await Promise.all([...this.connections.values()].map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    this.writtenNodes.clear();
+    this.status = 'I';
+    this.heldPortals.endTransaction(false);
+    this.write(serverMessages.errorResponse(new PgError({
+      code: SqlState.transactionRollback,
+      message: `the transaction was rolled back: it wrote rows on ${describeNode(this.context.cluster.nodes[nodeId])}, whose connection was lost before the commit`,
+    })));
+    await this.reconcileTransactions();
+    this.write(serverMessages.readyForQuery('I'));
   }
 
   /** COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. */
@@ -1601,6 +1628,22 @@ export class ClientSession implements ClientSink {
     if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
       log('info', 'session_end', { session: this.id, client: this.remote, reason });
     }
+  }
+}
+
+/** Whether a statement so routed changes rows of a distributed table. */
+function writesDistributedRows(route: DistributedRoute | null | undefined): boolean {
+  if (!route) return false;
+  switch (route.kind) {
+    case 'pinned':
+      return route.write;
+    case 'all-nodes':
+    case 'insert-values':
+    case 'insert-select':
+    case 'copy-in':
+      return true;
+    default:
+      return false;
   }
 }
 
