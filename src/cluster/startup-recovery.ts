@@ -1,5 +1,6 @@
 // What the proxy settles before it accepts clients: transactions a previous proxy left prepared between the two
 // phases of a commit (resolved by their recorded decision), and catalogs the nodes disagree on (reported by name).
+// While it serves, it looks again for transactions a commit left prepared when it lost a node.
 
 import { readCatalog } from '../catalog/catalog';
 import { recoverInDoubt, gidPrefix } from '../executor/two-phase-commit';
@@ -16,9 +17,53 @@ export interface RecoveryOptions {
   readonly connectTimeoutMs: number;
 }
 
-async function connectAll(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
+function connectTo(options: RecoveryOptions, node: BackendNode, database: string): Promise<BackendConnection> {
   const parameters = new Map([['user', options.user], ['database', database], ['application_name', 'parapool recovery']]);
-  return Promise.all(options.nodes.map((node) => BackendConnection.connect({ node, parameters, secret: options.secret, connectTimeoutMs: options.connectTimeoutMs }, 'recovery')));
+  return BackendConnection.connect({ node, parameters, secret: options.secret, connectTimeoutMs: options.connectTimeoutMs }, 'recovery');
+}
+
+async function connectAll(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
+  return Promise.all(options.nodes.map((node) => connectTo(options, node, database)));
+}
+
+/** Connections to the nodes that accept one; the others are left out. */
+async function connectReachable(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
+  const results = await Promise.allSettled(options.nodes.map((node) => connectTo(options, node, database)));
+  return results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+}
+
+/**
+ * Resolves the in-doubt transactions of every database on those of `options.nodes` that answer. Detached nodes
+ * belong there too: a detached decider still knows what it decided, and a detached node's prepared transactions
+ * still hold their locks. Logs what it did; never throws.
+ */
+export async function resolveInDoubt(options: RecoveryOptions): Promise<void> {
+  const databases = new Set<string>();
+  let connections: BackendConnection[] = [];
+  try {
+    connections = await connectReachable(options, 'postgres');
+    for (const connection of connections) {
+      const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
+      for (const [db] of pending.rows) databases.add(db!);
+    }
+  } catch (error) {
+    log('warning', 'in_doubt_recovery_skipped', { error: (error as Error).message });
+    return;
+  } finally {
+    for (const connection of connections) connection.destroy();
+  }
+  for (const database of databases) {
+    let connections: BackendConnection[] = [];
+    try {
+      connections = await connectReachable(options, database);
+      const { committed, rolledBack } = await recoverInDoubt(connections);
+      if (committed + rolledBack > 0) log('info', 'in_doubt_transactions_resolved', { database, committed, rolled_back: rolledBack });
+    } catch (error) {
+      log('error', 'in_doubt_recovery_failed', { database, error: (error as Error).message });
+    } finally {
+      for (const connection of connections) connection.destroy();
+    }
+  }
 }
 
 /** Resolves in-doubt transactions and checks catalogs in every database; logs what it found, never throws. */

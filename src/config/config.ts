@@ -50,6 +50,8 @@ export interface ProxyConfig {
   broadcastJoinLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
+  /** Seconds between the proxy's looks for transactions left prepared while it serves; 0: at start-up only. */
+  inDoubtRecoveryInterval: number;
   logMinMessages: LogLevel;
   logConnections: boolean;
   logDisconnections: boolean;
@@ -78,6 +80,7 @@ export function defaultConfig(): ProxyConfig {
     intermediateResultLimit: 4 * 1024 * 1024 * 1024,
     broadcastJoinLimit: 2_000_000,
     recoveryUser: 'postgres',
+    inDoubtRecoveryInterval: 5,
     logMinMessages: 'info',
     logConnections: false,
     logDisconnections: false,
@@ -173,6 +176,9 @@ const settings: Record<string, Setter> = {
   recovery_user: (c, v, fail) => {
     if (v === '') fail('empty user name');
     c.recoveryUser = v;
+  },
+  in_doubt_recovery_interval: (c, v, fail) => {
+    c.inDoubtRecoveryInterval = parseInteger(v, fail, 0, 86400);
   },
   log_min_messages: (c, v, fail) => {
     const level = v.toLowerCase();
@@ -288,6 +294,7 @@ export function configToText(config: ProxyConfig): string {
     `intermediate_result_limit = ${config.intermediateResultLimit}`,
     `broadcast_join_limit = ${config.broadcastJoinLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
+    `in_doubt_recovery_interval = ${config.inDoubtRecoveryInterval}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,
     `log_disconnections = ${quote(config.logDisconnections)}`,

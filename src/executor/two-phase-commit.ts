@@ -2,10 +2,11 @@
 // decider) commits its transaction in one phase; that commit is the decision, durable in its own WAL. The
 // decider's transaction id is written into the prepared transactions' name, so after a crash any node's prepared
 // transaction is resolved by asking the decider what became of that id (txid_status): committed → commit,
-// anything else → roll back. The decider never prepares, so it may hold what PREPARE refuses: the temporary
+// aborted → roll back, in progress → wait, since the decider may still commit. The decider never prepares, so it may hold what PREPARE refuses: the temporary
 // tables a distributed read leaves in the transaction of the node that finishes it.
 
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
 import type { BackendConnection } from '../wire/backend-connection';
@@ -29,77 +30,134 @@ function parseGid(gid: string): { decider: number; xid: string } | null {
   return match ? { decider: Number(match[1]), xid: match[2] } : null;
 }
 
+/** The gids of the commits this process is running: recovery leaves them to the commit that owns them. */
+const committing = new Set<string>();
+
+/** How long recovery waits for a decider's transaction that is still in progress to end. */
+const settleTimeoutMs = 5_000;
+
 /**
- * Commits the open transaction of each connection atomically; the first connection decides. Resolves when every
- * node committed; rejects, after rolling back everywhere, when a node could not prepare.
+ * Commits the open transaction of each connection atomically; the first connection decides. Resolves when the
+ * decider committed (a node that then fails its COMMIT PREPARED is finished by recovery); rejects, after rolling
+ * back everywhere, when a node could not prepare or the decider did not commit; rejects with 08007, leaving the
+ * others prepared for recovery, when the decider's connection was lost during its COMMIT.
  */
 export async function commitEverywhere(connections: readonly BackendConnection[]): Promise<void> {
   const [decider, ...others] = connections;
-  let gid: string;
+  let gid = '';
   const prepared: BackendConnection[] = [];
   try {
-    const xid = (await decider.query('SELECT txid_current()::text')).rows[0][0]!;
-    gid = gidFor(decider.node.id, xid);
-    for (const connection of others) {
-      await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
-      if (connection.txStatus !== 'I') throw new PgError({ code: SqlState.internalError, message: `${describeNode(connection.node)} did not prepare` });
-      prepared.push(connection);
-    }
-  } catch (error) {
-    await Promise.all(
-      connections.map((c) => (prepared.includes(c) ? c.query(`ROLLBACK PREPARED ${quoteLiteral(gid!)}`) : c.query('ROLLBACK')).catch(() => undefined)),
-    );
-    throw error;
-  }
-  if (commitFailpoints.afterPrepare) throw new FailpointError('failpoint after prepare');
-  try {
-    // COMMIT of a transaction that failed answers ROLLBACK, without an error.
-    const { tags } = await decider.query('COMMIT');
-    if (tags[0] !== 'COMMIT') throw new PgError({ code: SqlState.transactionRollback, message: `${describeNode(decider.node)} rolled the transaction back at commit` });
-  } catch (error) {
-    // No decision was taken: every other node rolls back.
-    if (decider.txStatus !== 'I') await decider.query('ROLLBACK').catch(() => undefined);
-    await Promise.all(others.map((c) => c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`).catch(() => undefined)));
-    throw error;
-  }
-  if (commitFailpoints.afterDecision) throw new FailpointError('failpoint after decision');
-  for (const connection of others) {
     try {
-      await connection.query(`COMMIT PREPARED ${quoteLiteral(gid)}`);
+      // N.B. the decider's commit is the decision: it must reach the decider's disk before any other node commits,
+      // so an asynchronous commit (synchronous_commit = off) is made a local flush for this one transaction.
+      const xid = (await decider.query(
+        "SELECT txid_current()::text, CASE WHEN current_setting('synchronous_commit') = 'off' THEN set_config('synchronous_commit', 'local', true) END",
+      )).rows[0][0]!;
+      gid = gidFor(decider.node.id, xid);
+      committing.add(gid);
+      for (const connection of others) {
+        await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
+        if (connection.txStatus !== 'I') throw new PgError({ code: SqlState.internalError, message: `${describeNode(connection.node)} did not prepare` });
+        prepared.push(connection);
+      }
     } catch (error) {
-      // The decision is durable on the decider: recovery finishes this node's commit when it is reachable again.
-      log('error', 'commit_prepared_failed', { node: connection.node.id, gid, error: (error as Error).message });
+      await Promise.all(
+        connections.map((c) => (prepared.includes(c) ? c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`) : c.query('ROLLBACK')).catch(() => undefined)),
+      );
+      throw error;
     }
+    if (commitFailpoints.afterPrepare) throw new FailpointError('failpoint after prepare');
+    const sent = !decider.closed;
+    try {
+      // COMMIT of a transaction that failed answers ROLLBACK, without an error.
+      const { tags } = await decider.query('COMMIT');
+      if (tags[0] !== 'COMMIT') throw new PgError({ code: SqlState.transactionRollback, message: `${describeNode(decider.node)} rolled the transaction back at commit` });
+    } catch (error) {
+      if (sent && decider.closed) {
+        // The COMMIT may have been carried out before the connection broke: only the decider knows. The others
+        // stay prepared; recovery settles them by the decider's answer once it is reachable again.
+        log('error', 'commit_outcome_unknown', { node: decider.node.id, gid, error: (error as Error).message });
+        throw new PgError({
+          code: SqlState.transactionResolutionUnknown,
+          message: `lost connection to ${describeNode(decider.node)} during the commit: the transaction may or may not have committed`,
+          detail: `The other nodes hold it prepared as ${gid}; recovery commits or rolls it back as that node decided.`,
+        });
+      }
+      // No decision was taken: every other node rolls back.
+      if (decider.txStatus !== 'I') await decider.query('ROLLBACK').catch(() => undefined);
+      await Promise.all(others.map((c) => c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`).catch(() => undefined)));
+      throw error;
+    }
+    if (commitFailpoints.afterDecision) throw new FailpointError('failpoint after decision');
+    for (const connection of others) {
+      try {
+        await connection.query(`COMMIT PREPARED ${quoteLiteral(gid)}`);
+      } catch (error) {
+        // The decision is durable on the decider: recovery finishes this node's commit when it is reachable again.
+        log('error', 'commit_prepared_failed', { node: connection.node.id, gid, error: (error as Error).message });
+      }
+    }
+  } finally {
+    committing.delete(gid);
+  }
+}
+
+/** What became of a decider's transaction: txid_status, waited on while it is still in progress. */
+async function deciderOutcome(decider: BackendConnection, xid: string): Promise<string | null> {
+  const deadline = Date.now() + settleTimeoutMs;
+  for (;;) {
+    const status = (await decider.query(`SELECT txid_status(${xid})`)).rows[0][0];
+    // In progress: a proxy is between the phases, or a dead proxy's backend has not ended yet. Rolling back now
+    // would undo half of a transaction the decider may still commit.
+    if (status !== 'in progress' || Date.now() >= deadline) return status;
+    await sleep(100);
   }
 }
 
 /**
  * Resolves parapool's prepared transactions left on the nodes of one database, asking each one's decider (among
- * `connections`, by node id) what became of it. Returns how many it committed and rolled back; a transaction
- * whose decider is not reachable stays prepared and is logged.
+ * `connections`, by node id) what became of it: committed → commit, aborted → roll back. Returns how many it
+ * committed, rolled back and left prepared: a transaction whose decider is not reachable, is still in progress
+ * after settleTimeoutMs, or does not know the transaction stays prepared and is logged. Commits this process is
+ * running are not touched.
  */
-export async function recoverInDoubt(connections: readonly BackendConnection[]): Promise<{ committed: number; rolledBack: number }> {
+export async function recoverInDoubt(connections: readonly BackendConnection[]): Promise<{ committed: number; rolledBack: number; unresolved: number }> {
   const byNode = new Map(connections.map((c) => [c.node.id, c]));
   let committed = 0;
   let rolledBack = 0;
+  let unresolved = 0;
+  const unresolvedBecause = (node: number, gid: string, reason: string) => {
+    unresolved++;
+    log('error', 'in_doubt_unresolved', { node, gid, reason });
+  };
   for (const connection of connections) {
     const pending = await connection.query(
       `SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE ${quoteLiteral(gidPrefix + '%')}`,
     );
     for (const [gid] of pending.rows) {
+      if (committing.has(gid!)) continue;
       const parsed = parseGid(gid!);
       const decider = parsed ? byNode.get(parsed.decider) : undefined;
       if (!parsed || !decider) {
-        log('error', 'in_doubt_unresolved', { node: connection.node.id, gid: gid!, reason: parsed ? `decider node ${parsed.decider} is not in service` : 'unknown name' });
+        unresolvedBecause(connection.node.id, gid!, parsed ? `decider node ${parsed.decider} is not reachable` : 'unknown name');
         continue;
       }
-      const status = (await decider.query(`SELECT txid_status(${parsed.xid})`)).rows[0][0];
-      const commit = status === 'committed';
-      await connection.query(`${commit ? 'COMMIT' : 'ROLLBACK'} PREPARED ${quoteLiteral(gid!)}`);
-      if (commit) committed++;
-      else rolledBack++;
-      log('info', 'in_doubt_resolved', { node: connection.node.id, gid: gid!, outcome: commit ? 'committed' : 'rolled back' });
+      try {
+        const status = await deciderOutcome(decider, parsed.xid);
+        if (status !== 'committed' && status !== 'aborted') {
+          unresolvedBecause(connection.node.id, gid!, `the decider's transaction ${parsed.xid} is ${status ?? 'unknown to node ' + parsed.decider}`);
+          continue;
+        }
+        const commit = status === 'committed';
+        await connection.query(`${commit ? 'COMMIT' : 'ROLLBACK'} PREPARED ${quoteLiteral(gid!)}`);
+        if (commit) committed++;
+        else rolledBack++;
+        log('info', 'in_doubt_resolved', { node: connection.node.id, gid: gid!, outcome: commit ? 'committed' : 'rolled back' });
+      } catch (error) {
+        // e.g. the commit that owns it (another proxy's) finished it meanwhile
+        unresolvedBecause(connection.node.id, gid!, (error as Error).message);
+      }
     }
   }
-  return { committed, rolledBack };
+  return { committed, rolledBack, unresolved };
 }

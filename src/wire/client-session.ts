@@ -456,7 +456,7 @@ export class ClientSession implements ClientSink {
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
     if (this.status === 'I') {
-      this.transactionWrote = false;
+      this.transactionWrote = this.wroteDistributedRows = false;
       this.prepareRefusals.endTransaction();
     }
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
@@ -474,10 +474,13 @@ export class ClientSession implements ClientSink {
         if (routes.length > 1) {
           return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table, or a call of a parapool function, must be sent alone, not with other statements in one query' }));
         }
+        if (writesDistributedRows(routes[0])) this.wroteDistributedRows = true;
         return this.runDistributed(routes[0], parsed.statements[0], frame, sql);
       }
-      if (this.status === 'T' && this.writtenNodes.size > 1 && this.prepareRefusals.reason === null && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
-        return this.commitAcrossNodes();
+      if (this.status === 'T' && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
+        const lost = this.wroteDistributedRows ? [...this.writtenNodes].find((node) => !this.connections.has(node)) : undefined;
+        if (lost !== undefined) return this.rollBackForLostNode(lost);
+        if (this.writtenNodes.size > 1 && this.prepareRefusals.reason === null) return this.commitAcrossNodes();
       }
     }
     const classes = parsed.statements.map((s) => this.classify(s.node));
@@ -619,13 +622,14 @@ export class ClientSession implements ClientSink {
     }
     for (const database of this.databasesToRelease.splice(0)) await this.releaseDatabase(database);
     if (this.status === 'I' && !this.dispatch) {
-      this.transactionWrote = false;
+      this.transactionWrote = this.wroteDistributedRows = false;
       this.prepareRefusals.endTransaction();
     }
     for (let i = 0; i < messages.length; i++) {
       if (messages[i].frame.code !== FrontendCode.bind) continue;
       const statement = this.statementBefore(messages, i, messages[i].statementName!);
       if (statement?.writesData) this.transactionWrote = true;
+      if (writesDistributedRows(statement?.route)) this.wroteDistributedRows = true;
       if (statement?.prepareRefusal) this.prepareRefusals.reason ??= statement.prepareRefusal;
     }
     if (isSync && !this.dispatch) {
@@ -1216,6 +1220,12 @@ export class ClientSession implements ClientSink {
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   private transactionWrote = false;
 
+  /**
+   * Set once the open transaction wrote rows of a distributed table: rows that only their node holds, so losing a
+   * node it wrote on loses part of the transaction (a replicated write survives on the other nodes).
+   */
+  private wroteDistributedRows = false;
+
   /** Whether a statement changes data; BEGIN, SET and the like go to every node but change none. */
   private writesData(node: Node): boolean {
     if ('TransactionStmt' in node || 'VariableSetStmt' in node || 'VariableShowStmt' in node) return false;
@@ -1402,6 +1412,23 @@ export class ClientSession implements ClientSink {
     else for (const connection of connections) this.writtenNodes.add(connection.node.id);
     this.write(serverMessages.commandComplete(sumTags(replies.map((r) => r.tag ?? 'COPY 0'))));
     this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /**
+   * COMMIT of a transaction that wrote rows of a distributed table on a node the session has lost since: that
+   * node's part is gone (its backend rolled it back), so the rest must not commit. Rolls back on every node.
+   */
+  private async rollBackForLostNode(nodeId: number): Promise<void> {
+    await Promise.all([...this.connections.values()].map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    this.writtenNodes.clear();
+    this.status = 'I';
+    this.heldPortals.endTransaction(false);
+    this.write(serverMessages.errorResponse(new PgError({
+      code: SqlState.transactionRollback,
+      message: `the transaction was rolled back: it wrote rows on ${describeNode(this.context.cluster.nodes[nodeId])}, whose connection was lost before the commit`,
+    })));
+    await this.reconcileTransactions();
+    this.write(serverMessages.readyForQuery('I'));
   }
 
   /** COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. */
@@ -1815,6 +1842,22 @@ function reportedSettings(lost: BackendConnection, replacement: BackendConnectio
     if (value !== undefined && value !== replacement.parameters.get(name)) out.push([name, value]);
   }
   return out;
+}
+
+/** Whether a statement so routed changes rows of a distributed table. */
+function writesDistributedRows(route: DistributedRoute | null | undefined): boolean {
+  if (!route) return false;
+  switch (route.kind) {
+    case 'pinned':
+      return route.write;
+    case 'all-nodes':
+    case 'insert-values':
+    case 'insert-select':
+    case 'copy-in':
+      return true;
+    default:
+      return false;
+  }
 }
 
 function isCommit(node: Node): boolean {

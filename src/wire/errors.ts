@@ -4,6 +4,7 @@
 export const SqlState = {
   protocolViolation: '08P01',
   connectionFailure: '08006',
+  transactionResolutionUnknown: '08007',
   connectionException: '08000',
   invalidAuthorizationSpecification: '28000',
   invalidPassword: '28P01',

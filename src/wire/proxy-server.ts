@@ -7,7 +7,7 @@ import type { ProxyConfig } from '../config/config';
 import { describeNode, type BackendNode } from '../cluster/backend-node';
 import { ClusterState } from '../cluster/cluster-state';
 import { CatalogRegistry } from '../catalog/catalog';
-import { recoverAtStartup } from '../cluster/startup-recovery';
+import { recoverAtStartup, resolveInDoubt, type RecoveryOptions } from '../cluster/startup-recovery';
 import { ConnectionPool } from '../cluster/connection-pool';
 import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
@@ -25,6 +25,8 @@ export class ProxyServer {
   private readonly sessions = new Map<number, ClientSession>();
   private readonly context: SessionContext;
   private boundPort = 0;
+  private recoveryTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
 
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
@@ -61,12 +63,7 @@ export class ProxyServer {
     installProcessGuard();
     await loadParser();
     await Promise.all(this.cluster.nodes.map((node) => this.checkNode(node)));
-    await recoverAtStartup({
-      nodes: this.cluster.upNodes(),
-      user: this.config.recoveryUser,
-      secret: this.context.passwords?.get(this.config.recoveryUser) ?? null,
-      connectTimeoutMs: this.config.connectTimeout * 1000,
-    });
+    await recoverAtStartup(this.recoveryOptions(this.cluster.upNodes()));
     for (const address of this.config.listenAddresses) {
       const server = createServer((socket) => this.accept(socket));
       await new Promise<void>((resolvePromise, reject) => {
@@ -85,6 +82,25 @@ export class ProxyServer {
       port: this.boundPort,
       nodes: this.cluster.nodes.map((n) => `${n.id}:${n.host}:${n.port}:${n.status}`).join(','),
     });
+    this.scheduleRecovery();
+  }
+
+  private recoveryOptions(nodes: readonly BackendNode[]): RecoveryOptions {
+    return {
+      nodes,
+      user: this.config.recoveryUser,
+      secret: this.context.passwords?.get(this.config.recoveryUser) ?? null,
+      connectTimeoutMs: this.config.connectTimeout * 1000,
+    };
+  }
+
+  /** Looks for in-doubt transactions every in_doubt_recovery_interval seconds, on every node, in service or not. */
+  private scheduleRecovery(): void {
+    const interval = this.config.inDoubtRecoveryInterval;
+    if (interval === 0 || this.stopped) return;
+    this.recoveryTimer = setTimeout(() => {
+      void resolveInDoubt(this.recoveryOptions(this.cluster.nodes)).finally(() => this.scheduleRecovery());
+    }, interval * 1000);
   }
 
   /** The port clients connect to (the configured one, or the one the system chose for port 0). */
@@ -125,6 +141,8 @@ export class ProxyServer {
 
   /** Stops listening, ends every session (their node connections close, rolling back) and empties the pool. */
   async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();

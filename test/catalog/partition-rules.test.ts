@@ -12,7 +12,8 @@ let cluster: TestCluster;
 let client: Client;
 
 before(async () => {
-  cluster = await startTestCluster({ nodes: 3 });
+  // Transactions the failpoints leave prepared wait for the next proxy's start-up, not for a periodic look.
+  cluster = await startTestCluster({ nodes: 3, configure: (c) => (c.inDoubtRecoveryInterval = 0) });
   client = await cluster.connect();
 });
 
