@@ -265,6 +265,8 @@ export class ClientSession implements ClientSink {
 
   private async authenticate(): Promise<void> {
     const user = this.parameters.get('user')!;
+    // The client may have gone while its start-up packet was read: a closed session must not take a slot.
+    if (this.closed) return;
     try {
       if (!this.context.register(this)) {
         throw new PgError({ severity: 'FATAL', code: SqlState.tooManyConnections, message: 'sorry, too many clients already', detail: `num_init_children is ${this.context.config.numInitChildren}` });

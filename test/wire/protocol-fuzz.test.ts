@@ -67,7 +67,9 @@ test(`fuzzed sessions: ${targetMessages} messages, the proxy alive after every b
   t.diagnostic(`${totals.messages} fuzzed messages in ${totals.sessions} sessions (${totals.beforeStartup} with bytes before start-up), seeds ${seedBase}..${totals.lastSeed}`);
   t.diagnostic(`RSS after warm-up ${(totals.warmRss / 2 ** 20).toFixed(0)} MiB, peak ${(totals.peakRss / 2 ** 20).toFixed(0)} MiB`);
   assert.ok(totals.peakRss - totals.warmRss < 128 * 2 ** 20, `RSS flat: grew from ${totals.warmRss} to ${totals.peakRss}`);
-  const nodes = await rowsOf(await cluster.connect(), 'SHOW pool_nodes');
+  const check = await cluster.connect();
+  const nodes = await rowsOf(check, 'SHOW pool_nodes');
+  await check.end();
   assert.ok(nodes.every((row) => row.includes('up')), `no node detached: ${JSON.stringify(nodes)}`);
 });
 
@@ -76,6 +78,7 @@ test('a half-open start-up is closed after authentication_timeout and does not s
   const closed = silent.map((socket) => new Promise<void>((resolvePromise) => socket.on('close', () => resolvePromise())));
   for (const socket of silent) {
     socket.on('error', () => undefined);
+    socket.resume(); // reads the proxy's FATAL, so that its end of the connection arrives
     // Half a start-up packet, then silence.
     socket.write(Buffer.from([0, 0, 0, 40, 0, 3]));
   }
