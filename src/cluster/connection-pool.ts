@@ -64,7 +64,8 @@ export class ConnectionPool {
       this.resetting.delete(connection);
     }
     connection.preparedStatements.clear(); // DISCARD ALL deallocated them
-    if (connection.txStatus !== 'I' || connection.closed) {
+    // The pool may have closed while the reset ran: nothing would ever close a connection put back now.
+    if (connection.txStatus !== 'I' || connection.closed || this.closing) {
       connection.destroy();
       return;
     }
@@ -116,6 +117,7 @@ export class ConnectionPool {
 
   close(): void {
     this.closing = true;
+    for (const connection of this.resetting) connection.destroy();
     for (const list of this.idle.values()) for (const connection of list) connection.destroy();
     this.idle.clear();
   }
