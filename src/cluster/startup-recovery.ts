@@ -22,14 +22,26 @@ function connectTo(options: RecoveryOptions, node: BackendNode, database: string
   return BackendConnection.connect({ node, parameters, secret: options.secret, connectTimeoutMs: options.connectTimeoutMs }, 'recovery');
 }
 
-async function connectAll(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
-  return Promise.all(options.nodes.map((node) => connectTo(options, node, database)));
+/**
+ * Runs `use` on one connection per node to `database`, closing them all afterwards. With `every`, a node that
+ * refuses fails the whole (closing those already open); without, it is left out.
+ */
+async function withConnections<T>(options: RecoveryOptions, database: string, every: boolean, use: (connections: BackendConnection[]) => Promise<T>): Promise<T> {
+  const results = await Promise.allSettled(options.nodes.map((node) => connectTo(options, node, database)));
+  const connections = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  try {
+    const refused = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (every && refused) throw refused.reason;
+    return await use(connections);
+  } finally {
+    for (const connection of connections) connection.destroy();
+  }
 }
 
-/** Connections to the nodes that accept one; the others are left out. */
-async function connectReachable(options: RecoveryOptions, database: string): Promise<BackendConnection[]> {
-  const results = await Promise.allSettled(options.nodes.map((node) => connectTo(options, node, database)));
-  return results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+/** Databases holding parapool's prepared transactions, as one node sees them. */
+async function inDoubtDatabases(connection: BackendConnection): Promise<string[]> {
+  const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
+  return pending.rows.map(([db]) => db!);
 }
 
 /**
@@ -39,29 +51,20 @@ async function connectReachable(options: RecoveryOptions, database: string): Pro
  */
 export async function resolveInDoubt(options: RecoveryOptions): Promise<void> {
   const databases = new Set<string>();
-  let connections: BackendConnection[] = [];
   try {
-    connections = await connectReachable(options, 'postgres');
-    for (const connection of connections) {
-      const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
-      for (const [db] of pending.rows) databases.add(db!);
-    }
+    await withConnections(options, 'postgres', false, async (connections) => {
+      for (const connection of connections) for (const db of await inDoubtDatabases(connection)) databases.add(db);
+    });
   } catch (error) {
     log('warning', 'in_doubt_recovery_skipped', { error: (error as Error).message });
     return;
-  } finally {
-    for (const connection of connections) connection.destroy();
   }
   for (const database of databases) {
-    let connections: BackendConnection[] = [];
     try {
-      connections = await connectReachable(options, database);
-      const { committed, rolledBack } = await recoverInDoubt(connections);
+      const { committed, rolledBack } = await withConnections(options, database, false, recoverInDoubt);
       if (committed + rolledBack > 0) log('info', 'in_doubt_transactions_resolved', { database, committed, rolled_back: rolledBack });
     } catch (error) {
       log('error', 'in_doubt_recovery_failed', { database, error: (error as Error).message });
-    } finally {
-      for (const connection of connections) connection.destroy();
     }
   }
 }
@@ -72,34 +75,29 @@ export async function recoverAtStartup(options: RecoveryOptions): Promise<void> 
   // Every node's databases: a database one node lacks is still checked (and reported) on the others.
   const databases = new Set<string>();
   const inDoubt = new Set<string>();
-  let connections: BackendConnection[] = [];
   try {
-    connections = await connectAll(options, 'postgres');
-    for (const connection of connections) {
-      const dbs = await connection.query('SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1');
-      for (const [db] of dbs.rows) databases.add(db!);
-      const pending = await connection.query(`SELECT DISTINCT database FROM pg_prepared_xacts WHERE gid LIKE ${quoteLiteral(gidPrefix + '%')}`);
-      for (const [db] of pending.rows) inDoubt.add(db!);
-    }
+    await withConnections(options, 'postgres', true, async (connections) => {
+      for (const connection of connections) {
+        const dbs = await connection.query('SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1');
+        for (const [db] of dbs.rows) databases.add(db!);
+        for (const db of await inDoubtDatabases(connection)) inDoubt.add(db);
+      }
+    });
   } catch (error) {
     log('warning', 'startup_recovery_skipped', { user: options.user, error: (error as Error).message });
     return;
-  } finally {
-    for (const connection of connections) connection.destroy();
   }
   for (const database of databases) {
-    let connections: BackendConnection[] = [];
     try {
-      connections = await connectAll(options, database);
-      if (inDoubt.has(database)) {
-        const { committed, rolledBack } = await recoverInDoubt(connections);
-        log('info', 'in_doubt_transactions_resolved', { database, committed, rolled_back: rolledBack });
-      }
-      await readCatalog(database, connections); // logs catalog_mismatch naming the nodes
+      await withConnections(options, database, true, async (connections) => {
+        if (inDoubt.has(database)) {
+          const { committed, rolledBack } = await recoverInDoubt(connections);
+          log('info', 'in_doubt_transactions_resolved', { database, committed, rolled_back: rolledBack });
+        }
+        await readCatalog(database, connections); // logs catalog_mismatch naming the nodes
+      });
     } catch (error) {
       log('error', 'startup_recovery_failed', { database, error: (error as Error).message });
-    } finally {
-      for (const connection of connections) connection.destroy();
     }
   }
 }
