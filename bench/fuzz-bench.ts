@@ -1,9 +1,9 @@
 // The protocol fuzz benchmark behind `bash bench/run.sh --only fuzz`: the suite's seeded fuzzer at a scale CI has
 // no time for (1,000,000 messages by default), against a proxy in front of two nodes. After every batch of 160
-// sessions a fresh session must answer SELECT 1; at the end no error may have reached the last-resort handlers,
-// no node may be detached, and once the pools are emptied no backend connection may be left on the nodes. It
-// prints the counts, the throughput and the memory, and writes them into docs/benchmarks.md.
-
+// sessions a fresh session must answer SELECT 1 and no node may have been detached: the run stops at the first
+// batch that detached one, naming its seeds (fuzzCase rebuilds any case from its seed). At the end no error may
+// have reached the last-resort handlers, and once the pools are emptied no backend connection may be left on the
+// nodes. It prints the counts, the throughput and the memory, and writes them into docs/benchmarks.md.
 import { Client } from 'pg';
 import { serialize } from 'pg-protocol';
 import { closeWorkerPool } from '../src/executor/worker-pool';
@@ -66,6 +66,10 @@ async function main(): Promise<number> {
     seedBase: options.seed,
     afterBatch: async (batch, lastSeed) => {
       await selectOne(cluster.proxy.port, `after batch ${batch} (seeds up to ${lastSeed})`);
+      const detached = cluster.proxy.cluster.nodes.filter((node) => node.status !== 'up');
+      if (detached.length > 0) {
+        throw new StepError(`batch ${batch} (seeds ${lastSeed - 159}..${lastSeed}) left node ${detached.map((n) => n.id).join(', ')} ${detached[0].status}`);
+      }
       if (Date.now() - lastReport > 10_000) {
         lastReport = Date.now();
         say(`batch ${batch}: seeds up to ${lastSeed}, RSS ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB`);
@@ -90,7 +94,8 @@ async function main(): Promise<number> {
   const text = [
     sectionHeading,
     '',
-    `\`bash bench/run.sh --only fuzz --messages ${options.messages}\` (seeds ${options.seed}..${totals.lastSeed}), ${machineLine(facts)}, revision ${sourceRevision()}.`,
+    `\`bash bench/run.sh --only fuzz --messages ${options.messages}\` (seeds ${options.seed}..${totals.lastSeed}), parapool${sourceRevision()}.`,
+    machineLine(facts),
     'The proxy and the fuzzing clients share one process; 16 sessions at a time, 50 mutated messages each (or random',
     'bytes before start-up), and a fresh `SELECT 1` after every batch of 160 sessions.',
     '',

@@ -8,10 +8,9 @@
 import type { Node } from '@pgsql/types';
 import { functionName, walkAst } from './ast-walk';
 import { nodeTag } from './sql-parser';
-import { createsTemporaryObject } from './statement-classifier';
+import { createsTemporaryObject, cursorHoldOption } from './statement-classifier';
 
-/** DECLARE's CURSOR_OPT_HOLD bit. */
-export const cursorHoldOption = 0x20;
+export { cursorHoldOption };
 
 export class PrepareRefusals {
   /** Names of the session's temporary tables, views and sequences. */

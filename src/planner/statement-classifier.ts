@@ -113,3 +113,29 @@ export function mayChangeDefinitions(node: Node): boolean {
 export function createsTemporaryObject(node: Node): boolean {
   return JSON.stringify(node).includes('"relpersistence":"t"');
 }
+
+/** DECLARE's CURSOR_OPT_HOLD bit. */
+export const cursorHoldOption = 0x20;
+
+/** Session-level advisory lock functions: the lock lives as long as the node's session (the _xact_ ones do not). */
+const sessionLockFunctions = new Set(['pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared']);
+
+/**
+ * What a statement leaves in the node's session beyond settings, which a new connection to the node would lack
+ * (so the session cannot move to one unnoticed): LISTEN, a cursor WITH HOLD, SQL PREPARE, session advisory locks.
+ * Temporary objects are createsTemporaryObject's.
+ */
+export function nodeBoundSessionState(node: Node): string | null {
+  const tag = nodeTag(node);
+  if (tag === 'ListenStmt') return 'LISTEN registrations';
+  if (tag === 'PrepareStmt') return 'prepared statements (PREPARE)';
+  if (tag === 'DeclareCursorStmt') {
+    const options = (node as { DeclareCursorStmt: { options?: number } }).DeclareCursorStmt.options ?? 0;
+    if (options & cursorHoldOption) return 'cursors WITH HOLD';
+  }
+  let found: string | null = null;
+  walkAst(node, (inner, fields) => {
+    if (!found && inner === 'FuncCall' && sessionLockFunctions.has(functionName(fields).replace(/^pg_catalog\./, ''))) found = 'advisory locks';
+  });
+  return found;
+}

@@ -20,7 +20,7 @@ import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } f
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
-import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
+import { createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { PrepareRefusals } from '../planner/prepare-refusals';
 import { answerAdminCommand } from '../admin/show-commands';
@@ -440,12 +440,14 @@ export class ClientSession implements ClientSink {
     if (this.pending.length > 0 || this.dispatch) {
       // Extended-protocol messages not yet synced (a Close, say) run first, in the same exchange, as on a node.
       const parsed = parseSql(sql);
-      const classes = parsed.ok ? parsed.statements.map((s) => this.classify(s.node)) : [];
-      const needsProxy = !parsed.ok || classes.some((c) => c.kind === 'admin') || parsed.statements.some((s) => checkDeterminism(s.node).kind !== 'deterministic');
-      if (needsProxy) {
+      const reason = parsed.ok ? this.whyNotInPendingExchange(parsed.statements) : 'it does not parse';
+      if (reason !== null || !parsed.ok) {
         this.pending = [];
-        throw protocolViolation('this Query message must follow a Sync: the extended-protocol messages before it are still pending');
+        throw protocolViolation(`this Query message must follow a Sync: ${reason}, and the extended-protocol messages before it are still pending`);
       }
+      if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
+      for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
+      const classes = parsed.statements.map((s) => this.classify(s.node));
       return this.sendExtended(frame, true, classes.find((c) => c.kind === 'write') ?? readClass);
     }
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
@@ -463,8 +465,27 @@ export class ClientSession implements ClientSink {
     }
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
+    this.noteNodeBoundState(parsed.statements);
     for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
     await this.simpleQueryOnNodes(frame, sql, parsed.statements);
+  }
+
+  /**
+   * Why a Query sent before the Sync of pending extended-protocol messages cannot be relayed as part of their
+   * exchange: it is relayed as it is, so anything the proxy plans, answers or tracks itself must not be in it.
+   */
+  private whyNotInPendingExchange(statements: ParsedStatement[]): string | null {
+    for (const statement of statements) {
+      const node = statement.node;
+      if (this.classify(node).kind === 'admin') return 'the proxy answers it';
+      if (checkDeterminism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
+      if (this.catalog && routeDistributed(node, this.catalog).kind !== 'none') return 'it names a distributed table or a parapool function';
+      if (this.heldStatementKind(node)) return 'it names a cursor or prepared statement the proxy holds';
+      if (isCommit(node)) return 'a COMMIT may need every node\'s vote';
+      if (droppedDatabase(node) !== null) return 'a DROP DATABASE first closes pooled connections';
+      if (createsTemporaryObject(node)) return 'it creates a temporary object';
+    }
+    return null;
   }
 
   private async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[]): Promise<void> {
@@ -561,6 +582,7 @@ export class ClientSession implements ClientSink {
         this.sessionCatalog?.beforeStatement(message.sql, false);
         const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
+        if (parsed.ok) this.noteNodeBoundState(parsed.statements);
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
         const cursorCommand = only && ('FetchStmt' in only || 'ClosePortalStmt' in only) ? only : undefined;
         const writesData = parsed.ok && parsed.statements.some((st) => this.writesData(st.node));
@@ -1254,6 +1276,19 @@ export class ClientSession implements ClientSink {
 
   /** Set once the client created a temporary table, view or sequence, which only the session's connections see. */
   private madeTemporaryObjects = false;
+  /** What else of this session lives in its node sessions only (nodeBoundSessionState), or null. */
+  private nodeBoundState: string | null = null;
+
+  private noteNodeBoundState(statements: readonly ParsedStatement[]): void {
+    if (this.nodeBoundState !== null) return;
+    for (const statement of statements) {
+      const state = nodeBoundSessionState(statement.node);
+      // A PREPARE or DECLARE of a read over several nodes is held by the proxy (sql-prepared-statements.ts, sql-cursors.ts).
+      if (state === null || (this.catalog && routeDistributed(statement.node, this.catalog).kind !== 'none')) continue;
+      this.nodeBoundState = state;
+      return;
+    }
+  }
 
   /** Cancels of the running statement that reach past the session's own connections (worker threads'). */
   private readonly cancelHooks = new Set<() => void>();
@@ -1692,11 +1727,13 @@ export class ClientSession implements ClientSink {
    * it no longer serving. Returns the error that keeps a node out of this session for now, if any.
    */
   private async reconnect(nodeIds: readonly number[], inTransaction = false): Promise<PgError | null> {
-    if (this.madeTemporaryObjects) {
+    const boundState = this.madeTemporaryObjects ? 'temporary objects' : this.nodeBoundState;
+    if (boundState !== null) {
+      // A new connection would lack them without a word: the session ends instead, as it would on one server.
       throw new PgError({
         severity: 'FATAL',
         code: SqlState.connectionFailure,
-        message: `lost connection to ${describeNode(this.context.cluster.nodes[nodeIds[0]])}: the temporary objects of this session went with it`,
+        message: `lost connection to ${describeNode(this.context.cluster.nodes[nodeIds[0]])}: the session's ${boundState} went with it`,
       });
     }
     const user = this.parameters.get('user')!;

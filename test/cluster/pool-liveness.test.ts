@@ -252,3 +252,27 @@ test('a connection lost inside a transaction fails it with 08006; the session ro
   await after.end();
   assert.deepEqual(await poolNodes(), ['up', 'up']);
 });
+
+test('a session whose node sessions hold LISTEN, an advisory lock or a PREPARE ends with 08006 when they are lost, never goes on without them', async () => {
+  const cases = [
+    ['listen', 'listen parapool_channel'],
+    ['lock', 'select pg_advisory_lock(4242)'],
+    ['prepare', 'prepare one_note as select count(*) from notes'],
+  ];
+  for (const [name, statement] of cases) {
+    const application = `bound_${name}`;
+    const client = await cluster.connect({ application_name: application });
+    client.on('error', () => undefined);
+    await client.query(statement);
+    assert.ok((await terminateAll(true, `application_name = '${application}'`)) >= 1);
+    await assert.rejects(client.query('select 1'), (e: { code?: string; message: string }) => e.code === '08006' && /went with it/.test(e.message), name);
+    await client.end().catch(() => undefined);
+  }
+  // A session that holds nothing of the kind moves to new connections unnoticed.
+  const plain = await cluster.connect({ application_name: 'bound_none' });
+  await plain.query('select pg_advisory_xact_lock(4242)');
+  assert.ok((await terminateAll(true, "application_name = 'bound_none'")) >= 1);
+  assert.deepEqual(await rowsOf(plain, 'select 1'), [['1']]);
+  await plain.end();
+  assert.deepEqual(await poolNodes(), ['up', 'up']);
+});

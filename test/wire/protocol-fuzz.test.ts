@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { serialize } from 'pg-protocol';
 import { startTestCluster, rowsOf, type TestCluster } from '../support/test-cluster';
-import { RawClient } from '../support/raw-client';
+import { errorFields, RawClient } from '../support/raw-client';
 import { fuzzSchema, runFuzzCampaign } from '../support/protocol-fuzz';
 import { escapedErrorCount } from '../../src/wire/process-guard';
 import { closeWorkerPool } from '../../src/executor/worker-pool';
@@ -120,4 +120,30 @@ test('1,000 concurrent connects and disconnects at every stage leave no backend 
   cluster.proxy.pool.close();
   await closeWorkerPool();
   await waitFor(async () => (await backendsPerNode()).every((n) => n === 0), 'no backend connection left once the pool is emptied');
+});
+
+test('a Query before the Sync of pending extended-protocol messages joins them only when it needs no planning', async () => {
+  // A read of a distributed table relayed as it is would answer from the nodes' rows side by side, and their
+  // different row counts would detach a healthy node: the proxy ends the session instead.
+  const spread = await RawClient.ready(cluster.proxy.port);
+  spread.send([serialize.parse({ name: 'early', text: 'SELECT 1', types: [] }), serialize.query('SELECT k, count(*) FROM fuzz_spread GROUP BY k ORDER BY k')]);
+  const refused = await spread.readUntilClosed();
+  const error = refused.find((m) => m.type === 'E');
+  assert.ok(error, 'an ErrorResponse');
+  assert.equal(errorFields(error).C, '08P01');
+  assert.match(errorFields(error).M, /must follow a Sync/);
+  assert.ok(!refused.some((m) => m.type === 'D'), 'no rows from one node passed for the whole table');
+
+  // A statement on a replicated table runs after the pending messages, in the same exchange, as on one server.
+  const plain = await RawClient.ready(cluster.proxy.port);
+  plain.send([serialize.parse({ name: 'early', text: 'SELECT 1', types: [] }), serialize.query('SELECT count(*) FROM fuzz_items')]);
+  const replies = await plain.readUntil('Z');
+  assert.deepEqual(replies.map((m) => m.type).join(''), '1TDCZ');
+  plain.end();
+
+  const check = await cluster.connect();
+  const nodes = await rowsOf(check, 'SHOW pool_nodes');
+  await check.end();
+  assert.ok(nodes.every((row) => row.includes('up')), `no node detached: ${JSON.stringify(nodes)}`);
+  await assertAlive('after the Query messages before a Sync');
 });
