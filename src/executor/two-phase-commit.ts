@@ -37,12 +37,22 @@ const committing = new Set<string>();
 const settleTimeoutMs = 5_000;
 
 /**
+ * The decider's one-phase COMMIT, resolving to its command tag (ROLLBACK for a transaction that failed). A
+ * session whose client sent COMMIT through the extended protocol has its own messages run there instead.
+ */
+export type CommitDecision = (decider: BackendConnection) => Promise<string | undefined>;
+
+async function commitOnDecider(decider: BackendConnection): Promise<string | undefined> {
+  return (await decider.query('COMMIT')).tags[0];
+}
+
+/**
  * Commits the open transaction of each connection atomically; the first connection decides. Resolves when the
  * decider committed (a node that then fails its COMMIT PREPARED is finished by recovery); rejects, after rolling
  * back everywhere, when a node could not prepare or the decider did not commit; rejects with 08007, leaving the
  * others prepared for recovery, when the decider's connection was lost during its COMMIT.
  */
-export async function commitEverywhere(connections: readonly BackendConnection[]): Promise<void> {
+export async function commitEverywhere(connections: readonly BackendConnection[], decide: CommitDecision = commitOnDecider): Promise<void> {
   const [decider, ...others] = connections;
   let gid = '';
   const prepared: BackendConnection[] = [];
@@ -70,8 +80,8 @@ export async function commitEverywhere(connections: readonly BackendConnection[]
     const sent = !decider.closed;
     try {
       // COMMIT of a transaction that failed answers ROLLBACK, without an error.
-      const { tags } = await decider.query('COMMIT');
-      if (tags[0] !== 'COMMIT') throw new PgError({ code: SqlState.transactionRollback, message: `${describeNode(decider.node)} rolled the transaction back at commit` });
+      const tag = await decide(decider);
+      if (tag !== 'COMMIT') throw new PgError({ code: SqlState.transactionRollback, message: `${describeNode(decider.node)} rolled the transaction back at commit` });
     } catch (error) {
       if (sent && decider.closed) {
         // The COMMIT may have been carried out before the connection broke: only the decider knows. The others

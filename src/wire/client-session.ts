@@ -671,6 +671,12 @@ export class ClientSession implements ClientSink {
         return this.extendedReads.run(messages.slice(begin));
       }
     }
+    if (isSync && !this.dispatch && this.status === 'T' && this.isCommitBatch(messages)) {
+      // As the simple protocol's COMMIT (simpleQueryOnNodes): a lost written node rolls back, several commit as one.
+      const lost = this.wroteDistributedRows ? [...this.writtenNodes].find((node) => !this.connections.has(node)) : undefined;
+      if (lost !== undefined) return this.rollBackForLostNode(lost);
+      if (this.writtenNodes.size > 1 && this.prepareRefusals.reason === null) return this.commitAcrossNodes({ messages, terminator });
+    }
     const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
     let dispatch = this.dispatch;
     if (dispatch && isWrite && !this.dispatchIsWrite) {
@@ -1468,20 +1474,35 @@ export class ClientSession implements ClientSink {
     this.write(serverMessages.readyForQuery('I'));
   }
 
-  /** COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. */
-  private async commitAcrossNodes(): Promise<void> {
+  /**
+   * COMMIT of a transaction that wrote on several nodes: prepare everywhere, record the decision, commit. An
+   * extended-protocol COMMIT (`batch`, up to its Sync) is the decision itself: its messages run on the deciding
+   * node, whose replies are the client's, so its statements and portals are kept as for any batch.
+   */
+  private async commitAcrossNodes(batch?: { messages: PendingMessage[]; terminator: Frame }): Promise<void> {
     // The main node decides (commits in one phase): a distributed read may have left its temporary tables in
     // that node's transaction, which PREPARE TRANSACTION would refuse.
     const main = this.mainConnection();
     const connections = this.connectionsInNodeOrder().filter((c) => c.txStatus === 'T').sort((a, b) => Number(b === main) - Number(a === main));
+    let told = false; // whether the decider's own answer (COMMIT, ROLLBACK or its error) reached the client
+    const decide = batch
+      ? async (decider: BackendConnection) => {
+          const dispatch = this.openDispatch([decider], true, true);
+          dispatch.send(this.buildSends(batch.messages, dispatch.connections, batch.terminator, true));
+          const result = await this.finishDispatch(dispatch, 'COMMIT', false);
+          told = true;
+          return result.leader.lost ? undefined : result.leader.outcomes.find((o) => o === 'COMMIT' || o === 'ROLLBACK' || o.startsWith('ERROR'));
+        }
+      : undefined;
     try {
-      await commitEverywhere(connections);
+      await commitEverywhere(connections, decide);
     } catch (error) {
       this.writtenNodes.clear();
       this.status = 'I';
       this.heldPortals.endTransaction(false);
       if (!(error instanceof PgError)) throw error;
-      this.write(serverMessages.errorResponse(error));
+      // N.B. a commit whose outcome is unknown is said so even when the decider's error was relayed already.
+      if (!told || error.code === SqlState.transactionResolutionUnknown) this.write(serverMessages.errorResponse(error));
       await this.reconcileTransactions();
       this.write(serverMessages.readyForQuery('I'));
       return;
@@ -1492,8 +1513,16 @@ export class ClientSession implements ClientSink {
     this.portals.clear();
     this.heldPortals.endTransaction(true);
     await this.sessionCatalog?.settle();
-    this.write(serverMessages.commandComplete('COMMIT'));
+    if (!batch) this.write(serverMessages.commandComplete('COMMIT'));
     this.write(serverMessages.readyForQuery('I'));
+  }
+
+  /** A batch that only commits: one Bind, of COMMIT (or END), and nothing the proxy must refuse or answer. */
+  private isCommitBatch(messages: PendingMessage[]): boolean {
+    const binds = messages.filter((m) => m.frame.code === FrontendCode.bind);
+    if (binds.length !== 1 || messages.some((m) => m.rejection)) return false;
+    const index = messages.indexOf(binds[0]);
+    return commitText.test(statementSql(this.statementBefore(messages, index, binds[0].statementName!)));
   }
 
   // ---- running on nodes ------------------------------------------------------------------------------------
@@ -1864,6 +1893,9 @@ function isRollback(node: Node): boolean {
 
 /** The same, for a prepared statement's text. */
 const rollbackText = /^\s*(rollback|abort)\b(?!\s+(to|prepared)\b)/i;
+
+/** COMMIT (or END) of the transaction as a prepared statement's text; not COMMIT PREPARED. */
+const commitText = /^\s*(commit|end)(\s+(work|transaction))?(\s+and\s+no\s+chain)?\s*;?\s*$/i;
 
 function statementSql(statement: PreparedStatement | undefined): string {
   return statement ? decodeParse(statement.parseFrame.subarray(5)).sql : '';

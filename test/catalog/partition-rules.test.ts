@@ -185,6 +185,38 @@ test('a write on several nodes in a transaction commits with two-phase commit; a
   assert.deepEqual(await cluster.onEachNode("select count(*) from pg_prepared_xacts"), [[['0']], [['0']], [['0']]]);
 });
 
+test('an extended-protocol COMMIT of writes on several nodes commits as one: a node that cannot prepare rolls back every node', async () => {
+  // A deferred check that only nodes 1 and 2 run, at their commit: it fails PREPARE TRANSACTION there.
+  for (const node of [1, 2]) {
+    const direct = await cluster.connectDirect(node);
+    await direct.query("create function refuse_at_commit() returns trigger language plpgsql as $$ begin if new.o_custkey = 999 then raise exception 'refused at commit'; end if; return new; end $$");
+    await direct.query('create constraint trigger refuse_at_commit after insert on orders deferrable initially deferred for each row execute function refuse_at_commit()');
+    await direct.end();
+  }
+  const commit = { name: 'commit_statement', text: 'commit' };
+  try {
+    await client.query('begin');
+    await client.query('insert into orders select g, 999, 1 from generate_series(6101, 6112) g');
+    await assert.rejects(client.query(commit), (e: { message: string }) => /refused at commit/.test(e.message));
+    await assertPlaced('orders', 3003);
+    // The statement the client prepared with the COMMIT is still there for its next one.
+    await client.query('begin');
+    await client.query('insert into orders select g, 1, 1 from generate_series(6201, 6212) g');
+    await client.query(commit);
+    await assertPlaced('orders', 3015);
+    assert.deepEqual(await cluster.onEachNode('select count(*) from pg_prepared_xacts'), [[['0']], [['0']], [['0']]]);
+  } finally {
+    await client.query('rollback').catch(() => undefined);
+    await client.query('delete from orders where o_orderkey between 6101 and 6299');
+    for (const node of [1, 2]) {
+      const direct = await cluster.connectDirect(node);
+      await direct.query('drop trigger refuse_at_commit on orders; drop function refuse_at_commit()');
+      await direct.end();
+    }
+  }
+  await assertPlaced('orders', 3003);
+});
+
 test('a proxy that dies between PREPARE and COMMIT PREPARED is resolved by the next one', async () => {
   for (const [failpoint, expected] of [['afterPrepare', 3003], ['afterDecision', 3005]] as const) {
     commitFailpoints[failpoint] = true;
