@@ -5,7 +5,7 @@
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
 import type { BackendConnection } from '../wire/backend-connection';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { catalogExistsSql, loadCatalogSql, ruleFromRow } from './catalog-store';
 import type { DistributedRule, PartitionRule, TableName } from './partition-rule';
 

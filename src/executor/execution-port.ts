@@ -2,7 +2,7 @@
 // and one fact about the database. Executors write rows and the command tag; the session writes the rest.
 
 import type { BackendConnection } from '../wire/backend-connection';
-import type { PgError } from '../wire/errors';
+import type { PgError } from '../protocol/errors';
 import type { ClientSink } from './client-sink';
 import type { WorkerStartup } from './fragment-worker';
 

@@ -7,7 +7,7 @@ import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
 import type { DistributedRule } from '../catalog/partition-rule';
 import { parseRuleCommand, type RuleCommand } from '../catalog/rule-commands';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { pinnedKeyValues, type KeyValue } from './key-values';
 import { nodeTag } from './sql-parser';
 import { expandViews } from './view-expansion';

@@ -4,7 +4,7 @@
 
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { cloneTree, rewriteTree } from './ast-tools';
 import { walkAst } from './ast-walk';
 import { parseSql } from './sql-parser';
