@@ -60,7 +60,7 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       throw error;
     }
   }
-  const reader = routineReadingDistributed(node, catalog);
+  const reader = routineReadingDistributed(node, catalog, expandViews);
   if (reader) {
     const what = reader.routine === 'DO' ? 'this DO block' : `the routine ${reader.routine}()`;
     return {
