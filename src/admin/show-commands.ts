@@ -3,7 +3,7 @@
 
 import type { ClusterState } from '../cluster/cluster-state';
 import type { ConnectionPool } from '../cluster/connection-pool';
-import { serverMessages } from '../wire/server-messages';
+import { serverMessages } from '../protocol/server-messages';
 
 export const parapoolVersion = '0.1.0';
 

@@ -2,10 +2,9 @@
 // database. Lookups take a table as written in SQL; an unqualified name means schema public, or, for a session
 // with another search_path, the schema that search_path finds it in (resolvingWith).
 
-import { describeNode } from '../cluster/backend-node';
+import { describeNode, type NodeAddress } from '../cluster/backend-node';
 import { log } from '../log';
-import type { BackendConnection } from '../wire/backend-connection';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { catalogExistsSql, loadCatalogSql, ruleFromRow } from './catalog-store';
 import type { DistributedRule, PartitionRule, TableName } from './partition-rule';
 
@@ -99,6 +98,12 @@ function key(table: TableName): string {
   return `${table.schema}\0${table.name}`;
 }
 
+/** What reading the catalog needs of a connection to a node (a BackendConnection is one). */
+export interface CatalogConnection {
+  readonly node: NodeAddress;
+  query(sql: string): Promise<{ rows: (string | null)[][] }>;
+}
+
 /**
  * The catalogs of every database, loaded on first use from all nodes in service. A database whose nodes disagree
  * gets an error instead of a catalog, and keeps it until the nodes agree again.
@@ -108,7 +113,7 @@ export class CatalogRegistry {
   private readonly changeLocks = new Map<string, Promise<void>>();
 
   /** The database's catalog, loading it through `connections` (one per node in service) when not loaded yet. */
-  async forDatabase(database: string, connections: readonly BackendConnection[]): Promise<Catalog> {
+  async forDatabase(database: string, connections: readonly CatalogConnection[]): Promise<Catalog> {
     const cached = this.loaded.get(database);
     if (cached) return cached;
     const catalog = await readCatalog(database, connections);
@@ -142,7 +147,7 @@ export class CatalogRegistry {
 }
 
 /** Reads and compares the catalog on every node; throws 55000 naming the nodes that disagree. */
-export async function readCatalog(database: string, connections: readonly BackendConnection[]): Promise<Catalog> {
+export async function readCatalog(database: string, connections: readonly CatalogConnection[]): Promise<Catalog> {
   const texts: string[] = [];
   let rows: (string | null)[][] = [];
   for (const connection of connections) {

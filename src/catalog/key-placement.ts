@@ -2,7 +2,7 @@
 // PostgreSQL's, reproduced bit for bit); everything else, and every text the proxy cannot read exactly as the
 // node would, is placed by the main node with the rule's SQL, so PostgreSQL's own input and comparison rules apply.
 
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import type { DistributedRule } from './partition-rule';
 import { quoteLiteral } from './partition-rule';
 import { hashNodeOfText, placementSql } from './placement';

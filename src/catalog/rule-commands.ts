@@ -9,7 +9,7 @@ import { functionName } from '../planner/ast-walk';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { copyBetweenNodes } from '../executor/copy-transfer';
 import type { BackendConnection } from '../wire/backend-connection';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { readCatalog, type Catalog, type CatalogRegistry } from './catalog';
 import { catalogSchemaSql } from './catalog-store';
 import { type DistributedRule, type DistributionMethod, type PartitionRule, qualifiedName, quoteIdent, quoteLiteral } from './partition-rule';

@@ -5,7 +5,7 @@ import { loadConfigFile } from '../config/config';
 import { log } from '../log';
 import { startSandbox } from '../cluster/sandbox';
 import { parapoolVersion } from '../admin/show-commands';
-import { PgError } from '../wire/errors';
+import { PgError } from '../protocol/errors';
 import { ProxyServer } from '../wire/proxy-server';
 
 const usage = `parapool ${parapoolVersion}: PostgreSQL middleware

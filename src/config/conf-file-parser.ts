@@ -1,7 +1,7 @@
 // The syntax of pgpool.conf (and postgresql.conf): `name = value` per line, `#` comments, values bare or in
 // single quotes with '' or \' for a quote. Only syntax lives here; meaning and validation are in config.ts.
 
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 
 export interface ConfEntry {
   readonly name: string;

@@ -2,9 +2,9 @@
 // table on the finishing node, which runs the final SQL; its answer is relayed to the client as its own bytes.
 
 import type { AggregatePlan } from '../planner/distributed-plan';
-import { dataRowFields } from '../wire/data-row';
-import { PgError, SqlState } from '../wire/errors';
-import { decodeRowDescription } from '../wire/row-description';
+import { dataRowFields } from '../protocol/data-row';
+import { PgError, SqlState } from '../protocol/errors';
+import { decodeRowDescription } from '../protocol/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats, WorkerFragments } from './execution-port';
 import type { FragmentResult, FragmentTask } from './fragment-worker';
 import type { BackendConnection } from '../wire/backend-connection';
@@ -12,7 +12,7 @@ import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } 
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';
 import { MessageChannel } from 'node:worker_threads';
-import type { FieldDescription } from '../wire/row-description';
+import type { FieldDescription } from '../protocol/row-description';
 import type { CombineResult, CombineTask } from './combine-worker';
 import { workerPool } from './worker-pool';
 

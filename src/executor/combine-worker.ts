@@ -4,9 +4,9 @@
 
 import type { MessagePort } from 'node:worker_threads';
 import type { StateCombine } from '../planner/distributed-plan';
-import { dataRowFields } from '../wire/data-row';
-import { PgError } from '../wire/errors';
-import type { FieldDescription } from '../wire/row-description';
+import { dataRowFields } from '../protocol/data-row';
+import { PgError } from '../protocol/errors';
+import type { FieldDescription } from '../protocol/row-description';
 import { PartialCombiner } from './partial-combine';
 
 /** How partial rows fold: what PartialCombiner.create takes besides the rows' fields. */

@@ -6,11 +6,11 @@ import { serialize } from 'pg-protocol';
 import { nodesForKeys, type EvaluateSql } from '../catalog/key-placement';
 import type { DistributedRule } from '../catalog/partition-rule';
 import type { BackendConnection } from '../wire/backend-connection';
-import type { CopyFormat } from '../wire/copy-row-splitter';
-import { CopyRowSplitter } from '../wire/copy-row-splitter';
-import { PgError } from '../wire/errors';
-import type { Frame } from '../wire/frame-reader';
-import { FrontendCode } from '../wire/message-codes';
+import type { CopyFormat } from '../protocol/copy-row-splitter';
+import { CopyRowSplitter } from '../protocol/copy-row-splitter';
+import { PgError } from '../protocol/errors';
+import type { Frame } from '../protocol/frame-reader';
+import { FrontendCode } from '../protocol/message-codes';
 import { collectReply, type NodeReply } from './scatter-write';
 
 const flushBytes = 64 * 1024;

@@ -3,9 +3,9 @@
 
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
-import type { PgError } from '../wire/errors';
-import { BackendCode } from '../wire/message-codes';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import type { PgError } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
 
 /** Runs a COPY statement, passing its frames on; resolves with its command tag, rejects with the node's error. */
 async function exchange(connection: BackendConnection, sql: string, onFrame: (code: number, raw: Buffer) => void, readyForData?: () => void): Promise<string> {

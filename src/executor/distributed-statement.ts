@@ -12,8 +12,8 @@ import { keyValueOf } from '../planner/key-values';
 import type { DistributedRoute } from '../planner/distributed-router';
 import type { BackendConnection } from '../wire/backend-connection';
 import { describeNode } from '../cluster/backend-node';
-import { PgError, SqlState } from '../wire/errors';
-import type { TransactionStatus } from '../wire/message-codes';
+import { PgError, SqlState } from '../protocol/errors';
+import type { TransactionStatus } from '../protocol/message-codes';
 import { collectReply, mergeReplies, type NodeReply } from './scatter-write';
 import { commitEverywhere } from './two-phase-commit';
 

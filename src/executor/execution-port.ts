@@ -2,7 +2,8 @@
 // and one fact about the database. Executors write rows and the command tag; the session writes the rest.
 
 import type { BackendConnection } from '../wire/backend-connection';
-import type { PgError } from '../wire/errors';
+import type { PgError } from '../protocol/errors';
+import type { StepStats } from '../planner/explain-plan';
 import type { ClientSink } from './client-sink';
 import type { WorkerStartup } from './fragment-worker';
 
@@ -36,11 +37,7 @@ export interface WorkerFragments {
   onCancel(cancel: () => void): () => void;
 }
 
-export interface StepStats {
-  readonly step: string;
-  readonly rows: number;
-  readonly ms: number;
-}
+export type { StepStats };
 
 export type ExecutionOutcome =
   | { readonly ok: true; readonly rows: number; readonly stats: readonly StepStats[] }

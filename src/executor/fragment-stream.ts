@@ -5,10 +5,10 @@
 import { serialize } from 'pg-protocol';
 import { describeNode } from '../cluster/backend-node';
 import { sendCancel, type BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
-import { PgError, SqlState } from '../wire/errors';
-import type { Frame } from '../wire/frame-reader';
-import { BackendCode } from '../wire/message-codes';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import { PgError, SqlState } from '../protocol/errors';
+import type { Frame } from '../protocol/frame-reader';
+import { BackendCode } from '../protocol/message-codes';
 
 const highWater = 1024;
 const lowWater = 256;

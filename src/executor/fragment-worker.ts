@@ -11,10 +11,10 @@
 import { BroadcastChannel, isMainThread, threadId, type MessagePort } from 'node:worker_threads';
 import type { NodeAddress } from '../cluster/backend-node';
 import { BackendConnection, sendCancel } from '../wire/backend-connection';
-import { dataRowFields } from '../wire/data-row';
-import { PgError } from '../wire/errors';
-import type { StoredSecret } from '../wire/password-file';
-import { decodeRowDescription } from '../wire/row-description';
+import { dataRowFields } from '../protocol/data-row';
+import { PgError } from '../protocol/errors';
+import type { StoredSecret } from '../protocol/password-file';
+import { decodeRowDescription } from '../protocol/row-description';
 import type { FoldSpec } from './combine-worker';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { PartialCombiner } from './partial-combine';

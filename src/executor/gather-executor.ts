@@ -4,9 +4,9 @@
 
 import type { GatherPlan } from '../planner/distributed-plan';
 import { quoteIdent } from '../catalog/partition-rule';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { gatheredTableName } from '../planner/gather-planner';
-import { dataRowFields } from '../wire/data-row';
+import { dataRowFields } from '../protocol/data-row';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
 import { firstError, forEachRow, FragmentStream, settleStreams } from './fragment-stream';
 import { copyInto, FinalNodeTransaction, relayFinal, runQuiet, type NodeFailure } from './intermediate-result';

@@ -6,10 +6,10 @@
 
 import type { DistributedPlan, IntermediatePlan } from '../planner/distributed-plan';
 import type { BackendConnection } from '../wire/backend-connection';
-import { dataRowFields } from '../wire/data-row';
-import { PgError, SqlState } from '../wire/errors';
-import { BackendCode } from '../wire/message-codes';
-import type { FieldDescription } from '../wire/row-description';
+import { dataRowFields } from '../protocol/data-row';
+import { PgError, SqlState } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
+import type { FieldDescription } from '../protocol/row-description';
 import { describeStatement } from '../wire/describe-statement';
 import { quoteIdent } from '../catalog/partition-rule';
 import type { ClientSink } from './client-sink';

@@ -5,9 +5,9 @@
 
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from '../wire/backend-error';
-import { PgError, SqlState } from '../wire/errors';
-import { BackendCode } from '../wire/message-codes';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import { PgError, SqlState } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
 import type { ClientSink } from './client-sink';
 
 const copyChunkBytes = 64 * 1024;

@@ -3,10 +3,10 @@
 // Rows are relayed as the nodes' bytes when nothing is dropped; nothing is held beyond the streams' bounded queues.
 
 import type { MergePlan, SortKey } from '../planner/distributed-plan';
-import { dataRowFields, encodeDataRow } from '../wire/data-row';
-import { PgError, SqlState } from '../wire/errors';
-import { decodeRowDescription, encodeRowDescription } from '../wire/row-description';
-import { serverMessages } from '../wire/server-messages';
+import { dataRowFields, encodeDataRow } from '../protocol/data-row';
+import { PgError, SqlState } from '../protocol/errors';
+import { decodeRowDescription, encodeRowDescription } from '../protocol/row-description';
+import { serverMessages } from '../protocol/server-messages';
 import type { ExecutionPort, ExecutionOutcome, StepStats } from './execution-port';
 import { firstError, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { sortKeyComparator } from './value-order';

@@ -5,8 +5,8 @@
 
 import Decimal from 'decimal.js';
 import type { StateCombine } from '../planner/distributed-plan';
-import { PgError, SqlState } from '../wire/errors';
-import type { FieldDescription } from '../wire/row-description';
+import { PgError, SqlState } from '../protocol/errors';
+import type { FieldDescription } from '../protocol/row-description';
 import { appendCopyRow } from './intermediate-result';
 import { comparatorForType, groupKeyNormalizerForType } from './value-order';
 

@@ -10,9 +10,9 @@ import type { BroadcastPlan, DistributedPlan, GatheredTable, RepartitionPlan } f
 import { repartitionTableName } from '../planner/repartition-planner';
 import { quoteIdent } from '../catalog/partition-rule';
 import type { BackendConnection } from '../wire/backend-connection';
-import { dataRowFields } from '../wire/data-row';
-import { PgError, SqlState } from '../wire/errors';
-import { decodeRowDescription } from '../wire/row-description';
+import { dataRowFields } from '../protocol/data-row';
+import { PgError, SqlState } from '../protocol/errors';
+import { decodeRowDescription } from '../protocol/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { CopyStream, runQuiet, type NodeFailure } from './intermediate-result';

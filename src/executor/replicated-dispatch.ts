@@ -5,9 +5,9 @@
 
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice } from '../wire/backend-error';
-import type { Frame } from '../wire/frame-reader';
-import { BackendCode, FrontendCode, type TransactionStatus } from '../wire/message-codes';
+import { decodeBackendNotice } from '../protocol/backend-error';
+import type { Frame } from '../protocol/frame-reader';
+import { BackendCode, FrontendCode, type TransactionStatus } from '../protocol/message-codes';
 import type { ClientSink } from './client-sink';
 
 /** What one node is sent in one step of the exchange. */

@@ -5,8 +5,8 @@
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PgError } from '../wire/errors';
-import { BackendCode } from '../wire/message-codes';
+import { PgError } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
 import type { ClientSink } from './client-sink';
 
 export class RowSpool {

@@ -3,9 +3,9 @@
 // and one command tag whose row count is the sum. Rows are held until every node answered (RETURNING only).
 
 import type { BackendConnection } from '../wire/backend-connection';
-import { decodeBackendNotice } from '../wire/backend-error';
-import { BackendCode } from '../wire/message-codes';
-import { serverMessages } from '../wire/server-messages';
+import { decodeBackendNotice } from '../protocol/backend-error';
+import { BackendCode } from '../protocol/message-codes';
+import { serverMessages } from '../protocol/server-messages';
 import { serialize } from 'pg-protocol';
 
 export interface NodeReply {

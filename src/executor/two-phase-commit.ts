@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
 import type { BackendConnection } from '../wire/backend-connection';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { quoteLiteral } from '../catalog/partition-rule';
 
 export const gidPrefix = 'parapool:';

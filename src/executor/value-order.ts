@@ -2,7 +2,7 @@
 // sorted streams from several nodes and merge GROUP BY / DISTINCT groups. Every comparator agrees exactly with the
 // type's default btree opclass under collation C, DateStyle ISO, IntervalStyle postgres, default extra_float_digits.
 
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 
 /** Compares two non-null values of one type, given as their text-format bytes: <0, 0, >0 as PostgreSQL's default btree order. */
 export type ValueComparator = (a: Buffer, b: Buffer) => number;

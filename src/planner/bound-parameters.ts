@@ -3,7 +3,7 @@
 // parse tree's positions), each by a quoted literal cast to the parameter's declared type when the client gave one.
 
 import { quoteLiteral } from '../catalog/partition-rule';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { walkAst } from './ast-walk';
 import { parseSql } from './sql-parser';
 

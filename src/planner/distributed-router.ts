@@ -7,7 +7,7 @@ import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
 import type { DistributedRule } from '../catalog/partition-rule';
 import { parseRuleCommand, type RuleCommand } from '../catalog/rule-commands';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { pinnedKeyValues, type KeyValue } from './key-values';
 import { nodeTag } from './sql-parser';
 import { expandViews } from './view-expansion';
@@ -60,7 +60,7 @@ export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute
       throw error;
     }
   }
-  const reader = routineReadingDistributed(node, catalog);
+  const reader = routineReadingDistributed(node, catalog, expandViews);
   if (reader) {
     const what = reader.routine === 'DO' ? 'this DO block' : `the routine ${reader.routine}()`;
     return {

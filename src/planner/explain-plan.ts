@@ -1,8 +1,14 @@
 // The one printer of distributed plans: EXPLAIN through the proxy shows the strategy, why it was chosen, each
 // fragment's SQL and nodes, and the merge steps; EXPLAIN ANALYZE adds rows and times per step.
 
-import type { StepStats } from '../executor/execution-port';
 import { assertNever, type DistributedPlan, type SortKey } from './distributed-plan';
+
+/** What EXPLAIN ANALYZE shows of one executed step: its name, the rows it produced and its time. */
+export interface StepStats {
+  readonly step: string;
+  readonly rows: number;
+  readonly ms: number;
+}
 
 function nodeList(nodes: readonly number[]): string {
   return nodes.length === 1 ? `node ${nodes[0]}` : `nodes ${nodes.join(', ')}`;

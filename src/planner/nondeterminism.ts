@@ -5,7 +5,7 @@
 
 import type { Node } from '@pgsql/types';
 import { deparseSync } from 'pgsql-deparser';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { functionName, walkAst } from './ast-walk';
 import { nodeTag } from './sql-parser';
 

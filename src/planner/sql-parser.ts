@@ -4,7 +4,7 @@
 
 import { loadModule, parseSync, type SqlError } from 'libpg-query';
 import type { Node, RawStmt } from '@pgsql/types';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 
 let loaded: Promise<void> | null = null;
 

@@ -4,7 +4,7 @@
 
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';
-import { PgError, SqlState } from '../wire/errors';
+import { PgError, SqlState } from '../protocol/errors';
 import { cloneTree, rewriteTree } from './ast-tools';
 import { walkAst } from './ast-walk';
 import { parseSql } from './sql-parser';
@@ -52,7 +52,7 @@ function distributedView(catalog: Catalog, schema: string | undefined, name: str
   if (parsed.ok && parsed.statements.length === 1) {
     const inner = expandViews(parsed.statements[0].node, catalog, new Set([...expanding, key]));
     // A view over replicated tables that calls a routine reading distributed ones expands too, so the call shows.
-    const readsDistributed = tablesReferenced(inner).some((t) => catalog.distributed(t.schema, t.name)) || routineReadingDistributed(inner, catalog) !== null;
+    const readsDistributed = tablesReferenced(inner).some((t) => catalog.distributed(t.schema, t.name)) || routineReadingDistributed(inner, catalog, expandViews) !== null;
     expanded = readsDistributed ? inner : null;
   }
   cache.set(key, expanded);

@@ -10,16 +10,16 @@ import type { NodeAddress } from '../cluster/backend-node';
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
 import { quoteLiteral } from '../catalog/partition-rule';
-import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
-import { decodeDataRowText } from './data-row';
-import { PgError, SqlState } from './errors';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import { decodeDataRowText } from '../protocol/data-row';
+import { PgError, SqlState } from '../protocol/errors';
 import { CoalescingWriter } from './coalescing-writer';
-import { FrameReader, type Frame } from './frame-reader';
-import { md5Response } from './md5-auth';
-import { BackendCode, type TransactionStatus } from './message-codes';
-import { MessageCursor } from './message-cursor';
-import type { StoredSecret } from './password-file';
-import { ScramClientSession } from './scram';
+import { FrameReader, type Frame } from '../protocol/frame-reader';
+import { md5Response } from '../protocol/md5-auth';
+import { BackendCode, type TransactionStatus } from '../protocol/message-codes';
+import { MessageCursor } from '../protocol/message-cursor';
+import type { StoredSecret } from '../protocol/password-file';
+import { ScramClientSession } from '../protocol/scram';
 
 export type FrameHandler = (frame: Frame, connection: BackendConnection) => void;
 

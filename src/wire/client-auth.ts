@@ -4,13 +4,13 @@
 
 import { randomBytes } from 'node:crypto';
 import type { ClientAuthentication } from '../config/config';
-import { PgError, SqlState, protocolViolation } from './errors';
-import { verifyMd5Response } from './md5-auth';
-import { MessageCursor } from './message-cursor';
-import { makeScramVerifier } from './scram';
-import { ScramServerSession } from './scram';
-import type { StoredSecret } from './password-file';
-import { serverMessages } from './server-messages';
+import { PgError, SqlState, protocolViolation } from '../protocol/errors';
+import { verifyMd5Response } from '../protocol/md5-auth';
+import { MessageCursor } from '../protocol/message-cursor';
+import { makeScramVerifier } from '../protocol/scram';
+import { ScramServerSession } from '../protocol/scram';
+import type { StoredSecret } from '../protocol/password-file';
+import { serverMessages } from '../protocol/server-messages';
 
 export interface AuthExchange {
   /** Sends bytes to the client. */

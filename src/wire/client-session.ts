@@ -31,7 +31,7 @@ import { runRuleCommand } from '../catalog/rule-commands';
 import { beginEverywhere, keyPosition, nodesOfKeys, runDistributedStatement, tableColumnNames, type SessionPort } from '../executor/distributed-statement';
 import { CopyRouter, RelayedError } from '../executor/copy-router';
 import { collectBatch, sumTags, type BatchReply } from '../executor/scatter-write';
-import { copyFormatFromOptions } from './copy-row-splitter';
+import { copyFormatFromOptions } from '../protocol/copy-row-splitter';
 import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
@@ -49,8 +49,8 @@ import { serialize } from 'pg-protocol';
 import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
 import { authenticateClient } from './client-auth';
 import { CoalescingWriter } from './coalescing-writer';
-import { PgError, SqlState, protocolViolation } from './errors';
-import { FrameReader, readStartupPacket, StartupCode, type Frame } from './frame-reader';
+import { PgError, SqlState, protocolViolation } from '../protocol/errors';
+import { FrameReader, readStartupPacket, StartupCode, type Frame } from '../protocol/frame-reader';
 import {
   decodeBind,
   decodeCancelRequest,
@@ -63,10 +63,10 @@ import {
   decodeStartupParameters,
   renameBindStatement,
   type BindMessage,
-} from './frontend-messages';
-import { BackendCode, FrontendCode, type TransactionStatus } from './message-codes';
-import type { StoredSecret } from './password-file';
-import { serverMessages } from './server-messages';
+} from '../protocol/frontend-messages';
+import { BackendCode, FrontendCode, type TransactionStatus } from '../protocol/message-codes';
+import type { StoredSecret } from '../protocol/password-file';
+import { serverMessages } from '../protocol/server-messages';
 
 /** What sessions share: set up once by the server. */
 export interface SessionContext {

@@ -3,11 +3,11 @@
 // pg_dump and psql's \copy get the same bytes as from one server.
 
 import type { ClientSink } from '../executor/client-sink';
-import type { CopyFormat } from './copy-row-splitter';
-import { dataRowFields } from './data-row';
-import { BackendCode } from './message-codes';
-import { decodeRowDescription } from './row-description';
-import { serverMessages } from './server-messages';
+import type { CopyFormat } from '../protocol/copy-row-splitter';
+import { dataRowFields } from '../protocol/data-row';
+import { BackendCode } from '../protocol/message-codes';
+import { decodeRowDescription } from '../protocol/row-description';
+import { serverMessages } from '../protocol/server-messages';
 
 const textEscapes = new Map<number, string>([
   [0x08, 'b'],

@@ -3,10 +3,10 @@
 
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from './backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
-import type { PgError } from './errors';
-import { BackendCode } from './message-codes';
-import { decodeRowDescription, type FieldDescription } from './row-description';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import type { PgError } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
+import { decodeRowDescription, type FieldDescription } from '../protocol/row-description';
 
 export interface StatementDescription {
   /** The node's ParameterDescription and RowDescription (or NoData) frames, to relay as they are. */

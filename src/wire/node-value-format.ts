@@ -4,13 +4,13 @@
 
 import { serialize } from 'pg-protocol';
 import type { BackendConnection } from './backend-connection';
-import { decodeBackendNotice, pgErrorFromBackend } from './backend-error';
-import { dataRowFields } from './data-row';
-import type { PgError } from './errors';
-import { BackendCode } from './message-codes';
+import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
+import { dataRowFields } from '../protocol/data-row';
+import type { PgError } from '../protocol/errors';
+import { BackendCode } from '../protocol/message-codes';
 import { describeStatement } from './describe-statement';
-import type { BindMessage } from './frontend-messages';
-import { decodeParameterDescription } from './row-description';
+import type { BindMessage } from '../protocol/frontend-messages';
+import { decodeParameterDescription } from '../protocol/row-description';
 
 const batchRows = 500;
 

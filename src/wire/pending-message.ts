@@ -4,9 +4,9 @@
 import type { Node } from '@pgsql/types';
 import type { DistributedRoute } from '../planner/distributed-router';
 import type { StatementClass } from '../planner/statement-classifier';
-import type { PgError } from './errors';
-import type { Frame } from './frame-reader';
-import type { BindMessage } from './frontend-messages';
+import type { PgError } from '../protocol/errors';
+import type { Frame } from '../protocol/frame-reader';
+import type { BindMessage } from '../protocol/frontend-messages';
 
 /** A client's prepared statement as the client sees it; identity marks a version of a name. */
 export interface PreparedStatement {

@@ -14,7 +14,7 @@ import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { ClientSession, type SessionContext } from './client-session';
-import { loadPasswordFile, type StoredSecret } from './password-file';
+import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
 
 export class ProxyServer {

@@ -3,10 +3,10 @@
 // that binds binary results (pgx, Npgsql, JDBC after its prepare threshold) gets PostgreSQL's own bytes.
 
 import type { BackendConnection } from './backend-connection';
-import { nativeBinaryEncoder } from './binary-values';
-import { dataRowFields, encodeDataRow } from './data-row';
+import { nativeBinaryEncoder } from '../protocol/binary-values';
+import { dataRowFields, encodeDataRow } from '../protocol/data-row';
 import { binaryOfText } from './node-value-format';
-import { decodeRowDescription, encodeRowDescription, type FieldDescription } from './row-description';
+import { decodeRowDescription, encodeRowDescription, type FieldDescription } from '../protocol/row-description';
 
 /** One format code per column, as Bind's result-format list means it (none: all text; one: all alike). */
 export function columnFormats(resultFormats: readonly number[], columns: number): number[] {

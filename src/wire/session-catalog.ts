@@ -7,8 +7,8 @@ import { log } from '../log';
 import { quoteLiteral } from '../catalog/partition-rule';
 import { readCatalog, type Catalog, type CatalogRegistry } from '../catalog/catalog';
 import type { BackendConnection } from './backend-connection';
-import { PgError } from './errors';
-import type { TransactionStatus } from './message-codes';
+import { PgError } from '../protocol/errors';
+import type { TransactionStatus } from '../protocol/message-codes';
 
 /** What the session catalog needs of its session. */
 export interface SessionCatalogHost {

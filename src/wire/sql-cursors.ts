@@ -10,11 +10,11 @@ import { RowSpool } from '../executor/row-spool';
 import { deparseVerified } from '../planner/ast-tools';
 import { cursorHoldOption } from '../planner/prepare-refusals';
 import type { BackendConnection } from './backend-connection';
-import { PgError, SqlState } from './errors';
-import { BackendCode, type TransactionStatus } from './message-codes';
+import { PgError, SqlState } from '../protocol/errors';
+import { BackendCode, type TransactionStatus } from '../protocol/message-codes';
 import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary } from './result-formats';
-import { decodeRowDescription } from './row-description';
-import { serverMessages } from './server-messages';
+import { decodeRowDescription } from '../protocol/row-description';
+import { serverMessages } from '../protocol/server-messages';
 import { SpooledPortal } from './spooled-portal';
 import type { HeldPortals } from './held-portals';
 

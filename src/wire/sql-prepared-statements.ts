@@ -7,7 +7,7 @@ import { deparseVerified } from '../planner/ast-tools';
 import { walkAst } from '../planner/ast-walk';
 import { bindParameters } from '../planner/bound-parameters';
 import { parseSql } from '../planner/sql-parser';
-import { PgError, SqlState } from './errors';
+import { PgError, SqlState } from '../protocol/errors';
 
 /** The fields the parser gives every plain SELECT, so that a built one deparses and parses back the same. */
 const plainSelect = { limitOption: 'LIMIT_OPTION_DEFAULT', op: 'SETOP_NONE' };

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { configFromText, configToText, defaultConfig } from '../../src/config/config';
-import { PgError } from '../../src/wire/errors';
+import { PgError } from '../../src/protocol/errors';
 
 const base = `backend_hostname0 = '127.0.0.1'\nbackend_port0 = 5432\n`;
 

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Client } from 'pg';
-import { PgError } from '../../src/wire/errors';
+import { PgError } from '../../src/protocol/errors';
 import { comparatorForType, groupKeyNormalizerForType, sortKeyComparator } from '../../src/executor/value-order';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 import { digits, intBetween, prng } from '../support/random';

@@ -6,7 +6,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialize } from 'pg-protocol';
-import { decodeRowDescription, encodeRowDescription } from '../../src/wire/row-description';
+import { decodeRowDescription, encodeRowDescription } from '../../src/protocol/row-description';
 import { dataRowValues, errorFields, RawClient, type ReplyMessage } from '../support/raw-client';
 import { startTestCluster, type TestCluster } from '../support/test-cluster';
 

@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PgError } from '../../src/wire/errors';
-import { loadPasswordFile, parsePasswordFile, parseStoredSecret } from '../../src/wire/password-file';
-import { formatScramVerifier, makeScramVerifier } from '../../src/wire/scram';
+import { PgError } from '../../src/protocol/errors';
+import { loadPasswordFile, parsePasswordFile, parseStoredSecret } from '../../src/protocol/password-file';
+import { formatScramVerifier, makeScramVerifier } from '../../src/protocol/scram';
 
 const verifier = makeScramVerifier('pencil', Buffer.from('W22ZaJ0SNY7soEsUEjb6gQ==', 'base64'), 4096);
 const scramText = formatScramVerifier(verifier);

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { serialize } from 'pg-protocol';
 import type { Client } from 'pg';
 import { loadParser, parseSql } from '../../src/planner/sql-parser';
-import { PgError } from '../../src/wire/errors';
-import { CopyDataError, CopyRowSplitter, copyFormatFromOptions, type CopyFormat, type CopyRowSplitterOptions } from '../../src/wire/copy-row-splitter';
+import { PgError } from '../../src/protocol/errors';
+import { CopyDataError, CopyRowSplitter, copyFormatFromOptions, type CopyFormat, type CopyRowSplitterOptions } from '../../src/protocol/copy-row-splitter';
 import { dataRowValues, errorFields, RawClient } from '../support/raw-client';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PgError } from '../../src/wire/errors';
+import { PgError } from '../../src/protocol/errors';
 import {
   ScramClientSession,
   ScramServerSession,
@@ -12,7 +12,7 @@ import {
   makeScramVerifier,
   parseScramVerifier,
   saslprep,
-} from '../../src/wire/scram';
+} from '../../src/protocol/scram';
 
 const RFC = {
   password: 'pencil',

@@ -4,9 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { PgError } from '../../src/wire/errors';
-import { md5PasswordHash, md5Response, verifyMd5Response } from '../../src/wire/md5-auth';
-import { makeScramVerifier } from '../../src/wire/scram';
+import { PgError } from '../../src/protocol/errors';
+import { md5PasswordHash, md5Response, verifyMd5Response } from '../../src/protocol/md5-auth';
+import { makeScramVerifier } from '../../src/protocol/scram';
 
 const md5 = (data: string | Buffer): string => createHash('md5').update(data).digest('hex');
 const salt = Buffer.from([0x01, 0x02, 0xfe, 0xff]);

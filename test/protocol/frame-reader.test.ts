@@ -4,9 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialize } from 'pg-protocol';
-import { FrameReader, readStartupPacket, StartupCode } from '../../src/wire/frame-reader';
-import { PgError } from '../../src/wire/errors';
-import { decodeBind, decodeParse, decodeQuery, renameBindStatement } from '../../src/wire/frontend-messages';
+import { FrameReader, readStartupPacket, StartupCode } from '../../src/protocol/frame-reader';
+import { PgError } from '../../src/protocol/errors';
+import { decodeBind, decodeParse, decodeQuery, renameBindStatement } from '../../src/protocol/frontend-messages';
 
 const stream = Buffer.concat([
   serialize.query('select 1'),

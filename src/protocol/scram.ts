@@ -4,7 +4,7 @@
 
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { PgError, SqlState } from './errors';
-import type { ScramVerifier } from './password-file';
+import type { ScramVerifier } from './scram-verifier';
 
 export const SCRAM_SHA_256 = 'SCRAM-SHA-256';
 /** PostgreSQL's default scram_iterations. */

@@ -5,13 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { PgError, SqlState } from './errors';
 import { parseScramVerifier } from './scram';
-
-export interface ScramVerifier {
-  iterations: number;
-  salt: Buffer;
-  storedKey: Buffer;
-  serverKey: Buffer;
-}
+import type { ScramVerifier } from './scram-verifier';
 
 export type StoredSecret =
   | { kind: 'plain'; password: string }
