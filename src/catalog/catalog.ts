@@ -12,6 +12,7 @@ export class Catalog {
   private readonly rules = new Map<string, PartitionRule>();
   private readonly views = new Map<string, string>();
   private readonly functions = new Map<string, RoutineDefinition[]>();
+  private readonly defaults = new Map<string, TableDefaults>();
 
   /**
    * `views`: the definitions of the database's views (pg_get_viewdef), which reads through them expand;
@@ -24,7 +25,10 @@ export class Catalog {
     routines: readonly RoutineDefinition[] = [],
     /** Names of the database's own functions with a VOLATILE overload (see FunctionEffects). */
     readonly volatileFunctions: ReadonlySet<string> = new Set(),
+    /** Tables with a column default that may name a time or per-node function (see planner/volatile-defaults.ts). */
+    columnDefaults: readonly TableDefaults[] = [],
   ) {
+    for (const table of columnDefaults) this.defaults.set(key(table.table), table);
     for (const rule of rules) this.rules.set(key(rule.table), rule);
     for (const view of views) this.views.set(key(view), view.definition);
     for (const routine of routines) this.functions.set(routine.name, [...(this.functions.get(routine.name) ?? []), routine]);
@@ -51,7 +55,7 @@ export class Catalog {
 
   /** Every table name with a rule and every view name, for resolving them under a search_path. */
   get relationNames(): string[] {
-    return [...new Set([...[...this.rules.values()].map((rule) => rule.table.name), ...[...this.views.keys()].map((k) => k.split('\0')[1])])];
+    return [...new Set([...[...this.rules.values()].map((rule) => rule.table.name), ...[...this.views.keys(), ...this.defaults.keys()].map((k) => k.split('\0')[1])])];
   }
 
   /** The SQL and PL/pgSQL routines of a name, in any schema (every overload). */
@@ -66,6 +70,11 @@ export class Catalog {
 
   get hasViews(): boolean {
     return this.views.size > 0;
+  }
+
+  /** The columns and risky defaults of a table named in SQL, when it has any (see TableDefaults). */
+  columnDefaultsOf(schema: string | undefined, name: string): TableDefaults | null {
+    return this.defaults.get(key({ schema: this.schemaOf(schema, name), name })) ?? null;
   }
 
   /** The rule of a table named in SQL, or null (no rule: the table is replicated). */
@@ -172,8 +181,40 @@ export async function readCatalog(database: string, connections: readonly Catalo
     ? (await connections[0].query(loadRoutinesSql)).rows.map(([schema, name, language, definition]) => ({ schema: schema!, name: name!, language: language as RoutineDefinition['language'], definition: definition! }))
     : [];
   const volatileFunctions = new Set((await connections[0].query(loadVolatileFunctionsSql)).rows.map(([name]) => name!));
-  return new Catalog(database, rows.map(ruleFromRow), views, routines, volatileFunctions);
+  const defaults = new Map<string, { table: TableName; columns: string[]; defaults: Map<string, string> }>();
+  for (const [schema, name, column, expression] of (await connections[0].query(loadColumnDefaultsSql)).rows) {
+    const table = { schema: schema!, name: name! };
+    const entry = defaults.get(key(table)) ?? { table, columns: [], defaults: new Map<string, string>() };
+    defaults.set(key(table), entry);
+    entry.columns.push(column!);
+    if (expression !== null && riskyDefault.test(expression)) entry.defaults.set(column!, expression);
+  }
+  return new Catalog(database, rows.map(ruleFromRow), views, routines, volatileFunctions, [...defaults.values()]);
 }
+
+/**
+ * A table's columns in order, with the defaults that may name a time or per-node function: each node would
+ * evaluate such a default on its own, so the replicas of a replicated table would hold different values.
+ */
+export interface TableDefaults {
+  readonly table: TableName;
+  readonly columns: readonly string[];
+  /** Column → default expression as pg_get_expr writes it; the planner decides whether it really varies. */
+  readonly defaults: ReadonlyMap<string, string>;
+}
+
+/** A cheap first sieve over default expressions; planner/volatile-defaults.ts parses the ones it lets through. */
+const riskyDefault = /now|current_|local|clock|timeofday|statement_|transaction_|random|uuid|txid|xact|backend_pid|inet_server/i;
+
+/** The columns of every table that has a default the sieve lets through (the same sieve, in SQL). */
+const loadColumnDefaultsSql = `SELECT n.nspname, c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid)
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''
+  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname !~ '^pg_(toast|temp)'
+    AND a.attrelid IN (SELECT adrelid FROM pg_attrdef
+      WHERE pg_get_expr(adbin, adrelid) ~* 'now|current_|local|clock|timeofday|statement_|transaction_|random|uuid|txid|xact|backend_pid|inet_server')
+  ORDER BY 1, 2, a.attnum`;
 
 export interface RoutineDefinition {
   readonly schema: string;

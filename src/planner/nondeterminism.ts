@@ -45,6 +45,20 @@ function baseName(name: string): string {
   return name.startsWith('pg_catalog.') ? name.slice('pg_catalog.'.length) : name;
 }
 
+/** Whether an expression calls a function whose value differs per node ('per-node') or only a time function. */
+export function expressionVaries(expression: Node): 'time' | 'per-node' | null {
+  let found: 'time' | 'per-node' | null = null;
+  walkAst({ expression }, (tag, body) => {
+    if (tag === 'SQLValueFunction' && sqlValueFunctionTypes[String(body.op)]) found ??= 'time';
+    if (tag === 'FuncCall') {
+      const name = baseName(functionName(body));
+      if (perNodeFunctions.has(name)) found = 'per-node';
+      else if (timeFunctionTypes[name]) found ??= 'time';
+    }
+  });
+  return found;
+}
+
 /** Whether a write statement can run as is on every node, needs its time functions pinned, or must be refused. */
 export function checkDeterminism(node: Node): DeterminismCheck {
   if (!dataModifying.has(nodeTag(node))) return { kind: 'deterministic' };
@@ -111,6 +125,7 @@ export async function pinTimeFunctions(node: Node, evaluate: (sql: string) => Pr
     found.push(t);
     return t.node;
   });
+  if (found.length === 0) return deparseSync(node);
   const select = 'SELECT ' + found.map((t) => `(${deparseSync(t.node)})::text`).join(', ');
   const values = await evaluate(select);
   let index = 0;

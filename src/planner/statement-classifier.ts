@@ -86,8 +86,8 @@ function classifySelect(body: Record<string, unknown>, functions: FunctionEffect
 
 /**
  * DDL after which the definitions the proxy reads may differ: views (which reads expand) and SQL or PL/pgSQL
- * routines (checked for what they read) created, replaced, dropped, renamed or moved, and drops that take them
- * with them (CASCADE, a schema).
+ * routines (checked for what they read) created, replaced, dropped, renamed or moved, drops that take them
+ * with them (CASCADE, a schema), and tables' column defaults (see volatile-defaults.ts) made, changed or dropped.
  */
 export function mayChangeDefinitions(node: Node): boolean {
   const tag = Object.keys(node)[0];
@@ -99,11 +99,13 @@ export function mayChangeDefinitions(node: Node): boolean {
     case 'AlterFunctionStmt':
       return true;
     case 'DropStmt':
-      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
+      return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE', 'OBJECT_TABLE'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
+    case 'CreateStmt':
+      return /"CONSTR_DEFAULT"/.test(JSON.stringify(body));
     case 'RenameStmt':
       return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_TABLE', 'OBJECT_COLUMN', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE'].includes(body.renameType as string);
     case 'AlterTableStmt':
-      return body.objtype === 'OBJECT_VIEW';
+      return body.objtype === 'OBJECT_VIEW' || /"(CONSTR_DEFAULT|AT_ColumnDefault|AT_AddColumn|AT_DropColumn)"/.test(JSON.stringify(body));
     default:
       return false;
   }

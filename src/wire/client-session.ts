@@ -19,6 +19,7 @@ import { closeWorkerConnections } from '../executor/worker-pool';
 import { abortMarker, ReplicatedDispatch, type DispatchResult, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { checkDeterminism, pinTimeFunctions } from '../planner/nondeterminism';
+import { mayNeedColumnDefaults, pinColumnDefaults } from '../planner/volatile-defaults';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
 import { createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState } from '../planner/statement-classifier';
 import { classifyStatement, type StatementClass } from '../planner/statement-classifier';
@@ -522,9 +523,18 @@ export class ClientSession implements ClientSink {
     let rewritten = false;
     const texts: string[] = [];
     for (const statement of parsed.statements) {
+      const prepared = (statement.node as { PrepareStmt?: { query: Node } }).PrepareStmt?.query;
+      if (prepared && (checkDeterminism(prepared).kind !== 'deterministic' || this.needsColumnDefaults(prepared))) {
+        // Each node would evaluate the function or default itself at every EXECUTE.
+        return this.refuse(new PgError({
+          code: SqlState.featureNotSupported,
+          message: 'a PREPAREd write that calls a time or per-node function, or leaves such a column default to the nodes, would give each node its own value',
+          hint: 'prepare it through the extended protocol (the proxy evaluates such values at each execution), or pass the values as parameters',
+        }));
+      }
       const check = checkDeterminism(statement.node);
       if (check.kind === 'rejected') return this.refuse(check.error);
-      if (check.kind === 'time') {
+      if (check.kind === 'time' || this.needsColumnDefaults(statement.node)) {
         rewritten = true;
         const pinned = await this.pinTime(statement.node);
         if (pinned instanceof PgError) return this.refuse(pinned);
@@ -539,16 +549,24 @@ export class ClientSession implements ClientSink {
   }
 
   /**
-   * The statement's SQL with its time functions evaluated on the main node; the node's error instead when that
+   * The statement's SQL with its time functions (and varying column defaults) evaluated on the main node; the node's error instead when that
    * fails (e.g. the transaction is already aborted), which the caller reports as the statement's error.
    */
   private async pinTime(node: Node): Promise<string | PgError> {
+    const evaluate = async (select: string) => (await this.port.evaluate(select))[0] ?? [];
     try {
-      return await pinTimeFunctions(node, async (select) => (await this.port.evaluate(select))[0] ?? []);
+      const withDefaults = this.needsColumnDefaults(node) ? await pinColumnDefaults(node, this.catalog!, evaluate) : null;
+      if (withDefaults instanceof PgError) return withDefaults;
+      return await pinTimeFunctions(withDefaults ?? node, evaluate);
     } catch (error) {
       if (error instanceof PgError && error.severity === 'ERROR') return error;
       throw error;
     }
+  }
+
+  /** An INSERT into a table whose column defaults would give each node its own value (see volatile-defaults.ts). */
+  private needsColumnDefaults(node: Node): boolean {
+    return this.catalog !== null && mayNeedColumnDefaults(node, this.catalog);
   }
 
   /** Fails the current statement with the proxy's own error, aborting an open transaction on every node. */
@@ -574,7 +592,7 @@ export class ClientSession implements ClientSink {
             for (const statement of parsed.statements) {
               const check = checkDeterminism(statement.node);
               if (check.kind === 'rejected') rejection = check.error;
-              else if (check.kind === 'time') timePinning = { node: statement.node, parameterTypes: message.parameterTypes };
+              else if (check.kind === 'time' || this.needsColumnDefaults(statement.node)) timePinning = { node: statement.node, parameterTypes: message.parameterTypes };
             }
           }
         }

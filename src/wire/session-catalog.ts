@@ -34,6 +34,8 @@ export class SessionCatalog {
   private inTransaction = false;
   /** Set when a statement may have changed the search_path. */
   private searchPathDirty = false;
+  /** Set when the search_path, when last read, was not the default one. */
+  private customSearchPath = false;
   /** Set when the search_path was read inside a transaction block: a rollback may undo a SET. */
   private searchPathInTransaction = false;
 
@@ -86,7 +88,8 @@ export class SessionCatalog {
     });
     if (!catalog) return;
     this.use(catalog);
-    if (this.resolution) await this.resolveSearchPath();
+    // N.B. also when no name needed resolving before: the names just created may.
+    if (this.resolution || this.customSearchPath) await this.resolveSearchPath();
     this.inTransaction = status !== 'I';
     if (status === 'I') this.registry.replace(catalog);
   }
@@ -103,6 +106,7 @@ export class SessionCatalog {
     let resolution: Map<string, string> | null = null;
     try {
       const [[path]] = (await main.query("SELECT current_setting('search_path')")).rows;
+      this.customSearchPath = path !== '"$user", public';
       const names = this.shared.relationNames;
       if (path !== '"$user", public' && names.length > 0) {
         const { rows } = await main.query(

@@ -62,3 +62,25 @@ test('after every script both nodes hold the same data', async () => {
   assert.ok(first.length >= 10, `tables compared: ${first.length}`);
   assert.deepEqual(second, first);
 });
+
+test('a write that would leave a per-node column default to each node is refused with 0A000, never diverges', async () => {
+  const client = await cluster.connect();
+  await client.query('create table refused_defaults (id int, token uuid default gen_random_uuid(), at timestamptz default now())');
+  const refusals = [
+    'insert into refused_defaults (id) select g from generate_series(1, 2) g',
+    'insert into refused_defaults select g from generate_series(1, 2) g',
+    'prepare ins (int) as insert into refused_defaults (id) values ($1)',
+    'prepare stamp (int) as insert into refused_defaults (id, token, at) values ($1, null, now())',
+  ];
+  for (const sql of refusals) {
+    await assert.rejects(client.query(sql), (e: { code?: string }) => e.code === '0A000', sql);
+  }
+  // Through the extended protocol every execution gets values from the main node.
+  for (const id of [1, 2]) await client.query({ name: 'ins_default', text: 'insert into refused_defaults (id) values ($1)', values: [id] });
+  const [first, second] = await cluster.onEachNode('select id, token, at from refused_defaults order by id');
+  assert.equal(first.length, 2);
+  assert.deepEqual(second, first);
+  await client.query('drop table refused_defaults');
+  await client.end();
+  assert.deepEqual(await nodeStates(), ['0:up', '1:up']);
+});
