@@ -40,15 +40,15 @@ import { HeldPortals } from './held-portals';
 import { SessionCatalog } from './session-catalog';
 import { ExtendedDistributedReads, type ExtendedReadHost } from './extended-distributed-reads';
 import type { PendingMessage, PreparedStatement } from './pending-message';
-import { textParameters } from './node-value-format';
+import { textParameters } from '../backend/node-value-format';
 import { CopyOutSink } from './copy-out-sink';
 import { deparseVerified } from '../planner/ast-tools';
 import { closeTarget, declareCursor, fetchFromCursor, fetchTarget, type CursorHost } from './sql-cursors';
 import { executeSqlStatement, prepareSqlStatement, type SqlPreparedStatement } from './sql-prepared-statements';
 import { serialize } from 'pg-protocol';
-import { BackendConnection, BackendStartupError, sendCancel } from './backend-connection';
+import { BackendConnection, BackendStartupError, sendCancel } from '../backend/backend-connection';
 import { authenticateClient } from './client-auth';
-import { CoalescingWriter } from './coalescing-writer';
+import { CoalescingWriter } from '../backend/coalescing-writer';
 import { PgError, SqlState, protocolViolation } from '../protocol/errors';
 import { FrameReader, readStartupPacket, StartupCode, type Frame } from '../protocol/frame-reader';
 import {

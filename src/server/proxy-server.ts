@@ -13,7 +13,7 @@ import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
-import { ClientSession, type SessionContext } from './client-session';
+import { ClientSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
 
