@@ -215,7 +215,7 @@ export class ClientSession extends SessionStartup {
       if (checkDeterminism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
       if (this.catalog && routeDistributed(node, this.catalog).kind !== 'none') return 'it names a distributed table or a parapool function';
       if (this.heldStatementKind(node)) return 'it names a cursor or prepared statement the proxy holds';
-      if (isCommit(node)) return 'a COMMIT may need every node\'s vote';
+      if (isCommit(node) && this.status === 'T' && ((this.transactionWrote && this.writtenNodes.size > 1) || this.wroteDistributedRows)) return 'a COMMIT of writes on several nodes commits in two phases';
       if (droppedDatabase(node) !== null) return 'a DROP DATABASE first closes pooled connections';
       if (createsTemporaryObject(node)) return 'it creates a temporary object';
     }
