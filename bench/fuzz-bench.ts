@@ -7,7 +7,7 @@
 import { Client } from 'pg';
 import { serialize } from 'pg-protocol';
 import { closeWorkerPool } from '../src/executor/worker-pool';
-import { escapedErrorCount } from '../src/wire/process-guard';
+import { escapedErrorCount } from '../src/server/process-guard';
 import { fuzzSchema, runFuzzCampaign } from '../test/support/protocol-fuzz';
 import { RawClient } from '../test/support/raw-client';
 import { startTestCluster, type TestCluster } from '../test/support/test-cluster';

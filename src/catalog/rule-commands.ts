@@ -8,7 +8,7 @@ import { log } from '../log';
 import { functionName } from '../planner/ast-walk';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { copyBetweenNodes } from '../executor/copy-transfer';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { PgError, SqlState } from '../protocol/errors';
 import { readCatalog, type Catalog, type CatalogRegistry } from './catalog';
 import { catalogSchemaSql } from './catalog-store';

@@ -6,7 +6,7 @@ import { log } from '../log';
 import { startSandbox } from '../cluster/sandbox';
 import { parapoolVersion } from '../admin/show-commands';
 import { PgError } from '../protocol/errors';
-import { ProxyServer } from '../wire/proxy-server';
+import { ProxyServer } from '../server/proxy-server';
 
 const usage = `parapool ${parapoolVersion}: PostgreSQL middleware
 

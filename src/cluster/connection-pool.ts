@@ -5,7 +5,7 @@
 // longer than `liveCheckAfterMs` answers a round trip before it is reused.
 
 import { log } from '../log';
-import { BackendConnection, type BackendStartup } from '../wire/backend-connection';
+import { BackendConnection, type BackendStartup } from '../backend/backend-connection';
 
 export interface PoolSettings {
   readonly enabled: boolean;

@@ -5,7 +5,7 @@ import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { configToText, defaultConfig, loadConfigFile, type ProxyConfig } from '../config/config';
 import { log } from '../log';
-import { ProxyServer } from '../wire/proxy-server';
+import { ProxyServer } from '../server/proxy-server';
 import { freePort, LocalPostgres } from './local-postgres';
 import { findPostgresBinDir } from './postgres-install';
 

@@ -5,7 +5,7 @@
 import { readCatalog } from '../catalog/catalog';
 import { recoverInDoubt, gidPrefix } from '../executor/two-phase-commit';
 import { log } from '../log';
-import { BackendConnection } from '../wire/backend-connection';
+import { BackendConnection } from '../backend/backend-connection';
 import type { StoredSecret } from '../protocol/password-file';
 import type { BackendNode } from './backend-node';
 import { quoteLiteral } from '../catalog/partition-rule';

@@ -7,7 +7,7 @@ import { PgError, SqlState } from '../protocol/errors';
 import { decodeRowDescription } from '../protocol/row-description';
 import type { ExecutionOutcome, ExecutionPort, StepStats, WorkerFragments } from './execution-port';
 import type { FragmentResult, FragmentTask } from './fragment-worker';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { firstError, forEachRow, FragmentStream, settleStreams, whenDescribed } from './fragment-stream';
 import { copyInto, FinalNodeTransaction, relayFinal } from './intermediate-result';
 import { PartialCombiner } from './partial-combine';

@@ -5,7 +5,7 @@
 import { serialize } from 'pg-protocol';
 import { nodesForKeys, type EvaluateSql } from '../catalog/key-placement';
 import type { DistributedRule } from '../catalog/partition-rule';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import type { CopyFormat } from '../protocol/copy-row-splitter';
 import { CopyRowSplitter } from '../protocol/copy-row-splitter';
 import { PgError } from '../protocol/errors';

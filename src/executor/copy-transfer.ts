@@ -2,7 +2,7 @@
 // is byte for byte the CopyData a client sends, so rows pass through undecoded, with back-pressure.
 
 import { serialize } from 'pg-protocol';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
 import type { PgError } from '../protocol/errors';
 import { BackendCode } from '../protocol/message-codes';

@@ -10,7 +10,7 @@ import { qualifiedName, quoteLiteral } from '../catalog/partition-rule';
 import type { KeyValue } from '../planner/key-values';
 import { keyValueOf } from '../planner/key-values';
 import type { DistributedRoute } from '../planner/distributed-router';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { describeNode } from '../cluster/backend-node';
 import { PgError, SqlState } from '../protocol/errors';
 import type { TransactionStatus } from '../protocol/message-codes';

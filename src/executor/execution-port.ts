@@ -1,7 +1,7 @@
 // What the executors borrow from the session that runs them: its connection to each node, the client's socket,
 // and one fact about the database. Executors write rows and the command tag; the session writes the rest.
 
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import type { PgError } from '../protocol/errors';
 import type { StepStats } from '../planner/explain-plan';
 import type { ClientSink } from './client-sink';

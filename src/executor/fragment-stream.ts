@@ -4,7 +4,7 @@
 
 import { serialize } from 'pg-protocol';
 import { describeNode } from '../cluster/backend-node';
-import { sendCancel, type BackendConnection } from '../wire/backend-connection';
+import { sendCancel, type BackendConnection } from '../backend/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
 import { PgError, SqlState } from '../protocol/errors';
 import type { Frame } from '../protocol/frame-reader';

@@ -10,7 +10,7 @@
 
 import { BroadcastChannel, isMainThread, threadId, type MessagePort } from 'node:worker_threads';
 import type { NodeAddress } from '../cluster/backend-node';
-import { BackendConnection, sendCancel } from '../wire/backend-connection';
+import { BackendConnection, sendCancel } from '../backend/backend-connection';
 import { dataRowFields } from '../protocol/data-row';
 import { PgError } from '../protocol/errors';
 import type { StoredSecret } from '../protocol/password-file';

@@ -5,12 +5,12 @@
 // tier answers instead, so that every read sees the transaction's writes.
 
 import type { DistributedPlan, IntermediatePlan } from '../planner/distributed-plan';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { dataRowFields } from '../protocol/data-row';
 import { PgError, SqlState } from '../protocol/errors';
 import { BackendCode } from '../protocol/message-codes';
 import type { FieldDescription } from '../protocol/row-description';
-import { describeStatement } from '../wire/describe-statement';
+import { describeStatement } from '../backend/describe-statement';
 import { quoteIdent } from '../catalog/partition-rule';
 import type { ClientSink } from './client-sink';
 import type { ExecutionOutcome, ExecutionPort, StepStats } from './execution-port';

@@ -4,7 +4,7 @@
 // explicitly inside the client's own, so it never outlives the statement nor leaks to another session.
 
 import { serialize } from 'pg-protocol';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
 import { PgError, SqlState } from '../protocol/errors';
 import { BackendCode } from '../protocol/message-codes';

@@ -9,7 +9,7 @@ import { broadcastTableName } from '../planner/broadcast-planner';
 import type { BroadcastPlan, DistributedPlan, GatheredTable, RepartitionPlan } from '../planner/distributed-plan';
 import { repartitionTableName } from '../planner/repartition-planner';
 import { quoteIdent } from '../catalog/partition-rule';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { dataRowFields } from '../protocol/data-row';
 import { PgError, SqlState } from '../protocol/errors';
 import { decodeRowDescription } from '../protocol/row-description';

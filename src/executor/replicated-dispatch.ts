@@ -4,7 +4,7 @@
 // left to diverge. The client's ReadyForQuery is held until every node is ready.
 
 import { serialize } from 'pg-protocol';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { decodeBackendNotice } from '../protocol/backend-error';
 import type { Frame } from '../protocol/frame-reader';
 import { BackendCode, FrontendCode, type TransactionStatus } from '../protocol/message-codes';

@@ -2,7 +2,7 @@
 // server would give it: one RowDescription, every RETURNING row (in statement order where the statement has one),
 // and one command tag whose row count is the sum. Rows are held until every node answered (RETURNING only).
 
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { decodeBackendNotice } from '../protocol/backend-error';
 import { BackendCode } from '../protocol/message-codes';
 import { serverMessages } from '../protocol/server-messages';

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeNode } from '../cluster/backend-node';
 import { log } from '../log';
-import type { BackendConnection } from '../wire/backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { PgError, SqlState } from '../protocol/errors';
 import { quoteLiteral } from '../catalog/partition-rule';
 

@@ -24,10 +24,10 @@ const allowed: AllowedEdge[] = [
   // statements rather than describe rules, so they belong with the executor, and are listed here until they move.
   { from: 'src/catalog/rule-commands.ts', to: 'src/executor/two-phase-commit.ts', reason: 'rule commands commit on every node' },
   { from: 'src/catalog/rule-commands.ts', to: 'src/executor/copy-transfer.ts', reason: 'rule commands copy rows between nodes' },
-  { from: 'src/catalog/rule-commands.ts', to: 'src/wire/backend-connection.ts', reason: 'rule commands run on node connections' },
+  { from: 'src/catalog/rule-commands.ts', to: 'src/backend/backend-connection.ts', reason: 'rule commands run on node connections' },
 ];
 
-/** The folder of src/ a file belongs to ('protocol', 'wire', ...); 'log' for src/log.ts. */
+/** The folder of src/ a file belongs to ('protocol', 'session', ...); 'log' for src/log.ts. */
 function layerOf(file: string): string {
   const parts = file.split('/');
   return parts.length > 2 ? parts[1] : parts[1].replace(/\.ts$/, '');
@@ -38,10 +38,13 @@ export function ruleBroken(from: string, to: string): string | null {
   const source = layerOf(from);
   const target = layerOf(to);
   if (source === target) return null;
+  if (source === 'wire' || target === 'wire') return 'src/wire/ is gone: node connections live in backend/, the session in session/, the server in server/';
   if (source === 'protocol' && target !== 'log') return 'protocol/ imports only protocol/ and src/log.ts';
-  if (source === 'planner' && (target === 'executor' || target === 'wire' || target === 'session')) return 'planner/ imports neither executor/, wire/ nor session/';
-  if (source === 'executor' && target === 'session') return 'executor/ does not import session/';
-  if (source === 'catalog' && (target === 'executor' || target === 'wire')) return 'catalog/ imports neither executor/ nor wire/';
+  if (source === 'backend' && (target === 'session' || target === 'server')) return 'backend/ imports neither session/ nor server/';
+  if (source === 'planner' && (target === 'executor' || target === 'backend' || target === 'session' || target === 'server')) return 'planner/ imports neither executor/, backend/, session/ nor server/';
+  if (source === 'executor' && (target === 'session' || target === 'server')) return 'executor/ imports neither session/ nor server/';
+  if (source === 'session' && target === 'server') return 'session/ does not import server/';
+  if (source === 'catalog' && (target === 'executor' || target === 'backend' || target === 'session' || target === 'server')) return 'catalog/ imports neither executor/, backend/, session/ nor server/';
   return null;
 }
 
@@ -197,12 +200,26 @@ test('the checker reads every kind of import and knows the layer rules', () => {
   assert.notEqual(ruleBroken('src/executor/x.ts', 'src/session/y.ts'), null);
   assert.equal(ruleBroken('src/executor/x.ts', 'src/planner/y.ts'), null);
   assert.notEqual(ruleBroken('src/catalog/x.ts', 'src/wire/y.ts'), null);
+  assert.notEqual(ruleBroken('src/catalog/x.ts', 'src/backend/y.ts'), null);
+  assert.notEqual(ruleBroken('src/catalog/x.ts', 'src/session/y.ts'), null);
+  assert.notEqual(ruleBroken('src/backend/x.ts', 'src/session/y.ts'), null);
+  assert.notEqual(ruleBroken('src/backend/x.ts', 'src/server/y.ts'), null);
+  assert.equal(ruleBroken('src/backend/x.ts', 'src/protocol/y.ts'), null);
+  assert.notEqual(ruleBroken('src/planner/x.ts', 'src/backend/y.ts'), null);
+  assert.notEqual(ruleBroken('src/planner/x.ts', 'src/server/y.ts'), null);
+  assert.notEqual(ruleBroken('src/executor/x.ts', 'src/server/y.ts'), null);
+  assert.equal(ruleBroken('src/executor/x.ts', 'src/backend/y.ts'), null);
+  assert.notEqual(ruleBroken('src/session/x.ts', 'src/server/y.ts'), null);
+  assert.equal(ruleBroken('src/session/x.ts', 'src/executor/y.ts'), null);
+  assert.equal(ruleBroken('src/server/x.ts', 'src/session/y.ts'), null);
 });
 
 const source = sourceGraph(repoRoot());
 
 test('every relative import in src/ names a file', () => {
   assert.ok(source.graph.has('src/protocol/errors.ts'), 'the graph holds src/');
+  assert.ok(source.graph.has('src/session/client-session.ts') && source.graph.has('src/backend/backend-connection.ts') && source.graph.has('src/server/proxy-server.ts'), 'the graph holds session/, backend/ and server/');
+  assert.deepEqual([...source.graph.keys()].filter((file) => layerOf(file) === 'wire'), [], 'src/wire/ holds no file');
   assert.deepEqual(source.unresolved, []);
 });
 

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'pg';
 import { configToText, type ProxyConfig } from '../../src/config/config';
-import { ProxyServer } from '../../src/wire/proxy-server';
+import { ProxyServer } from '../../src/server/proxy-server';
 import { freePort, type LocalPostgres } from '../../src/cluster/local-postgres';
 import { prng, intBetween } from '../support/random';
 import { rowsOf, startTestCluster, textTypes, type TestCluster } from '../support/test-cluster';

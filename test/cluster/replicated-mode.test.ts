@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { configureLog } from '../../src/log';
-import { ProxyServer } from '../../src/wire/proxy-server';
+import { ProxyServer } from '../../src/server/proxy-server';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 
 let cluster: TestCluster;

@@ -9,7 +9,7 @@ import { defaultConfig, type ProxyConfig } from '../../src/config/config';
 import { LocalPostgres } from '../../src/cluster/local-postgres';
 import { startNodes } from '../../src/cluster/sandbox';
 import { configureLog } from '../../src/log';
-import { ProxyServer } from '../../src/wire/proxy-server';
+import { ProxyServer } from '../../src/server/proxy-server';
 
 export interface TestClusterOptions {
   readonly nodes: number;

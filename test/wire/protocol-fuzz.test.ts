@@ -10,7 +10,7 @@ import { serialize } from 'pg-protocol';
 import { startTestCluster, rowsOf, type TestCluster } from '../support/test-cluster';
 import { errorFields, RawClient } from '../support/raw-client';
 import { fuzzSchema, runFuzzCampaign } from '../support/protocol-fuzz';
-import { escapedErrorCount } from '../../src/wire/process-guard';
+import { escapedErrorCount } from '../../src/server/process-guard';
 import { closeWorkerPool } from '../../src/executor/worker-pool';
 
 let cluster: TestCluster;

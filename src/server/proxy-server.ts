@@ -13,7 +13,7 @@ import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
-import { ClientSession, type SessionContext } from './client-session';
+import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
 
@@ -22,7 +22,7 @@ export class ProxyServer {
   readonly pool: ConnectionPool;
   readonly catalogs = new CatalogRegistry();
   private readonly servers: Server[] = [];
-  private readonly sessions = new Map<number, ClientSession>();
+  private readonly sessions = new Map<number, ServedSession>();
   private readonly context: SessionContext;
   private boundPort = 0;
   private recoveryTimer: NodeJS.Timeout | null = null;

@@ -2,10 +2,10 @@
 // the client asked in binary is encoded here (the common types) or by a node (every other type), so a driver
 // that binds binary results (pgx, Npgsql, JDBC after its prepare threshold) gets PostgreSQL's own bytes.
 
-import type { BackendConnection } from './backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { nativeBinaryEncoder } from '../protocol/binary-values';
 import { dataRowFields, encodeDataRow } from '../protocol/data-row';
-import { binaryOfText } from './node-value-format';
+import { binaryOfText } from '../backend/node-value-format';
 import { decodeRowDescription, encodeRowDescription, type FieldDescription } from '../protocol/row-description';
 
 /** One format code per column, as Bind's result-format list means it (none: all text; one: all alike). */

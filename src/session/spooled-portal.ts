@@ -5,7 +5,7 @@
 
 import type { RowSpool } from '../executor/row-spool';
 import type { ClientSink } from '../executor/client-sink';
-import type { BackendConnection } from './backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import type { ResultEncoder } from './result-formats';
 import { serverMessages } from '../protocol/server-messages';
 

@@ -9,7 +9,7 @@ import type { ReadOutcome } from '../executor/plan-executor';
 import { RowSpool } from '../executor/row-spool';
 import { deparseVerified } from '../planner/ast-tools';
 import { cursorHoldOption } from '../planner/prepare-refusals';
-import type { BackendConnection } from './backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { PgError, SqlState } from '../protocol/errors';
 import { BackendCode, type TransactionStatus } from '../protocol/message-codes';
 import { columnFormats, describeWithFormats, ResultEncoder, wantsBinary } from './result-formats';

@@ -6,7 +6,7 @@
 import { log } from '../log';
 import { quoteLiteral } from '../catalog/partition-rule';
 import { readCatalog, type Catalog, type CatalogRegistry } from '../catalog/catalog';
-import type { BackendConnection } from './backend-connection';
+import type { BackendConnection } from '../backend/backend-connection';
 import { PgError } from '../protocol/errors';
 import type { TransactionStatus } from '../protocol/message-codes';
 

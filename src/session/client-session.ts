@@ -1,0 +1,334 @@
+// One client connection: start-up, authentication, then every message the client sends, in order. Reads go to
+// one node (chosen by backend_weight), writes to every node in service; extended-protocol messages are batched
+// up to Flush or Sync so that a batch runs on one set of nodes, and prepared statements are re-created lazily on
+// a node that has not seen them. The session never lets two nodes drift apart silently: differing results
+// detach a node, and a transaction aborted on one node is aborted on the others before the client continues.
+// A connection the node ends between statements (a restart, pg_terminate_backend, idle_session_timeout) is opened
+// again before the next statement outside a transaction; inside one, the transaction fails with 08006.
+//
+// This file holds the session's state machine: start-up and authentication (session-startup.ts), then idle ('I'),
+// in a transaction ('T') or in a failed one ('E'), as the nodes' ReadyForQuery reports it; the message loop
+// (onData, pump, handle) and the simple-query path. The parts it builds on are layers below it, each over the
+// one before: session-state.ts (the state), session-connections.ts, session-dispatch.ts, session-distributed.ts,
+// session-extended.ts and session-startup.ts.
+
+import { type Socket } from 'node:net';
+import { log } from '../log';
+import { checkDeterminism } from '../planner/nondeterminism';
+import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
+import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
+import { answerAdminCommand } from '../admin/show-commands';
+import { routeDistributed } from '../planner/distributed-router';
+import { serialize } from 'pg-protocol';
+import { BackendStartupError, sendCancel } from '../backend/backend-connection';
+import { PgError, SqlState, protocolViolation } from '../protocol/errors';
+import { type Frame } from '../protocol/frame-reader';
+import { decodeEmpty, decodeQuery } from '../protocol/frontend-messages';
+import { FrontendCode } from '../protocol/message-codes';
+import { serverMessages } from '../protocol/server-messages';
+import { type SessionContext } from './session-state';
+import { readClass, droppedDatabase, isRollback, writesDistributedRows, isCommit } from './session-statements';
+import { SessionStartup } from './session-startup';
+
+export type { ServedSession, SessionContext } from './session-state';
+export { rejectionMarker } from './session-statements';
+
+export class ClientSession extends SessionStartup {
+  constructor(socket: Socket, context: SessionContext) {
+    super(socket, context);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => this.close('socket error'));
+    socket.on('close', () => this.close('client closed the connection'));
+    context.cluster.on('detach', this.onDetach);
+    const timeout = context.config.authenticationTimeout;
+    // A client that opens a connection and then goes quiet must not hold a slot (or, once registered, one of
+    // num_init_children) for ever: start-up and authentication have authentication_timeout to finish.
+    if (timeout > 0) {
+      this.startupTimer = setTimeout(() => {
+        if (this.phase === 'ready') return;
+        log('warning', 'authentication_timeout', { session: this.id, client: this.remote, phase: this.phase });
+        this.fail(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'canceling authentication due to timeout' }));
+      }, timeout * 1000);
+      this.startupTimer.unref();
+    }
+  }
+
+  // ---- input ----------------------------------------------------------------------------------------------
+
+  protected override onData(chunk: Buffer): void {
+    if (this.closed) return;
+    try {
+      if (this.phase === 'startup') {
+        this.startupBuffer = Buffer.concat([this.startupBuffer, chunk]);
+        this.readStartup();
+        return;
+      }
+      for (const frame of this.reader.push(chunk)) {
+        if (this.phase === 'authenticating' && (this.passwordWaiter || frame.code === FrontendCode.password)) {
+          this.onAuthFrame(frame);
+          continue;
+        }
+        this.inbox.push(frame);
+        this.inboxBytes += frame.raw.length;
+      }
+      if (this.inboxBytes > 8 * 1024 * 1024) this.socket.pause();
+      this.pump();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  // ---- message loop ---------------------------------------------------------------------------------------
+
+  /** Handles queued client messages in order, one step at a time, until one must wait for the nodes. */
+  /** Where the client's COPY data goes while a COPY FROM STDIN runs. */
+  protected activeCopy(): { copyIn: boolean; forwardCopy(frame: Frame): boolean; onceDrained(callback: () => void): void } | null {
+    return this.copyRouter ?? this.dispatch;
+  }
+
+  protected override pump(): void {
+    // COPY data flows while the COPY statement's own step is still waiting for its end.
+    if (this.activeCopy()?.copyIn) this.forwardCopyData();
+    while (!this.closed && !this.stepping && this.phase === 'ready' && this.inbox.length > 0) {
+      if (this.activeCopy()?.copyIn) {
+        this.forwardCopyData();
+        continue;
+      }
+      const frame = this.inbox.shift()!;
+      this.inboxBytes -= frame.raw.length;
+      if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.waitingForNodes) this.socket.resume();
+      let step: Promise<void> | null;
+      try {
+        step = this.handle(frame);
+      } catch (error) {
+        // A message the session cannot take (a protocol violation, an undecodable body) ends this session only.
+        this.fail(error);
+        return;
+      }
+      if (step) {
+        this.stepping = true;
+        step
+          .catch((error) => this.fail(error))
+          .finally(() => {
+            this.stepping = false;
+            this.pump();
+          });
+      }
+    }
+  }
+
+  protected forwardCopyData(): void {
+    const dispatch = this.activeCopy()!;
+    while (dispatch.copyIn && this.inbox.length > 0) {
+      const frame = this.inbox.shift()!;
+      this.inboxBytes -= frame.raw.length;
+      if (!dispatch.forwardCopy(frame) && !this.waitingForNodes) {
+        this.waitingForNodes = true;
+        this.socket.pause();
+        dispatch.onceDrained(() => {
+          this.waitingForNodes = false;
+          if (this.inboxBytes <= 8 * 1024 * 1024) this.socket.resume();
+        });
+      }
+    }
+    if (this.inboxBytes <= 8 * 1024 * 1024 && this.socket.isPaused() && !this.waitingForNodes) this.socket.resume();
+  }
+
+  /** Returns a promise when the message started work that the next message must wait for. */
+  protected handle(frame: Frame): Promise<void> | null {
+    switch (frame.code) {
+      case FrontendCode.query:
+        return this.simpleQuery(frame);
+      case FrontendCode.parse:
+      case FrontendCode.bind:
+      case FrontendCode.describe:
+      case FrontendCode.execute:
+      case FrontendCode.close:
+        this.pending.push(this.decodeExtended(frame));
+        return null;
+      case FrontendCode.flush:
+        decodeEmpty(frame.payload, 'Flush');
+        return this.sendExtended(frame, false);
+      case FrontendCode.sync:
+        decodeEmpty(frame.payload, 'Sync');
+        return this.sendExtended(frame, true);
+      case FrontendCode.functionCall:
+        return this.restoreBeforeStatement(() => false).then((goOn) => (goOn ? this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call') : undefined));
+      case FrontendCode.terminate:
+        this.close('client terminated the session');
+        return null;
+      case FrontendCode.copyData:
+      case FrontendCode.copyDone:
+      case FrontendCode.copyFail:
+        return null; // after a failed COPY the client may still send data: PostgreSQL ignores it too
+      default:
+        throw protocolViolation(`invalid frontend message type ${frame.code}`);
+    }
+  }
+
+  // ---- simple query protocol -------------------------------------------------------------------------------
+
+  protected async simpleQuery(frame: Frame): Promise<void> {
+    const sql = decodeQuery(frame.payload);
+    if (this.pending.length > 0 || this.dispatch) {
+      // Extended-protocol messages not yet synced (a Close, say) run first, in the same exchange, as on a node.
+      const parsed = parseSql(sql);
+      const reason = parsed.ok ? this.whyNotInPendingExchange(parsed.statements) : 'it does not parse';
+      if (reason !== null || !parsed.ok) {
+        this.pending = [];
+        throw protocolViolation(`this Query message must follow a Sync: ${reason}, and the extended-protocol messages before it are still pending`);
+      }
+      if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
+      for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
+      const classes = parsed.statements.map((s) => this.classify(s.node));
+      return this.sendExtended(frame, true, classes.find((c) => c.kind === 'write') ?? readClass);
+    }
+    if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
+    this.statements.delete('');
+    this.heldPortals.close('');
+    const parsed = parseSql(sql);
+    if (!(await this.restoreBeforeStatement(() => parsed.ok && parsed.statements.length === 1 && isRollback(parsed.statements[0].node)))) return;
+    for (const connection of this.connections.values()) connection.preparedStatements.delete('');
+    if (parsed.ok) for (const statement of parsed.statements) await this.releaseDatabase(droppedDatabase(statement.node));
+    if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
+    this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
+    if (this.status === 'I') {
+      this.transactionWrote = this.wroteDistributedRows = false;
+      this.prepareRefusals.endTransaction();
+    }
+    if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
+    if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
+    this.noteNodeBoundState(parsed.statements);
+    for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
+    await this.simpleQueryOnNodes(frame, sql, parsed.statements);
+  }
+
+  /**
+   * Why a Query sent before the Sync of pending extended-protocol messages cannot be relayed as part of their
+   * exchange: it is relayed as it is, so anything the proxy plans, answers or tracks itself must not be in it.
+   */
+  protected whyNotInPendingExchange(statements: ParsedStatement[]): string | null {
+    for (const statement of statements) {
+      const node = statement.node;
+      if (this.classify(node).kind === 'admin') return 'the proxy answers it';
+      if (checkDeterminism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
+      if (this.catalog && routeDistributed(node, this.catalog).kind !== 'none') return 'it names a distributed table or a parapool function';
+      if (this.heldStatementKind(node)) return 'it names a cursor or prepared statement the proxy holds';
+      if (isCommit(node) && this.status === 'T' && ((this.transactionWrote && this.writtenNodes.size > 1) || this.wroteDistributedRows)) return 'a COMMIT of writes on several nodes commits in two phases';
+      if (droppedDatabase(node) !== null) return 'a DROP DATABASE first closes pooled connections';
+      if (createsTemporaryObject(node)) return 'it creates a temporary object';
+    }
+    return null;
+  }
+
+  protected async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[]): Promise<void> {
+    const parsed = { statements };
+    if (statements.length === 1 && this.heldStatementKind(statements[0].node)) return this.runHeldStatement(statements[0].node, frame, sql);
+    if (this.catalog && parsed.statements.length > 0) {
+      const routes = parsed.statements.map((s) => routeDistributed(s.node, this.catalog!));
+      if (routes.some((r) => r.kind !== 'none')) {
+        if (routes.length > 1) {
+          return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table, or a call of a parapool function, must be sent alone, not with other statements in one query' }));
+        }
+        if (writesDistributedRows(routes[0])) this.wroteDistributedRows = true;
+        return this.runDistributed(routes[0], parsed.statements[0], frame, sql);
+      }
+      if (this.status === 'T' && parsed.statements.length === 1 && isCommit(parsed.statements[0].node)) {
+        const lost = this.wroteDistributedRows ? [...this.writtenNodes].find((node) => !this.connections.has(node)) : undefined;
+        if (lost !== undefined) return this.rollBackForLostNode(lost);
+        if (this.writtenNodes.size > 1 && this.prepareRefusals.reason === null) return this.commitAcrossNodes();
+      }
+    }
+    const classes = parsed.statements.map((s) => this.classify(s.node));
+    const admin = classes.find((c) => c.kind === 'admin');
+    if (admin && admin.kind === 'admin') {
+      if (classes.length > 1) {
+        return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: `SHOW ${admin.command} cannot be combined with other statements in one query` }));
+      }
+      for (const bytes of answerAdminCommand(admin.command, this.context)) this.write(bytes);
+      this.write(serverMessages.readyForQuery(this.status));
+      return;
+    }
+    const isWrite = classes.some((c) => c.kind === 'write');
+    const statementClass = isWrite ? classes.find((c) => c.kind === 'write')! : classes[0] ?? readClass;
+    if (!isWrite) return this.runOnNodes([frame.raw], statementClass, sql);
+    let rewritten = false;
+    const texts: string[] = [];
+    for (const statement of parsed.statements) {
+      const prepared = (statement.node as { PrepareStmt?: { query: Node } }).PrepareStmt?.query;
+      if (prepared && (checkDeterminism(prepared).kind !== 'deterministic' || this.needsColumnDefaults(prepared))) {
+        // Each node would evaluate the function or default itself at every EXECUTE.
+        return this.refuse(new PgError({
+          code: SqlState.featureNotSupported,
+          message: 'a PREPAREd write that calls a time or per-node function, or leaves such a column default to the nodes, would give each node its own value',
+          hint: 'prepare it through the extended protocol (the proxy evaluates such values at each execution), or pass the values as parameters',
+        }));
+      }
+      const check = checkDeterminism(statement.node);
+      if (check.kind === 'rejected') return this.refuse(check.error);
+      if (check.kind === 'time' || this.needsColumnDefaults(statement.node)) {
+        rewritten = true;
+        const pinned = await this.pinTime(statement.node);
+        if (pinned instanceof PgError) return this.refuse(pinned);
+        texts.push(pinned);
+      } else {
+        texts.push(statement.sql);
+      }
+    }
+    const bytes = rewritten ? serialize.query(texts.join(';\n')) : frame.raw;
+    const copyIn = parsed.statements.some((s) => nodeTag(s.node) === 'CopyStmt');
+    return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
+  }
+
+  /** A CancelRequest for this session: cancel whatever its nodes are running. */
+  override cancel(): void {
+    for (const connection of [...this.connections.values(), ...this.sourceConnections]) {
+      if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
+    }
+    for (const cancel of this.cancelHooks) cancel();
+  }
+
+  // ---- ending ---------------------------------------------------------------------------------------------
+
+  protected override fail(error: unknown): void {
+    if (this.closed) return;
+    const pgError =
+      error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.internalError, message: `internal error: ${(error as Error)?.message ?? String(error)}` });
+    if (!(error instanceof PgError)) log('error', 'session_internal_error', { session: this.id, error: (error as Error)?.stack ?? String(error) });
+    else log(pgError.code === SqlState.protocolViolation ? 'warning' : 'info', 'session_error', { session: this.id, code: pgError.code, message: pgError.message });
+    const fatal = pgError.severity === 'FATAL' ? pgError : new PgError({ severity: 'FATAL', code: pgError.code, message: pgError.message, detail: pgError.detail, hint: pgError.hint });
+    const frame = error instanceof BackendStartupError && error.frame ? error.frame : serverMessages.errorResponse(fatal);
+    this.socket.end(frame);
+    this.close(pgError.message);
+  }
+
+  override close(reason: string, logIt = true): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.context.cluster.off('detach', this.onDetach);
+    this.context.unregister(this);
+    this.passwordWaiter = null;
+    this.heldPortals.closeAll();
+    for (const cancel of this.cancelHooks) cancel();
+    if (!this.socket.destroyed) this.socket.end();
+    const busy = this.dispatch !== null;
+    for (const connection of this.connections.values()) {
+      connection.removeCloseListener(this.onConnectionClosed);
+      // A connection in the middle of an exchange cannot be reused: the node's statement is cancelled (a node
+      // notices a closed socket only when it next writes) and closing the connection rolls its transaction back.
+      if (busy || connection.busy) {
+        if (connection.busy) void sendCancel(connection.node, connection.processId, connection.secretKey);
+        connection.destroy();
+      }
+      else void this.context.pool.release(connection);
+    }
+    this.connections.clear();
+    this.lostConnections.clear();
+    if (this.sideConnection) void this.context.pool.release(this.sideConnection);
+    if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
+      log('info', 'session_end', { session: this.id, client: this.remote, reason });
+    }
+  }
+}

@@ -1,0 +1,218 @@
+// A session's node connections: taken at start-up, dropped when their node is detached, and opened again with
+// the session's settings when the node ended them between statements; inside a transaction a lost node fails the
+// transaction on every node with 08006.
+
+import { describeNode } from '../cluster/backend-node';
+import { liveCheckAfterMs } from '../cluster/connection-pool';
+import { closeWorkerConnections } from '../executor/worker-pool';
+import { log } from '../log';
+import { BackendConnection, BackendStartupError } from '../backend/backend-connection';
+import { PgError, SqlState } from '../protocol/errors';
+import { serverMessages } from '../protocol/server-messages';
+import { reportedSettings } from './session-statements';
+import { SessionState } from './session-state';
+
+export abstract class SessionConnections extends SessionState {
+  /** Opens a connection to every node in service; a node that cannot be reached is detached, a refusal relayed. */
+  protected async connectNodes(): Promise<void> {
+    const nodes = this.context.cluster.upNodes();
+    if (nodes.length === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.cannotConnectNow, message: 'no node is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+    const user = this.parameters.get('user')!;
+    const secret = this.context.passwords?.get(user) ?? null;
+    const results = await Promise.allSettled(
+      nodes.map((node) =>
+        this.context.pool.acquire({ node, parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 }),
+      ),
+    );
+    if (this.closed) {
+      // The client left while the nodes were answering: close() found no connection to give back.
+      for (const result of results) if (result.status === 'fulfilled') void this.context.pool.release(result.value);
+      return;
+    }
+    let refusal: PgError | null = null;
+    results.forEach((result, index) => {
+      const node = nodes[index];
+      if (result.status === 'fulfilled') {
+        this.connections.set(node.id, result.value);
+        result.value.onClose(this.onConnectionClosed);
+      } else {
+        const error = result.reason as PgError;
+        if (error instanceof BackendStartupError && error.unreachable) {
+          this.context.cluster.detach(node.id, error.message);
+        } else {
+          refusal ??= error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: String(error) });
+        }
+      }
+    });
+    if (refusal || this.connections.size === 0) {
+      for (const connection of this.connections.values()) void this.context.pool.release(connection);
+      this.connections.clear();
+      throw refusal ?? new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'could not connect to any node', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+  }
+
+  protected async connectionsOutsideTransaction(): Promise<{ connectionFor(node: number): BackendConnection; release(): void }> {
+    const port = this.readPort();
+    const borrowed = new Map<number, BackendConnection>();
+    const release = () => {
+      for (const connection of borrowed.values()) port.releaseSource(connection);
+    };
+    try {
+      for (const node of this.connections.keys()) borrowed.set(node, await port.sourceConnection(node));
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return {
+      connectionFor: (node) => borrowed.get(node) ?? this.port.connectionFor(node),
+      release,
+    };
+  }
+
+  /**
+   * COMMIT of a transaction that wrote rows of a distributed table on a node the session has lost since: that
+   * node's part is gone (its backend rolled it back), so the rest must not commit. Rolls back on every node.
+   */
+  protected async rollBackForLostNode(nodeId: number): Promise<void> {
+    await Promise.all([...this.connections.values()].map((c) => c.query('ROLLBACK').catch(() => undefined)));
+    this.writtenNodes.clear();
+    this.status = 'I';
+    this.heldPortals.endTransaction(false);
+    this.write(serverMessages.errorResponse(new PgError({
+      code: SqlState.transactionRollback,
+      message: `the transaction was rolled back: it wrote rows on ${describeNode(this.context.cluster.nodes[nodeId])}, whose connection was lost before the commit`,
+    })));
+    await this.reconcileTransactions();
+    this.write(serverMessages.readyForQuery('I'));
+  }
+
+  protected onNodeLost(connection: BackendConnection, error: Error | null): void {
+    void this.context.cluster.confirmLoss(connection.node.id, `lost connection to ${describeNode(connection.node)}${error ? `: ${error.message}` : ''}`);
+  }
+
+  /**
+   * Before a statement: finds the connections that no longer work (closed, or idle for a while and not answering a
+   * round trip) and opens them again, with the session's settings. Inside a transaction a lost connection fails the
+   * transaction on every node (the new connection joins it failed) and the statement is answered with 08006,
+   * unless `goOn` says it rolls the transaction back (or the nodes will fail it themselves). Returns false when the
+   * session answered the statement itself; throws a FATAL error when the session cannot go on.
+   */
+  protected async restoreBeforeStatement(goOn: () => boolean): Promise<boolean> {
+    // Lets the close of a connection that the node ended in the same turn as the client's message be seen first.
+    await new Promise<void>((resolvePromise) => setImmediate(resolvePromise));
+    if (this.status === 'I' && this.lostConnections.size === 0) {
+      await Promise.all([...this.connections.values()].map((connection) => connection.checkAlive(liveCheckAfterMs)));
+    }
+    for (const nodeId of [...this.lostConnections.keys()]) {
+      if (this.context.cluster.nodes[nodeId]?.status !== 'up') this.lostConnections.delete(nodeId);
+    }
+    if (this.lostConnections.size === 0 || this.closed) return true;
+    const lost = [...this.lostConnections.entries()];
+    const node = this.context.cluster.nodes[lost[0][0]];
+    if (this.status === 'I') {
+      const failure = await this.reconnect(lost.map(([id]) => id));
+      if (!failure) return true;
+      // With no connection left the session cannot go on (its database was dropped, say): it ends, as on a node.
+      if (this.connections.size === 0) throw new PgError({ severity: 'FATAL', code: failure.code, message: failure.message, detail: failure.detail, hint: failure.hint });
+      this.write(serverMessages.errorResponse(failure));
+      this.write(serverMessages.readyForQuery(this.status));
+      return false;
+    }
+    // Inside a transaction: its work on that node is gone, so it fails everywhere, as one server's would.
+    const reason = lost[0][1].connection.closeReason;
+    await this.reconnect(lost.map(([id]) => id), true);
+    this.status = 'E';
+    await this.reconcileTransactions();
+    if (this.connections.size === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'every node of this session was lost' });
+    }
+    if (goOn()) return true;
+    this.write(serverMessages.errorResponse(new PgError({
+      code: SqlState.connectionFailure,
+      message: `lost connection to ${describeNode(node)} inside the transaction${reason ? `: ${reason}` : ''}`,
+      detail: 'The transaction was rolled back on that node, so it is aborted on every node.',
+      hint: 'Roll back, then run the transaction again.',
+    })));
+    this.write(serverMessages.readyForQuery(this.status));
+    return false;
+  }
+
+  /**
+   * Opens new connections to the nodes whose connections were lost and gives them the session's settings (read from
+   * a connection still open when there is one, else those the lost connection reported); `inTransaction` opens a
+   * transaction on each, to be failed with the others. A node that cannot be reached is detached when a probe finds
+   * it no longer serving. Returns the error that keeps a node out of this session for now, if any.
+   */
+  protected async reconnect(nodeIds: readonly number[], inTransaction = false): Promise<PgError | null> {
+    const boundState = this.madeTemporaryObjects ? 'temporary objects' : this.nodeBoundState;
+    if (boundState !== null) {
+      // A new connection would lack them without a word: the session ends instead, as it would on one server.
+      throw new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: `lost connection to ${describeNode(this.context.cluster.nodes[nodeIds[0]])}: the session's ${boundState} went with it`,
+      });
+    }
+    const user = this.parameters.get('user')!;
+    const secret = this.context.passwords?.get(user) ?? null;
+    let settings: readonly (readonly [string, string])[] | null = null;
+    if (this.connections.size > 0 && this.status !== 'E') settings = await this.sessionSettings().then((s) => s.settings, () => null);
+    const results = await Promise.allSettled(
+      nodeIds.map((id) => this.context.pool.acquire({ node: this.context.cluster.nodes[id], parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 })),
+    );
+    let failure: PgError | null = null;
+    for (const [index, result] of results.entries()) {
+      const nodeId = nodeIds[index];
+      const node = this.context.cluster.nodes[nodeId];
+      const lost = this.lostConnections.get(nodeId)!.connection;
+      if (result.status === 'rejected') {
+        const error = result.reason;
+        if (error instanceof BackendStartupError && error.unreachable && (await this.context.cluster.confirmLoss(nodeId, error.message))) {
+          this.lostConnections.delete(nodeId); // detached: the session goes on without it
+          continue;
+        }
+        failure ??= new PgError({
+          code: error instanceof PgError ? error.code : SqlState.connectionFailure,
+          message: `could not connect to ${describeNode(node)} again: ${(error as Error).message}`,
+          hint: 'the connection of this session to that node was closed by the node',
+        });
+        continue;
+      }
+      const connection = result.value;
+      try {
+        if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') throw new Error('no longer needed');
+        await connection.applySettings(settings ?? reportedSettings(lost, connection));
+        if (inTransaction) await connection.query('BEGIN');
+      } catch (error) {
+        void this.context.pool.release(connection);
+        if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') continue;
+        failure ??= error instanceof PgError ? new PgError({ code: error.code, message: error.message, detail: error.detail, hint: error.hint }) : new PgError({ code: SqlState.connectionFailure, message: (error as Error).message });
+        continue;
+      }
+      this.lostConnections.delete(nodeId);
+      this.connections.set(nodeId, connection);
+      connection.onClose(this.onConnectionClosed);
+      log('info', 'node_reconnected', { session: this.id, node: nodeId });
+    }
+    this.settingsEpoch++;
+    return failure;
+  }
+
+  /** Closes the proxy's idle connections to a database about to be dropped, the worker threads' too (pgpool-II's way). */
+  protected async releaseDatabase(database: string | null): Promise<void> {
+    if (database === null) return;
+    const closed = this.context.pool.dropDatabase(database);
+    await closeWorkerConnections(database);
+    log('info', 'pool_database_released', { session: this.id, database, closed });
+  }
+
+  protected override dropNode(nodeId: number): void {
+    const connection = this.connections.get(nodeId);
+    if (!connection) return;
+    this.connections.delete(nodeId);
+    if (this.readNodeId === nodeId) this.readNodeId = null;
+    connection.destroy();
+  }
+}
