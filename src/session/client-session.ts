@@ -12,6 +12,7 @@
 // one before: session-state.ts (the state), session-connections.ts, session-dispatch.ts, session-distributed.ts,
 // session-extended.ts and session-startup.ts.
 
+import type { Node } from '@pgsql/types';
 import { type Socket } from 'node:net';
 import { log } from '../log';
 import { checkDeterminism } from '../planner/nondeterminism';
