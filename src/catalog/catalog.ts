@@ -213,7 +213,7 @@ const loadColumnDefaultsSql = `SELECT n.nspname, c.relname, a.attname, pg_get_ex
   WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')
     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname !~ '^pg_(toast|temp)'
     AND a.attrelid IN (SELECT adrelid FROM pg_attrdef
-      WHERE pg_get_expr(adbin, adrelid) ~* 'now|current_|local|clock|timeofday|statement_|transaction_|random|uuid|txid|xact|backend_pid|inet_server')
+      WHERE pg_get_expr(adbin, adrelid) ~* '${riskyDefault.source}')
   ORDER BY 1, 2, a.attnum`;
 
 export interface RoutineDefinition {
