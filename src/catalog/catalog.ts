@@ -13,6 +13,7 @@ export class Catalog {
   private readonly views = new Map<string, string>();
   private readonly functions = new Map<string, RoutineDefinition[]>();
   private readonly defaults = new Map<string, TableDefaults>();
+  private readonly sequences = new Map<string, readonly string[]>();
 
   /**
    * `views`: the definitions of the database's views (pg_get_viewdef), which reads through them expand;
@@ -27,7 +28,10 @@ export class Catalog {
     readonly volatileFunctions: ReadonlySet<string> = new Set(),
     /** Tables with a column default that may name a time or per-node function (see planner/volatile-defaults.ts). */
     columnDefaults: readonly TableDefaults[] = [],
+    /** Tables whose inserts advance a sequence: a column default calling nextval, or an identity column. */
+    tableSequences: readonly TableSequences[] = [],
   ) {
+    for (const entry of tableSequences) this.sequences.set(key(entry.table), entry.sequences);
     for (const table of columnDefaults) this.defaults.set(key(table.table), table);
     for (const rule of rules) this.rules.set(key(rule.table), rule);
     for (const view of views) this.views.set(key(view), view.definition);
@@ -55,7 +59,7 @@ export class Catalog {
 
   /** Every table name with a rule and every view name, for resolving them under a search_path. */
   get relationNames(): string[] {
-    return [...new Set([...[...this.rules.values()].map((rule) => rule.table.name), ...[...this.views.keys(), ...this.defaults.keys()].map((k) => k.split('\0')[1])])];
+    return [...new Set([...[...this.rules.values()].map((rule) => rule.table.name), ...[...this.views.keys(), ...this.defaults.keys(), ...this.sequences.keys()].map((k) => k.split('\0')[1])])];
   }
 
   /** The SQL and PL/pgSQL routines of a name, in any schema (every overload). */
@@ -75,6 +79,11 @@ export class Catalog {
   /** The columns and risky defaults of a table named in SQL, when it has any (see TableDefaults). */
   columnDefaultsOf(schema: string | undefined, name: string): TableDefaults | null {
     return this.defaults.get(key({ schema: this.schemaOf(schema, name), name })) ?? null;
+  }
+
+  /** The sequences an INSERT into a table named in SQL may advance (by their names, without schema). */
+  sequencesOf(schema: string | undefined, name: string): readonly string[] {
+    return this.sequences.get(key({ schema: this.schemaOf(schema, name), name })) ?? [];
   }
 
   /** The rule of a table named in SQL, or null (no rule: the table is replicated). */
@@ -189,7 +198,14 @@ export async function readCatalog(database: string, connections: readonly Catalo
     entry.columns.push(column!);
     if (expression !== null && riskyDefault.test(expression)) entry.defaults.set(column!, expression);
   }
-  return new Catalog(database, rows.map(ruleFromRow), views, routines, volatileFunctions, [...defaults.values()]);
+  const sequences = new Map<string, TableSequences>();
+  for (const [schema, name, sequence] of (await connections[0].query(loadTableSequencesSql)).rows) {
+    const table = { schema: schema!, name: name! };
+    const entry = sequences.get(key(table)) ?? { table, sequences: [] };
+    sequences.set(key(table), entry);
+    entry.sequences.push(sequence!);
+  }
+  return new Catalog(database, rows.map(ruleFromRow), views, routines, volatileFunctions, [...defaults.values()], [...sequences.values()]);
 }
 
 /**
@@ -215,6 +231,28 @@ const loadColumnDefaultsSql = `SELECT n.nspname, c.relname, a.attname, pg_get_ex
     AND a.attrelid IN (SELECT adrelid FROM pg_attrdef
       WHERE pg_get_expr(adbin, adrelid) ~* '${riskyDefault.source}')
   ORDER BY 1, 2, a.attnum`;
+
+export interface TableSequences {
+  readonly table: TableName;
+  readonly sequences: string[];
+}
+
+/**
+ * Each table's sequences that its inserts advance: those its column defaults depend on (serial, DEFAULT
+ * nextval(...)) and its identity columns' own. Temporary tables are left out: only their session inserts.
+ */
+const loadTableSequencesSql = `SELECT n.nspname, c.relname, s.relname FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+    JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+    JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname !~ '^pg_(toast|temp)'
+  UNION
+  SELECT n.nspname, c.relname, s.relname FROM pg_depend d
+    JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    JOIN pg_class c ON c.oid = d.refobjid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i'
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND n.nspname !~ '^pg_(toast|temp)'
+  ORDER BY 1, 2, 3`;
 
 export interface RoutineDefinition {
   readonly schema: string;

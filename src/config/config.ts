@@ -29,6 +29,10 @@ export interface ProxyConfig {
   /** SQL sent to a backend connection before it returns to the pool. */
   resetQueryList: string[];
   loadBalanceMode: boolean;
+  /** Replicated writes that may advance a sequence run one at a time per sequence (pgpool-II's insert_lock). */
+  insertLock: boolean;
+  /** Seconds a statement inside a transaction waits for the insert lock before it fails with 55P03. */
+  insertLockTimeout: number;
   /** Choose the read node per statement rather than once per session. */
   statementLevelLoadBalance: boolean;
   /** Functions whose call makes a SELECT a write (matched as anchored, case-insensitive regexes). */
@@ -69,6 +73,8 @@ export function defaultConfig(): ProxyConfig {
     connectionCache: true,
     resetQueryList: ['ABORT', 'DISCARD ALL'],
     loadBalanceMode: true,
+    insertLock: true,
+    insertLockTimeout: 10,
     statementLevelLoadBalance: false,
     writeFunctionList: ['nextval', 'setval'],
     clientAuthentication: 'trust',
@@ -130,6 +136,12 @@ const settings: Record<string, Setter> = {
   },
   load_balance_mode: (c, v, fail) => {
     c.loadBalanceMode = parseBool(v, fail);
+  },
+  insert_lock: (c, v, fail) => {
+    c.insertLock = parseBool(v, fail);
+  },
+  insert_lock_timeout: (c, v, fail) => {
+    c.insertLockTimeout = parseInteger(v, fail, 1, 86400);
   },
   statement_level_load_balance: (c, v, fail) => {
     c.statementLevelLoadBalance = parseBool(v, fail);
@@ -284,6 +296,8 @@ export function configToText(config: ProxyConfig): string {
     `reset_query_list = ${quote(config.resetQueryList.join('; '))}`,
     `load_balance_mode = ${quote(config.loadBalanceMode)}`,
     `statement_level_load_balance = ${quote(config.statementLevelLoadBalance)}`,
+    `insert_lock = ${quote(config.insertLock)}`,
+    `insert_lock_timeout = ${config.insertLockTimeout}`,
     `write_function_list = ${quote(config.writeFunctionList.join(','))}`,
     `client_authentication = ${quote(config.clientAuthentication)}`,
     `pool_passwd = ${quote(config.poolPasswd ?? '')}`,

@@ -101,11 +101,12 @@ export function mayChangeDefinitions(node: Node): boolean {
     case 'DropStmt':
       return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE', 'OBJECT_TABLE'].includes(body.removeType as string) || body.behavior === 'DROP_CASCADE';
     case 'CreateStmt':
-      return /"CONSTR_DEFAULT"/.test(JSON.stringify(body));
+      // Defaults the catalog keeps (volatile-defaults.ts), and the sequences of serial and identity columns.
+      return /"CONSTR_(DEFAULT|IDENTITY)"|"sval":"(small|big)?serial[248]?"/.test(JSON.stringify(body));
     case 'RenameStmt':
       return ['OBJECT_VIEW', 'OBJECT_SCHEMA', 'OBJECT_TABLE', 'OBJECT_COLUMN', 'OBJECT_FUNCTION', 'OBJECT_PROCEDURE', 'OBJECT_ROUTINE'].includes(body.renameType as string);
     case 'AlterTableStmt':
-      return body.objtype === 'OBJECT_VIEW' || /"(CONSTR_DEFAULT|AT_ColumnDefault|AT_AddColumn|AT_DropColumn)"/.test(JSON.stringify(body));
+      return body.objtype === 'OBJECT_VIEW' || /"(CONSTR_DEFAULT|CONSTR_IDENTITY|AT_ColumnDefault|AT_AddColumn|AT_DropColumn|AT_AddIdentity|AT_DropIdentity)"/.test(JSON.stringify(body));
     default:
       return false;
   }

@@ -3,8 +3,8 @@
 // differ. The INSERT is rewritten so the statement carries the values: for VALUES rows and DEFAULT VALUES, each
 // such default is evaluated once on the main node (in the session's transaction, so now() keeps its meaning) and
 // written in as a literal; for INSERT ... SELECT a time default joins the select list, where time pinning fixes it,
-// and a per-node one (random, uuid) is refused. Sequence defaults (serial) are left to the nodes: one session's
-// inserts reach them in the same order.
+// and a per-node one (random, uuid) is refused. Sequence defaults (serial) are left to the nodes: the insert lock
+// (executor/insert-lock.ts) makes concurrent sessions reach every node's sequence in the same order.
 
 import type { Node } from '@pgsql/types';
 import type { Catalog } from '../catalog/catalog';

@@ -13,6 +13,7 @@ export const SqlState = {
   invalidCursorName: '34000',
   syntaxError: '42601',
   queryCanceled: '57014',
+  lockNotAvailable: '55P03',
   adminShutdown: '57P01',
   cannotConnectNow: '57P03',
   tooManyConnections: '53300',

@@ -13,6 +13,7 @@ import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
+import { InsertLock } from '../executor/insert-lock';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
@@ -42,6 +43,7 @@ export class ProxyServer {
       passwords,
       writeFunctions: compileWriteFunctions(config.writeFunctionList),
       catalogs: this.catalogs,
+      insertLock: new InsertLock(),
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);

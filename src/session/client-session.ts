@@ -18,6 +18,7 @@ import { log } from '../log';
 import { checkDeterminism } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
 import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
+import { sequencesAdvanced } from '../planner/sequence-use';
 import { answerAdminCommand } from '../admin/show-commands';
 import { routeDistributed } from '../planner/distributed-router';
 import { serialize } from 'pg-protocol';
@@ -219,6 +220,7 @@ export class ClientSession extends SessionStartup {
       if (isCommit(node) && this.status === 'T' && ((this.transactionWrote && this.writtenNodes.size > 1) || this.wroteDistributedRows)) return 'a COMMIT of writes on several nodes commits in two phases';
       if (droppedDatabase(node) !== null) return 'a DROP DATABASE first closes pooled connections';
       if (createsTemporaryObject(node)) return 'it creates a temporary object';
+      if (this.connections.size > 1 && sequencesAdvanced([node], this.catalog).length > 0) return 'it may advance a sequence, which takes the insert lock';
     }
     return null;
   }
@@ -279,6 +281,8 @@ export class ClientSession extends SessionStartup {
     }
     const bytes = rewritten ? serialize.query(texts.join(';\n')) : frame.raw;
     const copyIn = parsed.statements.some((s) => nodeTag(s.node) === 'CopyStmt');
+    const notLocked = await this.lockSequences(sequencesAdvanced(statements.map((s) => s.node), this.catalog), this.connections.size);
+    if (notLocked) return this.refuse(notLocked);
     return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
   }
 
@@ -313,6 +317,7 @@ export class ClientSession extends SessionStartup {
     this.passwordWaiter = null;
     this.heldPortals.closeAll();
     for (const cancel of this.cancelHooks) cancel();
+    this.releaseInsertLock();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;
     for (const connection of this.connections.values()) {

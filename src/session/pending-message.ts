@@ -23,6 +23,8 @@ export interface PreparedStatement {
   readonly writesData?: boolean;
   /** What in it PREPARE TRANSACTION refuses (see prepare-refusals.ts): its transaction then commits node by node. */
   readonly prepareRefusal?: string | null;
+  /** Sequences its execution may advance (see planner/sequence-use.ts): a write to several nodes takes their insert lock. */
+  readonly sequences?: readonly string[];
   /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
   readonly cursorCommand?: Node;
 }

@@ -43,6 +43,46 @@ export abstract class SessionDispatch extends SessionConnections {
     return this.catalog !== null && mayNeedColumnDefaults(node, this.catalog);
   }
 
+  /** The insert locks the open exchange holds, released once every node has run it (see executor/insert-lock.ts). */
+  private insertLockRelease: (() => void) | null = null;
+
+  /**
+   * Takes the insert lock of the sequences a write may advance when it runs on several nodes; the exchange about
+   * to be sent holds it until every node is done. Returns the error to refuse the statement with when not granted.
+   */
+  protected async lockSequences(sequences: readonly string[], nodes: number, exchangeOpen = false): Promise<PgError | null> {
+    if (sequences.length === 0 || nodes < 2 || !this.context.config.insertLock) return null;
+    let release: () => void = () => undefined;
+    let refusal: PgError | null = null;
+    try {
+      release = await this.context.insertLock.acquire(sequences, {
+        // Inside a transaction (or an exchange already sent) the session may hold row locks the holder waits for.
+        timeoutMs: this.status === 'I' && !exchangeOpen ? null : this.context.config.insertLockTimeout * 1000,
+        onCancel: (cancel) => {
+          this.cancelHooks.add(cancel);
+          return () => this.cancelHooks.delete(cancel);
+        },
+      });
+    } catch (error) {
+      if (!(error instanceof PgError)) throw error;
+      refusal = error;
+    }
+    if (this.closed) {
+      release();
+      throw new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'the client left while its statement waited for the insert lock' });
+    }
+    if (refusal) return refusal;
+    const previous = this.insertLockRelease;
+    this.insertLockRelease = previous ? () => (release(), previous()) : release;
+    return null;
+  }
+
+  protected releaseInsertLock(): void {
+    const release = this.insertLockRelease;
+    this.insertLockRelease = null;
+    release?.();
+  }
+
   /** Fails the current statement with the proxy's own error, aborting an open transaction on every node. */
   protected async refuse(error: PgError): Promise<void> {
     await this.runOnNodes([serialize.query(rejectionMarker)], { kind: 'write', reason: 'refused by the proxy' }, rejectionMarker, error);
@@ -128,7 +168,12 @@ export abstract class SessionDispatch extends SessionConnections {
     if (this.context.config.logPerNodeStatement) {
       for (const connection of dispatch.connections) log('info', 'node_statement', { session: this.id, node: connection.node.id, sql });
     }
-    dispatch.send(dispatch.connections.map((connection) => ({ connection, frames, injected: [], syncs: 1 })));
+    try {
+      dispatch.send(dispatch.connections.map((connection) => ({ connection, frames, injected: [], syncs: 1 })));
+    } catch (error) {
+      this.releaseInsertLock();
+      throw error;
+    }
     if (retryable) {
       const result = await dispatch.done;
       if (result.leader.lost && dispatch.leaderRelayed === 0 && !this.closed) {
@@ -147,6 +192,7 @@ export abstract class SessionDispatch extends SessionConnections {
    */
   protected async finishDispatch(dispatch: ReplicatedDispatch, sql = '', ready = true): Promise<DispatchResult> {
     const result = await dispatch.done;
+    this.releaseInsertLock();
     this.settingsEpoch++; // SET, RESET, DISCARD, set_config(), BEGIN ISOLATION LEVEL ...: read the settings again
     const wasWrite = this.dispatchIsWrite;
     this.dispatch = null;

@@ -24,6 +24,7 @@ import { BackendCode, FrontendCode } from '../protocol/message-codes';
 import { serverMessages } from '../protocol/server-messages';
 import { pinnedStatement, readClass, rejectionMarker, droppedDatabase, rollbackText, statementSql, writesDistributedRows } from './session-statements';
 import { SessionDistributed } from './session-distributed';
+import { sequencesAdvanced } from '../planner/sequence-use';
 
 export abstract class SessionExtended extends SessionDistributed {
   // ---- extended query protocol -----------------------------------------------------------------------------
@@ -58,7 +59,8 @@ export abstract class SessionExtended extends SessionDistributed {
         const writesData = parsed.ok && parsed.statements.some((st) => this.writesData(st.node));
         if (parsed.ok) for (const st of parsed.statements) if (droppedDatabase(st.node) !== null) this.databasesToRelease.push(droppedDatabase(st.node)!);
         const prepareRefusal = parsed.ok ? parsed.statements.map((st) => this.prepareRefusals.inspect(st.node)).find((r) => r !== null) : undefined;
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal };
+        const sequences = parsed.ok && statementClass.kind === 'write' ? sequencesAdvanced(parsed.statements.map((st) => st.node), this.catalog) : [];
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -149,6 +151,7 @@ export abstract class SessionExtended extends SessionDistributed {
     }
     const isWrite = terminatorClass.kind === 'write' || messages.some((m) => m.statementClass.kind === 'write');
     let dispatch = this.dispatch;
+    const exchangeOpen = dispatch !== null;
     if (dispatch && isWrite && !this.dispatchIsWrite) {
       // Nodes outside the open exchange have not seen its earlier messages: refuse at this point instead.
       const error = new PgError({ code: SqlState.featureNotSupported, message: 'a write cannot follow a read in the same extended-protocol batch after a Flush', hint: 'send Sync before the write' });
@@ -182,6 +185,9 @@ export abstract class SessionExtended extends SessionDistributed {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });
     }
     if (messages.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(messages, i, m.statementName!)?.changesDefinitions)) this.sessionCatalog?.definitionsMayHaveChanged();
+    const sequences = messages.flatMap((m, i) => (m.frame.code === FrontendCode.bind && !m.rejection ? this.statementBefore(messages, i, m.statementName!)?.sequences ?? [] : []));
+    const notLocked = await this.lockSequences(sequences, dispatch.connections.length, exchangeOpen);
+    if (notLocked) messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: notLocked });
     const sends = this.buildSends(messages, dispatch.connections, terminator, isSync);
     dispatch.send(sends);
     if (isSync) await this.finishDispatch(dispatch);

@@ -19,6 +19,7 @@ import { PrepareRefusals } from '../planner/prepare-refusals';
 import { type Catalog, type CatalogRegistry } from '../catalog/catalog';
 import { type SessionPort } from '../executor/distributed-statement';
 import { CopyRouter } from '../executor/copy-router';
+import { type InsertLock } from '../executor/insert-lock';
 import { type DistributedReadPort } from '../executor/plan-executor';
 import { HeldPortals } from './held-portals';
 import { SessionCatalog } from './session-catalog';
@@ -50,6 +51,8 @@ export interface SessionContext {
   readonly passwords: ReadonlyMap<string, StoredSecret> | null;
   readonly writeFunctions: RegExp | null;
   readonly catalogs: CatalogRegistry;
+  /** Shared by every session: replicated writes that advance a sequence take it (see executor/insert-lock.ts). */
+  readonly insertLock: InsertLock;
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   register(session: ServedSession): boolean;

@@ -140,6 +140,62 @@ test('a SELECT that calls nextval() is a write: every node advances its sequence
   assert.deepEqual(await cluster.onEachNode('select last_value from seq'), [[['2']], [['2']], [['2']]]);
 });
 
+test('concurrent inserts into serial and identity columns number the rows alike on every node (insert_lock)', async () => {
+  const setup = await cluster.connect();
+  await setup.query('create table serial_rows (id serial primary key, who int, n int)');
+  await setup.query('create table identity_rows (id bigint generated always as identity primary key, who int, n int)');
+  await setup.query('create sequence shared_seq');
+  await setup.query('create table explicit_rows (id bigint primary key, who int)');
+  await setup.end();
+  const clients = await Promise.all(Array.from({ length: 8 }, () => cluster.connect()));
+  await Promise.all(
+    clients.map(async (client, who) => {
+      for (let n = 0; n < 25; n++) {
+        // Simple and extended protocol, one row and several, an explicit nextval() call.
+        await client.query(`insert into serial_rows (who, n) values (${who}, ${n})`);
+        await client.query('insert into identity_rows (who, n) values ($1, $2), ($1, $2 + 1000)', [who, n]);
+        await client.query("insert into explicit_rows values (nextval('shared_seq'), $1)", [who]);
+        if (n % 10 === 0) await client.query(`begin; insert into serial_rows (who, n) select ${who}, g from generate_series(100, 104) g; commit`);
+      }
+    }),
+  );
+  await Promise.all(clients.map((client) => client.end()));
+  for (const table of ['serial_rows', 'identity_rows', 'explicit_rows']) {
+    const sums = await cluster.onEachNode(`select count(*), md5(string_agg(t::text, ',' order by id)) from ${table} t`);
+    assert.deepEqual(sums[1], sums[0], `${table}: node 1 numbered its rows as node 0 did`);
+    assert.deepEqual(sums[2], sums[0], `${table}: node 2 numbered its rows as node 0 did`);
+  }
+  assert.ok((await poolNodes()).every((n) => n.status === 'up'), 'no node was detached');
+});
+
+test('a transaction waiting for the insert lock held by a statement that waits for it gives up with 55P03', async () => {
+  const previous = cluster.config.insertLockTimeout;
+  cluster.config.insertLockTimeout = 1;
+  try {
+    const setup = await cluster.connect();
+    await setup.query('create table keyed_rows (id serial primary key, k int unique)');
+    await setup.end();
+    const holder = await cluster.connect();
+    const blocked = await cluster.connect();
+    await holder.query('begin');
+    await holder.query('insert into keyed_rows (k) values (1)');
+    // Waits on the nodes for the holder's uncommitted k = 1, holding the insert lock of keyed_rows_id_seq.
+    const waiting = blocked.query('insert into keyed_rows (k) values (1) on conflict (k) do nothing');
+    await new Promise((resolvePromise) => setTimeout(resolvePromise, 300));
+    await assert.rejects(holder.query('insert into keyed_rows (k) values (2)'), (e: { code?: string }) => e.code === '55P03');
+    await holder.query('rollback');
+    await waiting;
+    await holder.end();
+    await blocked.end();
+    const rows = await cluster.onEachNode('select id, k from keyed_rows order by id');
+    assert.deepEqual(rows[1], rows[0]);
+    assert.deepEqual(rows[2], rows[0]);
+    assert.deepEqual(rows[0].map((r) => r[1]), ['1']);
+  } finally {
+    cluster.config.insertLockTimeout = previous;
+  }
+});
+
 test('an error in a read inside a transaction aborts the transaction on every node', async () => {
   const client = await cluster.connect();
   await client.query('create table tx (a int)');
