@@ -9,6 +9,9 @@ import { ProxyServer } from '../server/proxy-server';
 import { freePort, LocalPostgres } from './local-postgres';
 import { findPostgresBinDir } from './postgres-install';
 
+/** The default online-recovery scripts, for nodes on this host (scripts/recovery in the package). */
+export const recoveryScripts = resolve(__dirname, '../../../scripts/recovery');
+
 export interface SandboxOptions {
   readonly nodes: number;
   /** Proxy port; 0 lets the system choose. */
@@ -54,6 +57,8 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const config = defaultConfig();
   config.port = options.port;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
+  config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');
   options.configure?.(config);
   const configPath = join(dir, 'parapool.conf');
   writeFileSync(configPath, configToText(config));

@@ -54,6 +54,13 @@ export interface ProxyConfig {
   broadcastJoinLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
+  /** Online recovery's commands (see cluster/online-recovery.ts); empty: no online recovery / no second stage. */
+  recovery1stStageCommand: string;
+  recovery2ndStageCommand: string;
+  /** Seconds each recovery stage, and the wait for sessions to finish their transactions, may take. */
+  recoveryTimeout: number;
+  /** Seconds the second stage waits for sessions in a transaction before ending them; 0: wait recovery_timeout; -1: at once. */
+  clientIdleLimitInRecovery: number;
   /** Seconds between the proxy's looks for transactions left prepared while it serves; 0: at start-up only. */
   inDoubtRecoveryInterval: number;
   logMinMessages: LogLevel;
@@ -87,6 +94,10 @@ export function defaultConfig(): ProxyConfig {
     broadcastJoinLimit: 2_000_000,
     recoveryUser: 'postgres',
     inDoubtRecoveryInterval: 5,
+    recovery1stStageCommand: '',
+    recovery2ndStageCommand: '',
+    recoveryTimeout: 90,
+    clientIdleLimitInRecovery: 0,
     logMinMessages: 'info',
     logConnections: false,
     logDisconnections: false,
@@ -188,6 +199,18 @@ const settings: Record<string, Setter> = {
   recovery_user: (c, v, fail) => {
     if (v === '') fail('empty user name');
     c.recoveryUser = v;
+  },
+  recovery_1st_stage_command: (c, v) => {
+    c.recovery1stStageCommand = v;
+  },
+  recovery_2nd_stage_command: (c, v) => {
+    c.recovery2ndStageCommand = v;
+  },
+  recovery_timeout: (c, v, fail) => {
+    c.recoveryTimeout = parseInteger(v, fail, 1, 86400);
+  },
+  client_idle_limit_in_recovery: (c, v, fail) => {
+    c.clientIdleLimitInRecovery = parseInteger(v, fail, -1, 86400);
   },
   in_doubt_recovery_interval: (c, v, fail) => {
     c.inDoubtRecoveryInterval = parseInteger(v, fail, 0, 86400);
@@ -309,6 +332,10 @@ export function configToText(config: ProxyConfig): string {
     `broadcast_join_limit = ${config.broadcastJoinLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
     `in_doubt_recovery_interval = ${config.inDoubtRecoveryInterval}`,
+    `recovery_1st_stage_command = ${quote(config.recovery1stStageCommand)}`,
+    `recovery_2nd_stage_command = ${quote(config.recovery2ndStageCommand)}`,
+    `recovery_timeout = ${config.recoveryTimeout}`,
+    `client_idle_limit_in_recovery = ${config.clientIdleLimitInRecovery}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,
     `log_disconnections = ${quote(config.logDisconnections)}`,

@@ -14,9 +14,12 @@ import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { InsertLock } from '../executor/insert-lock';
+import { StatementGate } from '../cluster/statement-gate';
+import { recoverNode } from '../cluster/online-recovery';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
+import { PgError, SqlState } from '../protocol/errors';
 
 export class ProxyServer {
   readonly cluster: ClusterState;
@@ -28,6 +31,7 @@ export class ProxyServer {
   private boundPort = 0;
   private recoveryTimer: NodeJS.Timeout | null = null;
   private stopped = false;
+  readonly gate = new StatementGate();
 
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
@@ -44,6 +48,7 @@ export class ProxyServer {
       writeFunctions: compileWriteFunctions(config.writeFunctionList),
       catalogs: this.catalogs,
       insertLock: new InsertLock(),
+      gate: this.gate,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
@@ -103,6 +108,52 @@ export class ProxyServer {
     this.recoveryTimer = setTimeout(() => {
       void resolveInDoubt(this.recoveryOptions(this.cluster.nodes)).finally(() => this.scheduleRecovery());
     }, interval * 1000);
+  }
+
+  /**
+   * Holds new statements until no session holds anything on the nodes (see StatementGate); resolves with the
+   * hold's release. Sessions still in a transaction after `endAfterMs` are ended (pgpool-II's
+   * client_idle_limit_in_recovery). Rejects, releasing the hold, when sessions are still busy after `timeoutMs`.
+   */
+  async quiesce(options: { timeoutMs: number; endAfterMs: number | null }, except?: ServedSession): Promise<() => void> {
+    const release = this.gate.hold();
+    const started = Date.now();
+    for (;;) {
+      const busy = [...this.sessions.values()].filter((session) => session !== except && !session.quiescent);
+      if (busy.length === 0) return release;
+      const waited = Date.now() - started;
+      if (options.endAfterMs !== null && waited >= options.endAfterMs) {
+        for (const session of busy) session.close('ended so that the online recovery of a node can go on');
+        continue;
+      }
+      if (waited >= options.timeoutMs) {
+        release();
+        throw new PgError({
+          code: SqlState.objectNotInPrerequisiteState,
+          message: `${busy.length} session(s) were still in a transaction after ${options.timeoutMs} ms`,
+          hint: 'client_idle_limit_in_recovery ends such sessions; the recovery can be run again',
+        });
+      }
+      await new Promise((resolvePromise) => setTimeout(resolvePromise, 20));
+    }
+  }
+
+  /** Online recovery of a detached node (see cluster/online-recovery.ts); `caller` is the session that asked. */
+  recoverNode(nodeId: number, progress: (message: string) => void, caller?: ServedSession): Promise<void> {
+    return recoverNode(
+      nodeId,
+      { cluster: this.cluster, quiesce: (options) => this.quiesce(options, caller) },
+      {
+        firstStageCommand: this.config.recovery1stStageCommand,
+        secondStageCommand: this.config.recovery2ndStageCommand,
+        timeoutSeconds: this.config.recoveryTimeout,
+        clientIdleLimit: this.config.clientIdleLimitInRecovery,
+        user: this.config.recoveryUser,
+        secret: this.context.passwords?.get(this.config.recoveryUser) ?? null,
+        connectTimeoutMs: this.config.connectTimeout * 1000,
+      },
+      progress,
+    );
   }
 
   /** The port clients connect to (the configured one, or the one the system chose for port 0). */

@@ -139,6 +139,14 @@ export class ClientSession extends SessionStartup {
 
   /** Returns a promise when the message started work that the next message must wait for. */
   protected handle(frame: Frame): Promise<void> | null {
+    const startsWork = frame.code === FrontendCode.query || frame.code === FrontendCode.sync || frame.code === FrontendCode.flush || frame.code === FrontendCode.functionCall;
+    if (startsWork && this.context.gate.closed && this.status === 'I' && this.dispatch === null) {
+      this.atGate = true;
+      return this.context.gate.pass().then(() => {
+        this.atGate = false;
+        if (!this.closed) return this.handle(frame) ?? undefined;
+      });
+    }
     switch (frame.code) {
       case FrontendCode.query:
         return this.simpleQuery(frame);

@@ -108,6 +108,16 @@ export abstract class SessionConnections extends SessionState {
     for (const nodeId of [...this.lostConnections.keys()]) {
       if (this.context.cluster.nodes[nodeId]?.status !== 'up') this.lostConnections.delete(nodeId);
     }
+    if (this.status === 'I' && !this.closed && this.connections.size > 0) {
+      // A node attached since the session connected: its writes must reach it from the next statement on.
+      const attached = this.context.cluster.upNodes().filter((node) => !this.connections.has(node.id) && !this.lostConnections.has(node.id));
+      if (attached.length > 0) {
+        const failure = await this.reconnect(attached.map((node) => node.id), false, true);
+        if (failure) {
+          throw new PgError({ severity: 'FATAL', code: failure.code, message: failure.message, detail: 'A node was attached that this session cannot reach; its writes would miss it.' });
+        }
+      }
+    }
     if (this.lostConnections.size === 0 || this.closed) return true;
     const lost = [...this.lostConnections.entries()];
     const node = this.context.cluster.nodes[lost[0][0]];
@@ -145,14 +155,16 @@ export abstract class SessionConnections extends SessionState {
    * transaction on each, to be failed with the others. A node that cannot be reached is detached when a probe finds
    * it no longer serving. Returns the error that keeps a node out of this session for now, if any.
    */
-  protected async reconnect(nodeIds: readonly number[], inTransaction = false): Promise<PgError | null> {
+  protected async reconnect(nodeIds: readonly number[], inTransaction = false, joining = false): Promise<PgError | null> {
     const boundState = this.madeTemporaryObjects ? 'temporary objects' : this.nodeBoundState;
     if (boundState !== null) {
       // A new connection would lack them without a word: the session ends instead, as it would on one server.
+      const node = describeNode(this.context.cluster.nodes[nodeIds[0]]);
       throw new PgError({
         severity: 'FATAL',
-        code: SqlState.connectionFailure,
-        message: `lost connection to ${describeNode(this.context.cluster.nodes[nodeIds[0]])}: the session's ${boundState} went with it`,
+        code: joining ? SqlState.adminShutdown : SqlState.connectionFailure,
+        message: joining ? `${node} was attached, and the session's ${boundState} cannot follow it there` : `lost connection to ${node}: the session's ${boundState} went with it`,
+        hint: joining ? 'connect again: a new session uses every node in service' : undefined,
       });
     }
     const user = this.parameters.get('user')!;
@@ -166,7 +178,7 @@ export abstract class SessionConnections extends SessionState {
     for (const [index, result] of results.entries()) {
       const nodeId = nodeIds[index];
       const node = this.context.cluster.nodes[nodeId];
-      const lost = this.lostConnections.get(nodeId)!.connection;
+      const lost = this.lostConnections.get(nodeId)?.connection ?? [...this.connections.values()][0];
       if (result.status === 'rejected') {
         const error = result.reason;
         if (error instanceof BackendStartupError && error.unreachable && (await this.context.cluster.confirmLoss(nodeId, error.message))) {
@@ -194,7 +206,7 @@ export abstract class SessionConnections extends SessionState {
       this.lostConnections.delete(nodeId);
       this.connections.set(nodeId, connection);
       connection.onClose(this.onConnectionClosed);
-      log('info', 'node_reconnected', { session: this.id, node: nodeId });
+      log('info', joining ? 'node_joined' : 'node_reconnected', { session: this.id, node: nodeId });
     }
     this.settingsEpoch++;
     return failure;

@@ -10,6 +10,7 @@ import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
 import { type BackendNode, describeNode } from '../cluster/backend-node';
 import { type ClusterState } from '../cluster/cluster-state';
+import { type StatementGate } from '../cluster/statement-gate';
 import { type ConnectionPool } from '../cluster/connection-pool';
 import { type ClientSink } from '../executor/client-sink';
 import { ReplicatedDispatch, type NodeSend } from '../executor/replicated-dispatch';
@@ -41,6 +42,8 @@ export interface ServedSession {
   readonly secretKey: number;
   cancel(): void;
   close(reason: string, logIt?: boolean): void;
+  /** Holds nothing on the nodes now: outside a transaction, no statement under way (see StatementGate). */
+  readonly quiescent: boolean;
 }
 
 /** What sessions share: set up once by the server. */
@@ -53,6 +56,8 @@ export interface SessionContext {
   readonly catalogs: CatalogRegistry;
   /** Shared by every session: replicated writes that advance a sequence take it (see executor/insert-lock.ts). */
   readonly insertLock: InsertLock;
+  /** Closed while the nodes must see no new work (online recovery, attaching a node). */
+  readonly gate: StatementGate;
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   register(session: ServedSession): boolean;
@@ -78,6 +83,13 @@ export abstract class SessionState implements ClientSink {
   protected readonly inbox: Frame[] = [];
   protected inboxBytes = 0;
   protected stepping = false;
+  /** Set while the session's next statement waits at the statement gate (it holds nothing on the nodes then). */
+  protected atGate = false;
+
+  /** Whether the session holds nothing on the nodes: outside a transaction, with no statement under way. */
+  get quiescent(): boolean {
+    return this.phase !== 'ready' || this.atGate || (!this.stepping && this.status === 'I' && this.dispatch === null);
+  }
   protected passwordWaiter: ((body: Buffer) => void) | null = null;
   protected parameters = new Map<string, string>();
   protected readonly connections = new Map<number, BackendConnection>();

@@ -6,14 +6,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'pg';
 import { configToText, type ProxyConfig } from '../../src/config/config';
 import { ProxyServer } from '../../src/server/proxy-server';
-import { freePort, type LocalPostgres } from '../../src/cluster/local-postgres';
+import { freePort } from '../../src/cluster/local-postgres';
 import { prng, intBetween } from '../support/random';
+import { killNode } from '../support/node-faults';
 import { rowsOf, startTestCluster, textTypes, type TestCluster } from '../support/test-cluster';
 
 const clientCount = 8;
@@ -92,49 +93,6 @@ function newClient(port: number): Client {
   const client = new Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', types: textTypes, query_timeout: 20_000, connectionTimeoutMillis: 5_000 });
   client.on('error', () => undefined); // a lost connection fails the query that runs; nothing else to do
   return client;
-}
-
-/** The process and every descendant of it (from /proc), the process first. */
-function processTree(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // ended meanwhile
-    }
-    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
-  }
-  const tree = [root];
-  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]) ?? []));
-  return tree;
-}
-
-/** Whether the process still exists (a zombie not yet reaped counts: PostgreSQL's lock file check sees it). */
-function exists(pid: number): boolean {
-  return existsSync(`/proc/${pid}`);
-}
-
-/**
- * Kills a node's postmaster and every process of it with SIGKILL, as a crash would, and waits until they are
- * gone. The postmaster is stopped first, so that it forks nothing between the look-up and the kill.
- */
-async function killNode(node: LocalPostgres): Promise<number> {
-  const postmaster = Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  process.kill(postmaster, 'SIGSTOP');
-  const pids = processTree(postmaster).reverse();
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  while (pids.some(exists)) await sleep(10);
-  return pids.length;
 }
 
 type Outcome = 'acknowledged' | 'unknown' | 'failed';
