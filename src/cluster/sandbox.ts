@@ -15,6 +15,8 @@ export interface SandboxOptions {
   readonly port: number;
   readonly dir: string;
   readonly fast?: boolean;
+  /** Start with every node in service, forgetting the pgpool_status of the last run (-D). */
+  readonly discardStatus?: boolean;
   /** Adjusts the generated configuration before it is written. */
   readonly configure?: (config: ProxyConfig) => void;
 }
@@ -54,12 +56,16 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const config = defaultConfig();
   config.port = options.port;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  // The sandbox's node states belong to its nodes: kept with them, not in a directory other proxies share.
+  config.logdir = dir;
   options.configure?.(config);
   const configPath = join(dir, 'parapool.conf');
   writeFileSync(configPath, configToText(config));
   let proxy: ProxyServer;
   try {
-    proxy = new ProxyServer(loadConfigFile(configPath));
+    const loaded = loadConfigFile(configPath);
+    loaded.discardStatus = options.discardStatus ?? false;
+    proxy = new ProxyServer(loaded);
     await proxy.start();
   } catch (error) {
     await Promise.all(nodes.map((node) => node.stop()));

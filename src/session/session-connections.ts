@@ -102,6 +102,7 @@ export abstract class SessionConnections extends SessionState {
   protected async restoreBeforeStatement(goOn: () => boolean): Promise<boolean> {
     // Lets the close of a connection that the node ended in the same turn as the client's message be seen first.
     await new Promise<void>((resolvePromise) => setImmediate(resolvePromise));
+    if (this.status === 'I' && this.attachedNodes.size > 0 && !this.closed) await this.joinAttachedNodes();
     if (this.status === 'I' && this.lostConnections.size === 0) {
       await Promise.all([...this.connections.values()].map((connection) => connection.checkAlive(liveCheckAfterMs)));
     }
@@ -198,6 +199,54 @@ export abstract class SessionConnections extends SessionState {
     }
     this.settingsEpoch++;
     return failure;
+  }
+
+  /**
+   * Connects to the nodes attached since the session began, with the session's settings, so that its writes reach
+   * them too; only between transactions, where a new connection sees what the others do. A session whose node
+   * sessions hold what a new connection would lack (temporary objects, LISTEN, ...) ends with 08006, as when it
+   * loses a connection: going on without the node, its writes would miss it. A node that cannot be reached now is
+   * left out of this session (the health check or a lost connection decides whether it serves).
+   */
+  protected async joinAttachedNodes(): Promise<void> {
+    const ids = [...this.attachedNodes].filter((id) => this.context.cluster.nodes[id]?.status === 'up' && !this.connections.has(id));
+    this.attachedNodes.clear();
+    if (ids.length === 0 || this.connections.size === 0) return;
+    const boundState = this.madeTemporaryObjects ? 'temporary objects' : this.nodeBoundState;
+    if (boundState !== null) {
+      throw new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: `${describeNode(this.context.cluster.nodes[ids[0]])} was attached, and the session's ${boundState} are not on it`,
+        hint: 'connect again: a new session uses every node in service',
+      });
+    }
+    const user = this.parameters.get('user')!;
+    const secret = this.context.passwords?.get(user) ?? null;
+    const source = this.mainConnection();
+    const settings = await this.sessionSettings().then((s) => s.settings, () => null);
+    for (const id of ids) {
+      const node = this.context.cluster.nodes[id];
+      let connection: BackendConnection;
+      try {
+        connection = await this.context.pool.acquire({ node, parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 });
+      } catch (error) {
+        log('warning', 'attached_node_not_joined', { session: this.id, node: id, error: (error as Error).message });
+        continue;
+      }
+      try {
+        if (this.closed || node.status !== 'up') throw new Error('no longer needed');
+        await connection.applySettings(settings ?? reportedSettings(source, connection));
+      } catch (error) {
+        void this.context.pool.release(connection);
+        if (!this.closed && node.status === 'up') log('warning', 'attached_node_not_joined', { session: this.id, node: id, error: (error as Error).message });
+        continue;
+      }
+      this.connections.set(id, connection);
+      connection.onClose(this.onConnectionClosed);
+      log('info', 'attached_node_joined', { session: this.id, node: id });
+    }
+    this.settingsEpoch++;
   }
 
   /** Closes the proxy's idle connections to a database about to be dropped, the worker threads' too (pgpool-II's way). */

@@ -11,6 +11,7 @@ import type { Socket } from 'node:net';
 import { type BackendNode, describeNode } from '../cluster/backend-node';
 import { type ClusterState } from '../cluster/cluster-state';
 import { type ConnectionPool } from '../cluster/connection-pool';
+import { type HealthCheckStats } from '../cluster/health-check';
 import { type ClientSink } from '../executor/client-sink';
 import { ReplicatedDispatch, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
@@ -50,6 +51,8 @@ export interface SessionContext {
   readonly passwords: ReadonlyMap<string, StoredSecret> | null;
   readonly writeFunctions: RegExp | null;
   readonly catalogs: CatalogRegistry;
+  /** Each node's health-check counters, for SHOW pool_health_check_stats. */
+  readonly healthCheckStats: readonly HealthCheckStats[];
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   register(session: ServedSession): boolean;
@@ -107,6 +110,9 @@ export abstract class SessionState implements ClientSink {
   /** Nodes the open transaction wrote on: more than one means its COMMIT is a two-phase commit. */
   protected readonly writtenNodes = new Set<number>();
   protected readonly onDetach = (node: BackendNode) => this.dropNode(node.id);
+  /** Nodes attached while the session runs: it connects to them before its next statement outside a transaction. */
+  protected readonly attachedNodes = new Set<number>();
+  protected readonly onAttach = (node: BackendNode) => this.attachedNodes.add(node.id);
 
   protected startupTimer: NodeJS.Timeout | null = null;
 
