@@ -30,6 +30,8 @@ export interface BackendStartup {
   /** The user's secret from the password file, when there is one. */
   readonly secret: StoredSecret | null;
   readonly connectTimeoutMs: number;
+  /** Ends the attempt at any stage (a health check's timeout: a stopped node accepts TCP and never answers). */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -45,6 +47,7 @@ export class BackendStartupError extends PgError {
 let nextConnectionId = 1;
 
 const syncFrame = serialize.sync();
+const terminateFrame = serialize.end();
 
 export class BackendConnection {
   readonly id = nextConnectionId++;
@@ -84,14 +87,19 @@ export class BackendConnection {
   /** Opens a connection and completes start-up; throws BackendStartupError naming the node on failure. */
   static async connect(startup: BackendStartup, poolKey: string): Promise<BackendConnection> {
     const { node } = startup;
-    const socket = await openSocket(node, startup.connectTimeoutMs);
+    const socket = await openSocket(node, startup.connectTimeoutMs, startup.signal);
     const database = startup.parameters.get('database') ?? startup.parameters.get('user') ?? '';
     const connection = new BackendConnection(node, socket, poolKey, database);
+    const abort = () => connection.destroy();
+    startup.signal?.addEventListener('abort', abort);
     try {
+      if (startup.signal?.aborted) throw abortedError(node);
       await connection.startUp(startup);
     } catch (error) {
       connection.destroy();
       throw error;
+    } finally {
+      startup.signal?.removeEventListener('abort', abort);
     }
     return connection;
   }
@@ -318,6 +326,13 @@ export class BackendConnection {
     this.onClosed(null);
   }
 
+  /** Closes with a Terminate first, so that the node does not log an unexpected end of the client's connection. */
+  terminate(): void {
+    if (this.closed) return;
+    this.closedByProxy = true;
+    this.socket.end(terminateFrame, () => this.onClosed(null));
+  }
+
   /**
    * Runs SQL with the simple protocol and collects the result as text: for the proxy's own statements
    * (reset, time evaluation, checks), never for client traffic. Rejects with the node's error.
@@ -391,20 +406,36 @@ export class BackendConnection {
   }
 }
 
-function openSocket(node: NodeAddress, timeoutMs: number): Promise<Socket> {
+function abortedError(node: NodeAddress): BackendStartupError {
+  return new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `the connection to ${describeNode(node)} was abandoned` }), null, true);
+}
+
+function openSocket(node: NodeAddress, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolvePromise, reject) => {
+    if (signal?.aborted) return reject(abortedError(node));
     const socket = netConnect({ host: node.host, port: node.port });
+    const settle = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
+    };
+    const abort = () => {
+      settle();
+      socket.destroy();
+      reject(abortedError(node));
+    };
+    signal?.addEventListener('abort', abort);
     const timer = setTimeout(() => {
+      settle();
       socket.destroy();
       reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: timed out after ${timeoutMs} ms` }), null, true));
     }, timeoutMs);
     socket.once('connect', () => {
-      clearTimeout(timer);
+      settle();
       socket.removeAllListeners('error');
       resolvePromise(socket);
     });
     socket.once('error', (error) => {
-      clearTimeout(timer);
+      settle();
       reject(new BackendStartupError(new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: `could not connect to ${describeNode(node)}: ${error.message}` }), null, true));
     });
   });

@@ -1,21 +1,35 @@
 #!/usr/bin/env node
-// parapool's command line: `start -f parapool.conf` runs the proxy; `sandbox` makes and runs a local cluster.
+// parapool's command line: `start -f parapool.conf` runs the proxy; `sandbox` makes and runs a local cluster;
+// `attach-node N`, `detach-node N` and `recover-node N` ask a running proxy, through its own port, to take a
+// node in or out, or to rebuild it (online recovery).
 
+import { existsSync } from 'node:fs';
+import { Client } from 'pg';
 import { loadConfigFile } from '../config/config';
 import { log } from '../log';
 import { startSandbox } from '../cluster/sandbox';
 import { parapoolVersion } from '../admin/show-commands';
 import { PgError } from '../protocol/errors';
+import type { NodeCommandName } from '../admin/node-commands';
 import { ProxyServer } from '../server/proxy-server';
 
 const usage = `parapool ${parapoolVersion}: PostgreSQL middleware
 
 usage:
-  parapool start -f parapool.conf
-      run the proxy with a pgpool.conf-style configuration file
-  parapool sandbox [--nodes N] [--port P] [--dir D]
+  parapool start -f parapool.conf [-D]
+      run the proxy with a pgpool.conf-style configuration file; -D (--discard-status) starts with every node
+      in service, ignoring the node states logdir/pgpool_status kept from the last run
+  parapool sandbox [--nodes N] [--port P] [--dir D] [-D]
       create (first time) and start N local PostgreSQL nodes under D, write D/parapool.conf and run the proxy
       on port P (defaults: 4 nodes, port 9999, directory .sandbox); Ctrl-C stops everything it started
+  parapool attach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
+  parapool detach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
+  parapool recover-node N [-f parapool.conf] [--host H] [--port P] [-U user]
+      take node N into or out of service, or rebuild detached node N from the main node and attach it (online
+      recovery: recovery_1st_stage_command, then recovery_2nd_stage_command while new statements are held), on
+      the running proxy (SELECT parapool.attach_node(N) and friends through its port: --port, else the
+      configuration file's, else 9999); the user must be a superuser (default: $PGUSER, else postgres; a
+      password comes from $PGPASSWORD)
 `;
 
 function option(args: string[], names: string[], fallback: string): string {
@@ -26,6 +40,33 @@ function option(args: string[], names: string[], fallback: string): string {
     }
   }
   return fallback;
+}
+
+function flag(args: string[], names: string[]): boolean {
+  return args.some((arg) => names.includes(arg));
+}
+
+/** Runs parapool.attach_node or detach_node on the running proxy and prints what it answered. */
+async function nodeCommand(name: NodeCommandName, rest: string[]): Promise<void> {
+  const id = rest.find((arg, index) => /^\d+$/.test(arg) && (index === 0 || !rest[index - 1].startsWith('-')));
+  if (id === undefined) throw new Error(`${name.replace('_', '-')} needs a node id (as SHOW pool_nodes lists it)`);
+  const file = option(rest, ['-f', '--config-file'], '');
+  const config = file !== '' || existsSync('parapool.conf') ? loadConfigFile(file || 'parapool.conf') : null;
+  const listen = config?.listenAddresses[0];
+  const host = option(rest, ['--host', '-h'], !listen || listen === '0.0.0.0' ? '127.0.0.1' : listen);
+  const port = positiveInteger(option(rest, ['--port', '-p'], String(config?.port ?? 9999)), '--port');
+  const user = option(rest, ['-U', '--username'], process.env.PGUSER ?? 'postgres');
+  const client = new Client({ host, port, user, database: 'postgres' });
+  client.on('notice', (notice) => process.stdout.write(`${notice.message}\n`)); // a recovery's progress
+  await client.connect();
+  try {
+    const result = await client.query({ text: `SELECT parapool.${name}(${Number(id)})`, rowMode: 'array' });
+    const changed = result.rows[0]?.[0] === true;
+    const verb = name === 'attach_node' ? 'attached' : name === 'detach_node' ? 'detached' : 'recovered and attached';
+    process.stdout.write(changed ? `node ${id} ${verb}\n` : `node ${id} was already ${name === 'attach_node' ? 'in service' : 'out of service'}\n`);
+  } finally {
+    await client.end();
+  }
 }
 
 function positiveInteger(text: string, name: string): number {
@@ -64,7 +105,9 @@ async function main(args: string[]): Promise<void> {
   const rest = args.slice(1);
   if (command === 'start') {
     const file = option(rest, ['-f', '--config-file'], 'parapool.conf');
-    const proxy = new ProxyServer(loadConfigFile(file));
+    const config = loadConfigFile(file);
+    config.discardStatus = flag(rest, ['-D', '--discard-status']);
+    const proxy = new ProxyServer(config);
     await proxy.start();
     stopOnSignals(() => proxy.stop());
     return;
@@ -74,6 +117,7 @@ async function main(args: string[]): Promise<void> {
       nodes: positiveInteger(option(rest, ['--nodes', '-n'], '4'), '--nodes'),
       port: positiveInteger(option(rest, ['--port', '-p'], '9999'), '--port'),
       dir: option(rest, ['--dir', '-d'], '.sandbox'),
+      discardStatus: flag(rest, ['-D', '--discard-status']),
     });
     process.stdout.write(
       `parapool sandbox: ${sandbox.nodes.length} nodes (ports ${sandbox.nodes.map((n) => n.port).join(', ')}), proxy on port ${sandbox.proxy.port}\n` +
@@ -83,6 +127,7 @@ async function main(args: string[]): Promise<void> {
     stopOnSignals(() => sandbox.stop());
     return;
   }
+  if (command === 'attach-node' || command === 'detach-node' || command === 'recover-node') return nodeCommand(command.replace('-', '_') as NodeCommandName, rest);
   throw new Error(`unknown command "${command}"\n\n${usage}`);
 }
 

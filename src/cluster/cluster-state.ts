@@ -13,6 +13,14 @@ export interface LossProbe {
   readonly timeoutMs: number;
 }
 
+/** What a detach or an attach changed: the main node before and after, for failover_command and failback_command. */
+export interface NodeChange {
+  readonly node: BackendNode;
+  readonly oldMain: BackendNode | null;
+  readonly newMain: BackendNode | null;
+}
+
+/** Emits 'detach' and 'attach' with (node, change: NodeChange). */
 export class ClusterState extends EventEmitter {
   readonly nodes: BackendNode[];
 
@@ -47,11 +55,13 @@ export class ClusterState extends EventEmitter {
   detach(nodeId: number, reason: string): void {
     const node = this.nodes[nodeId];
     if (!node || node.status === 'down') return;
+    const oldMain = this.mainNode();
     node.status = 'down';
     node.statusChangedAt = new Date();
     node.downReason = reason;
     log('error', 'node_detached', { node: nodeId, address: `${node.host}:${node.port}`, reason });
-    this.emit('detach', node);
+    const change: NodeChange = { node, oldMain, newMain: this.mainNode() };
+    this.emit('detach', node, change);
   }
 
   /**
@@ -80,11 +90,13 @@ export class ClusterState extends EventEmitter {
   attach(nodeId: number): void {
     const node = this.nodes[nodeId];
     if (!node || node.status === 'up') return;
+    const oldMain = this.mainNode();
     node.status = 'up';
     node.statusChangedAt = new Date();
     node.downReason = null;
     log('info', 'node_attached', { node: nodeId, address: `${node.host}:${node.port}` });
-    this.emit('attach', node);
+    const change: NodeChange = { node, oldMain, newMain: this.mainNode() };
+    this.emit('attach', node, change);
   }
 
   describe(nodeId: number): string {

@@ -4,7 +4,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
-import { cpSync, existsSync, mkdirSync, renameSync, rmSync, appendFileSync, readFileSync, chmodSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, appendFileSync, readFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { postgresOsUser, runPostgresProgram } from './postgres-install';
@@ -52,6 +52,33 @@ async function templateDir(binDir: string): Promise<string> {
     rmSync(building, { recursive: true, force: true }); // another process made it first
   }
   return dir;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    // A zombie still answers signal 0; its state in /proc says it has ended.
+    process.kill(pid, 0);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+function childrenOf(parent: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The fields after the command name (which may hold spaces and parentheses): state, then the parent's id.
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === parent) children.push(Number(entry));
+    } catch {
+      // the process ended while the list was read
+    }
+  }
+  return children;
 }
 
 export class LocalPostgres {
@@ -133,6 +160,43 @@ export class LocalPostgres {
 
   get isRunning(): boolean {
     return this.running;
+  }
+
+  /** The postmaster's process id, from postmaster.pid; null when the server is not running. */
+  postmasterPid(): number | null {
+    const path = join(this.dataDir, 'postmaster.pid');
+    if (!existsSync(path)) return null;
+    const pid = Number(readFileSync(path, 'utf8').split('\n')[0]);
+    return Number.isInteger(pid) && pid > 0 && processExists(pid) ? pid : null;
+  }
+
+  /** The postmaster's children (backends, checkpointer, ...), read from /proc. */
+  childPids(): number[] {
+    const parent = this.postmasterPid();
+    return parent === null ? [] : childrenOf(parent);
+  }
+
+  /** Sends a signal to the postmaster only (SIGSTOP makes it a server that accepts TCP and answers nothing). */
+  signalPostmaster(signal: NodeJS.Signals): void {
+    const pid = this.postmasterPid();
+    if (pid === null) throw new Error(`no PostgreSQL runs in ${this.dataDir}`);
+    process.kill(pid, signal);
+  }
+
+  /**
+   * kill -9 of the postmaster, as a crash or the OOM killer would; resolves once its children have ended too
+   * (they notice the postmaster's death and exit), so that start() finds the shared memory free.
+   */
+  async crash(): Promise<void> {
+    const pid = this.postmasterPid();
+    if (pid === null) return;
+    const children = childrenOf(pid);
+    process.kill(pid, 'SIGKILL');
+    for (const deadline = Date.now() + 30_000; [pid, ...children].some(processExists); ) {
+      if (Date.now() > deadline) throw new Error(`the processes of ${this.dataDir} did not end after kill -9 of the postmaster`);
+      await new Promise((resolvePromise) => setTimeout(resolvePromise, 20));
+    }
+    this.running = false;
   }
 
   /** Replaces pg_hba.conf (for authentication tests) and reloads. */

@@ -21,8 +21,6 @@ export interface RecoverySettings {
   readonly secondStageCommand: string;
   /** Seconds each stage, the wait for sessions and the wait for the node to serve may take. */
   readonly timeoutSeconds: number;
-  /** Seconds to wait for sessions inside a transaction before ending them; 0 waits the whole timeout, -1 ends them at once. */
-  readonly clientIdleLimit: number;
   readonly user: string;
   readonly secret: StoredSecret | null;
   readonly connectTimeoutMs: number;
@@ -30,11 +28,8 @@ export interface RecoverySettings {
 
 export interface RecoveryHost {
   readonly cluster: ClusterState;
-  /**
-   * Holds new statements and resolves, with the hold's release, once no session but `except` holds anything on
-   * the nodes; ends sessions still in a transaction after `endAfterMs` (null: never). Rejects after `timeoutMs`.
-   */
-  quiesce(options: { timeoutMs: number; endAfterMs: number | null }): Promise<() => void>;
+  /** Holds new statements and resolves, with the hold's release, once no other session holds anything on the nodes. */
+  quiesce(): Promise<() => void>;
 }
 
 let recovering: number | null = null;
@@ -97,8 +92,7 @@ export async function recoverNode(nodeId: number, host: RecoveryHost, settings: 
     log('info', 'recovery_started', { node: nodeId, from: main.id });
     await runStage('first stage', settings.firstStageCommand, main, target, settings, progress);
     progress('holding new statements until no session holds anything on the nodes');
-    const limit = settings.clientIdleLimit;
-    release = await host.quiesce({ timeoutMs: settings.timeoutSeconds * 1000, endAfterMs: limit < 0 ? 0 : limit === 0 ? null : limit * 1000 });
+    release = await host.quiesce();
     const heldAt = Date.now();
     if (host.cluster.mainNode() !== main) throw recoveryError(`the main node changed during the recovery of ${describeNode(target)}`);
     if (settings.secondStageCommand) await runStage('second stage', settings.secondStageCommand, main, target, settings, progress);

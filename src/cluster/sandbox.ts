@@ -18,6 +18,8 @@ export interface SandboxOptions {
   readonly port: number;
   readonly dir: string;
   readonly fast?: boolean;
+  /** Start with every node in service, forgetting the pgpool_status of the last run (-D). */
+  readonly discardStatus?: boolean;
   /** Adjusts the generated configuration before it is written. */
   readonly configure?: (config: ProxyConfig) => void;
 }
@@ -59,12 +61,16 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
   config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
   config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');
+  // The sandbox's node states belong to its nodes: kept with them, not in a directory other proxies share.
+  config.logdir = dir;
   options.configure?.(config);
   const configPath = join(dir, 'parapool.conf');
   writeFileSync(configPath, configToText(config));
   let proxy: ProxyServer;
   try {
-    proxy = new ProxyServer(loadConfigFile(configPath));
+    const loaded = loadConfigFile(configPath);
+    loaded.discardStatus = options.discardStatus ?? false;
+    proxy = new ProxyServer(loaded);
     await proxy.start();
   } catch (error) {
     await Promise.all(nodes.map((node) => node.stop()));

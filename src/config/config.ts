@@ -17,6 +17,24 @@ export interface BackendConfig {
 
 export type ClientAuthentication = 'trust' | 'md5' | 'scram-sha-256';
 
+/** pgpool-II's health_check_* parameters, for all nodes or one (the `_N` suffix). */
+export interface HealthCheckConfig {
+  /** Seconds between checks; 0 turns them off. */
+  period: number;
+  /** Seconds one attempt (connect, start-up, authentication) may take; 0 waits forever. */
+  timeout: number;
+  /** Attempts after the first failed one before the node is detached. */
+  maxRetries: number;
+  /** Seconds between attempts. */
+  retryDelay: number;
+  /** '' takes recovery_user. */
+  user: string;
+  /** '' takes the user's entry of pool_passwd (or no password). */
+  password: string;
+  /** '' tries postgres, then template1. */
+  database: string;
+}
+
 export interface ProxyConfig {
   listenAddresses: string[];
   port: number;
@@ -63,6 +81,17 @@ export interface ProxyConfig {
   clientIdleLimitInRecovery: number;
   /** Seconds between the proxy's looks for transactions left prepared while it serves; 0: at start-up only. */
   inDoubtRecoveryInterval: number;
+  healthCheck: HealthCheckConfig;
+  /** Per-node overrides (health_check_period0, health_check_timeout1, ...), by backend id. */
+  healthCheckPerNode: Record<number, Partial<HealthCheckConfig>>;
+  /** Run through /bin/sh -c when a node is detached, with pgpool's placeholders; '' runs nothing. */
+  failoverCommand: string;
+  /** Run through /bin/sh -c when a node is attached. */
+  failbackCommand: string;
+  /** Where pgpool_status (each node's up/down, read back at start-up) is kept. */
+  logdir: string;
+  /** Start with every node up, ignoring pgpool_status (pgpool's -D; a command-line flag, not a file key). */
+  discardStatus: boolean;
   logMinMessages: LogLevel;
   logConnections: boolean;
   logDisconnections: boolean;
@@ -98,6 +127,12 @@ export function defaultConfig(): ProxyConfig {
     recovery2ndStageCommand: '',
     recoveryTimeout: 90,
     clientIdleLimitInRecovery: 0,
+    healthCheck: { period: 0, timeout: 20, maxRetries: 0, retryDelay: 1, user: '', password: '', database: '' },
+    healthCheckPerNode: {},
+    failoverCommand: '',
+    failbackCommand: '',
+    logdir: '/tmp',
+    discardStatus: false,
     logMinMessages: 'info',
     logConnections: false,
     logDisconnections: false,
@@ -232,15 +267,42 @@ const settings: Record<string, Setter> = {
   log_per_node_statement: (c, v, fail) => {
     c.logPerNodeStatement = parseBool(v, fail);
   },
+  failover_command: (c, v) => {
+    c.failoverCommand = v;
+  },
+  failback_command: (c, v) => {
+    c.failbackCommand = v;
+  },
+  logdir: (c, v, fail, baseDir) => {
+    if (v === '') fail('empty directory');
+    c.logdir = resolve(baseDir, v);
+  },
 };
 
 const backendKey = /^backend_(hostname|port|weight|data_directory)(\d+)$/;
+const healthCheckKey = /^health_check_(period|timeout|max_retries|retry_delay|user|password|database)(\d*)$/;
+
+const healthCheckFields: Record<string, (value: string, fail: (message: string) => never) => Partial<HealthCheckConfig>> = {
+  period: (v, fail) => ({ period: parseInteger(v, fail, 0, 86400) }),
+  timeout: (v, fail) => ({ timeout: parseInteger(v, fail, 0, 86400) }),
+  max_retries: (v, fail) => ({ maxRetries: parseInteger(v, fail, 0, 1000) }),
+  retry_delay: (v, fail) => ({ retryDelay: parseInteger(v, fail, 0, 86400) }),
+  user: (v) => ({ user: v }),
+  password: (v) => ({ password: v }),
+  database: (v) => ({ database: v }),
+};
+
+/** The health-check settings of one node: its `_N` overrides over the global ones. */
+export function healthCheckFor(config: ProxyConfig, nodeId: number): HealthCheckConfig {
+  return { ...config.healthCheck, ...config.healthCheckPerNode[nodeId] };
+}
 
 /** Builds a config from pgpool.conf text; throws PgError F0000 naming the file and line on any problem. */
 export function configFromText(text: string, fileName: string, baseDir = '.'): ProxyConfig {
   const config = defaultConfig();
   const backends = new Map<number, { host?: string; port?: number; weight?: number; dataDirectory?: string; line: number }>();
   const seen = new Map<string, number>();
+  const perNodeLines = new Map<number, number>();
   for (const entry of parseConfFile(text, fileName)) {
     const fail = (message: string): never => {
       throw confError(fileName, entry.line, `${message} for parameter "${entry.name}"`);
@@ -253,6 +315,17 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
     const match = backendKey.exec(entry.name);
     if (match) {
       applyBackendEntry(backends, match[1], Number(match[2]), entry, fail);
+      continue;
+    }
+    const healthCheck = healthCheckKey.exec(entry.name);
+    if (healthCheck) {
+      const values = healthCheckFields[healthCheck[1]](entry.value, fail);
+      if (healthCheck[2] === '') Object.assign(config.healthCheck, values);
+      else {
+        const id = Number(healthCheck[2]);
+        config.healthCheckPerNode[id] = { ...config.healthCheckPerNode[id], ...values };
+        perNodeLines.set(id, entry.line);
+      }
       continue;
     }
     const setter = settings[entry.name];
@@ -270,6 +343,9 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
     return { id, host: b.host!, port: b.port ?? 5432, weight: b.weight ?? 1, dataDirectory: b.dataDirectory ?? null };
   });
   if (config.backends.length === 0) throw confError(fileName, 1, 'no backend is configured (set backend_hostname0)');
+  for (const [id, line] of perNodeLines) {
+    if (id >= config.backends.length) throw confError(fileName, line, `a health_check parameter names backend ${id}, which is not configured`);
+  }
   return config;
 }
 
@@ -336,6 +412,10 @@ export function configToText(config: ProxyConfig): string {
     `recovery_2nd_stage_command = ${quote(config.recovery2ndStageCommand)}`,
     `recovery_timeout = ${config.recoveryTimeout}`,
     `client_idle_limit_in_recovery = ${config.clientIdleLimitInRecovery}`,
+    ...healthCheckLines(config.healthCheck, '', quote),
+    `failover_command = ${quote(config.failoverCommand)}`,
+    `failback_command = ${quote(config.failbackCommand)}`,
+    `logdir = ${quote(config.logdir)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
     `log_connections = ${quote(config.logConnections)}`,
     `log_disconnections = ${quote(config.logDisconnections)}`,
@@ -345,6 +425,20 @@ export function configToText(config: ProxyConfig): string {
   for (const b of config.backends) {
     lines.push(`backend_hostname${b.id} = ${quote(b.host)}`, `backend_port${b.id} = ${b.port}`, `backend_weight${b.id} = ${b.weight}`);
     if (b.dataDirectory) lines.push(`backend_data_directory${b.id} = ${quote(b.dataDirectory)}`);
+    lines.push(...healthCheckLines(config.healthCheckPerNode[b.id] ?? {}, String(b.id), quote));
   }
   return lines.join('\n') + '\n';
+}
+
+function healthCheckLines(values: Partial<HealthCheckConfig>, suffix: string, quote: (v: string) => string): string[] {
+  const names: [keyof HealthCheckConfig, string][] = [
+    ['period', 'period'], ['timeout', 'timeout'], ['maxRetries', 'max_retries'], ['retryDelay', 'retry_delay'],
+    ['user', 'user'], ['password', 'password'], ['database', 'database'],
+  ];
+  return names
+    .filter(([field]) => values[field] !== undefined)
+    .map(([field, name]) => {
+      const value = values[field]!;
+      return `health_check_${name}${suffix} = ${typeof value === 'string' ? quote(value) : value}`;
+    });
 }

@@ -119,14 +119,25 @@ export class ReplicatedDispatch {
   }
 
   private deferred: NodeSend[] | null = null;
+  /**
+   * Whether the step that ends the exchange (a Sync, or a simple Query) was sent. Until then the exchange is not
+   * over, however many connections close: a connection lost while the session still prepares its messages (it
+   * may wait for the insert lock) must not end an exchange whose leader has not been sent anything yet.
+   */
+  private ended = false;
 
   /** Sends one step; `sends` must name the same connections the dispatch was made for. */
   send(sends: readonly NodeSend[]): void {
-    if (this.leaderFirst && this.states.length > 1 && sends.some((s) => s.syncs > 0)) {
+    const ends = sends.some((s) => s.syncs > 0);
+    if (this.leaderFirst && this.states.length > 1 && ends) {
       this.deferred = sends.filter((s) => s.connection !== this.states[0].connection);
       sends = sends.filter((s) => s.connection === this.states[0].connection);
     }
     this.write(sends);
+    if (ends) {
+      this.ended = true;
+      this.checkDone(); // every connection may be lost already: no reply will come to end it
+    }
   }
 
   private write(sends: readonly NodeSend[]): void {
@@ -240,7 +251,7 @@ export class ReplicatedDispatch {
   }
 
   private checkDone(): void {
-    if (this.finished) return;
+    if (this.finished || !this.ended) return;
     if (this.deferred && (this.states[0].lost || this.states[0].pendingSyncs === 0)) this.releaseDeferred();
     if (this.states.some((s) => !s.lost && s.pendingSyncs > 0)) return;
     this.finished = true;

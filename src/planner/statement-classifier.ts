@@ -23,7 +23,7 @@ export interface FunctionEffects {
 }
 
 /** SHOW commands the proxy answers instead of a node. */
-export const adminShowCommands = new Set(['pool_nodes', 'pool_version', 'pool_pools', 'pool_processes']);
+export const adminShowCommands = new Set(['pool_nodes', 'pool_version', 'pool_pools', 'pool_processes', 'pool_health_check_stats']);
 
 export function compileWriteFunctions(patterns: readonly string[]): RegExp | null {
   if (patterns.length === 0) return null;

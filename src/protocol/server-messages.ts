@@ -76,14 +76,16 @@ export const serverMessages = {
   },
 
   /** Columns all of type text (OID 25), text format: what the proxy's own SHOW commands return. */
-  textRowDescription(columns: string[]): Buffer {
+  /** Columns sent as text; `typeOids` gives a column another type than text (16 for boolean, whose size is 1). */
+  textRowDescription(columns: string[], typeOids: readonly number[] = []): Buffer {
     const parts: Buffer[] = [Buffer.from([columns.length >> 8, columns.length & 0xff])];
-    for (const name of columns) {
+    for (const [index, name] of columns.entries()) {
+      const oid = typeOids[index] ?? 25;
       const field = Buffer.alloc(18);
       field.writeInt32BE(0, 0); // table oid
       field.writeInt16BE(0, 4); // column number
-      field.writeInt32BE(25, 6); // type oid: text
-      field.writeInt16BE(-1, 10); // type size
+      field.writeInt32BE(oid, 6); // type oid
+      field.writeInt16BE(oid === 16 ? 1 : -1, 10); // type size
       field.writeInt32BE(-1, 12); // type modifier
       field.writeInt16BE(0, 16); // format: text
       parts.push(cstring(name), field);

@@ -1,14 +1,18 @@
 // The listening side of parapool: accepts clients on the configured addresses, owns what sessions share (the
-// cluster state, the connection pool, the password file) and routes CancelRequests to the session they name.
+// cluster state, the connection pool, the password file), routes CancelRequests to the session they name, and
+// runs what watches the nodes (health checks, failover and failback commands, the pgpool_status file).
 
 import { closeWorkerPool } from '../executor/worker-pool';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
-import type { ProxyConfig } from '../config/config';
+import { healthCheckFor, type ProxyConfig } from '../config/config';
 import { describeNode, type BackendNode } from '../cluster/backend-node';
 import { ClusterState } from '../cluster/cluster-state';
 import { CatalogRegistry } from '../catalog/catalog';
 import { recoverAtStartup, resolveInDoubt, type RecoveryOptions } from '../cluster/startup-recovery';
 import { ConnectionPool } from '../cluster/connection-pool';
+import { FailoverCommands } from '../cluster/failover-command';
+import { HealthChecker } from '../cluster/health-check';
+import { readNodeStatus, statusFilePath, writeNodeStatus } from '../cluster/node-status-file';
 import { chooseWeighted } from '../cluster/load-balancer';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
@@ -25,6 +29,8 @@ export class ProxyServer {
   readonly cluster: ClusterState;
   readonly pool: ConnectionPool;
   readonly catalogs = new CatalogRegistry();
+  readonly healthChecker: HealthChecker;
+  readonly failoverCommands: FailoverCommands;
   private readonly servers: Server[] = [];
   private readonly sessions = new Map<number, ServedSession>();
   private readonly context: SessionContext;
@@ -32,6 +38,7 @@ export class ProxyServer {
   private recoveryTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   readonly gate = new StatementGate();
+  private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
 
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
@@ -40,6 +47,8 @@ export class ProxyServer {
     this.cluster.on('detach', (node: BackendNode) => this.pool.dropNode(node.id));
     const passwords: Map<string, StoredSecret> | null = config.poolPasswd ? loadPasswordFile(config.poolPasswd) : null;
     const sessions = this.sessions;
+    this.healthChecker = new HealthChecker({ cluster: this.cluster, settingsFor: (id) => healthCheckFor(config, id), defaultUser: config.recoveryUser, passwords });
+    this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand);
     this.context = {
       config,
       cluster: this.cluster,
@@ -49,6 +58,12 @@ export class ProxyServer {
       catalogs: this.catalogs,
       insertLock: new InsertLock(),
       gate: this.gate,
+      nodeOperations: (caller) => ({
+        cluster: this.cluster,
+        attach: (nodeId) => this.attachNode(nodeId, caller),
+        recover: (nodeId, progress) => this.recoverNode(nodeId, progress, caller),
+      }),
+      healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
@@ -69,7 +84,12 @@ export class ProxyServer {
   async start(): Promise<void> {
     installProcessGuard();
     await loadParser();
-    await Promise.all(this.cluster.nodes.map((node) => this.checkNode(node)));
+    this.applyRecordedStatus();
+    this.failoverCommands.start();
+    await Promise.all(this.cluster.upNodes().map((node) => this.checkNode(node)));
+    this.recordStatus();
+    this.cluster.on('detach', this.recordStatus);
+    this.cluster.on('attach', this.recordStatus);
     await recoverAtStartup(this.recoveryOptions(this.cluster.upNodes()));
     for (const address of this.config.listenAddresses) {
       const server = createServer((socket) => this.accept(socket));
@@ -90,6 +110,27 @@ export class ProxyServer {
       nodes: this.cluster.nodes.map((n) => `${n.id}:${n.host}:${n.port}:${n.status}`).join(','),
     });
     this.scheduleRecovery();
+    this.healthChecker.start();
+  }
+
+  /**
+   * Starts with the nodes pgpool_status records as down out of service, as pgpool-II does, unless discard_status
+   * (-D) says to forget the file. A file that would leave no node in service is ignored, as pgpool ignores it.
+   */
+  private applyRecordedStatus(): void {
+    const path = statusFilePath(this.config.logdir);
+    if (this.config.discardStatus) {
+      log('info', 'node_status_discarded', { path });
+      return;
+    }
+    const recorded = readNodeStatus(this.config.logdir);
+    if (!recorded) return;
+    const down = this.cluster.nodes.filter((node) => recorded[node.id] === 'down');
+    if (down.length === this.cluster.nodes.length) {
+      log('warning', 'node_status_ignored', { path, reason: 'it records every node as down' });
+      return;
+    }
+    for (const node of down) this.cluster.detach(node.id, `down in pgpool_status (${path})`);
   }
 
   private recoveryOptions(nodes: readonly BackendNode[]): RecoveryOptions {
@@ -138,16 +179,35 @@ export class ProxyServer {
     }
   }
 
+  /**
+   * Attaches a node by hand. In service, it must see every write from now on: new statements are held until no
+   * session is inside a transaction (one open across the attach would commit without the node), then sessions
+   * connect to it before their next statement.
+   */
+  async attachNode(nodeId: number, caller?: ServedSession): Promise<void> {
+    const release = await this.quiesceForNodeChange(caller);
+    try {
+      this.cluster.attach(nodeId);
+    } finally {
+      release();
+    }
+  }
+
+  /** quiesce() with recovery_timeout and client_idle_limit_in_recovery, as pgpool-II's second stage waits. */
+  private quiesceForNodeChange(caller?: ServedSession): Promise<() => void> {
+    const limit = this.config.clientIdleLimitInRecovery;
+    return this.quiesce({ timeoutMs: this.config.recoveryTimeout * 1000, endAfterMs: limit < 0 ? 0 : limit === 0 ? null : limit * 1000 }, caller);
+  }
+
   /** Online recovery of a detached node (see cluster/online-recovery.ts); `caller` is the session that asked. */
   recoverNode(nodeId: number, progress: (message: string) => void, caller?: ServedSession): Promise<void> {
     return recoverNode(
       nodeId,
-      { cluster: this.cluster, quiesce: (options) => this.quiesce(options, caller) },
+      { cluster: this.cluster, quiesce: () => this.quiesceForNodeChange(caller) },
       {
         firstStageCommand: this.config.recovery1stStageCommand,
         secondStageCommand: this.config.recovery2ndStageCommand,
         timeoutSeconds: this.config.recoveryTimeout,
-        clientIdleLimit: this.config.clientIdleLimitInRecovery,
         user: this.config.recoveryUser,
         secret: this.context.passwords?.get(this.config.recoveryUser) ?? null,
         connectTimeoutMs: this.config.connectTimeout * 1000,
@@ -196,13 +256,17 @@ export class ProxyServer {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.failoverCommands.stop();
+    this.cluster.off('detach', this.recordStatus);
+    this.cluster.off('attach', this.recordStatus);
+    const checks = this.healthChecker.stop();
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
     await closeWorkerPool();
     // A client that does not close its side after our goodbye must not keep the proxy from stopping.
     for (const socket of this.sockets) socket.destroy();
-    await closed;
+    await Promise.all([closed, checks]);
     this.servers.length = 0;
   }
 }

@@ -20,6 +20,7 @@ import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
 import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
 import { sequencesAdvanced } from '../planner/sequence-use';
 import { answerAdminCommand } from '../admin/show-commands';
+import { parseNodeCommand, runNodeCommand, type NodeCommand } from '../admin/node-commands';
 import { routeDistributed } from '../planner/distributed-router';
 import { serialize } from 'pg-protocol';
 import { BackendStartupError, sendCancel } from '../backend/backend-connection';
@@ -221,7 +222,7 @@ export class ClientSession extends SessionStartup {
   protected whyNotInPendingExchange(statements: ParsedStatement[]): string | null {
     for (const statement of statements) {
       const node = statement.node;
-      if (this.classify(node).kind === 'admin') return 'the proxy answers it';
+      if (this.classify(node).kind === 'admin' || isNodeCommand(node)) return 'the proxy answers it';
       if (checkDeterminism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
       if (this.catalog && routeDistributed(node, this.catalog).kind !== 'none') return 'it names a distributed table or a parapool function';
       if (this.heldStatementKind(node)) return 'it names a cursor or prepared statement the proxy holds';
@@ -235,6 +236,14 @@ export class ClientSession extends SessionStartup {
 
   protected async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[]): Promise<void> {
     const parsed = { statements };
+    let nodeCommand: NodeCommand | null = null;
+    try {
+      for (const statement of statements) nodeCommand ??= parseNodeCommand(statement.node);
+    } catch (error) {
+      if (error instanceof PgError) return this.failStatement(error);
+      throw error;
+    }
+    if (nodeCommand) return this.runNodeCommandStatement(nodeCommand, statements.length);
     if (statements.length === 1 && this.heldStatementKind(statements[0].node)) return this.runHeldStatement(statements[0].node, frame, sql);
     if (this.catalog && parsed.statements.length > 0) {
       const routes = parsed.statements.map((s) => routeDistributed(s.node, this.catalog!));
@@ -294,6 +303,31 @@ export class ClientSession extends SessionStartup {
     return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
   }
 
+  /**
+   * SELECT parapool.attach_node(N), detach_node(N) or recover_node(N): alone in its query, outside a transaction block (it is not
+   * undone by a rollback), and for superusers only, as the session's role is on the main node.
+   */
+  protected async runNodeCommandStatement(command: NodeCommand, statementCount: number): Promise<void> {
+    const call = `parapool.${command.name}`;
+    if (statementCount > 1) return this.failStatement(new PgError({ code: SqlState.featureNotSupported, message: `${call} must be sent alone, not with other statements in one query` }));
+    if (this.status !== 'I') return this.refuse(new PgError({ code: '25001', message: `${call} cannot run inside a transaction block` }));
+    const rows = await this.port.evaluate("SELECT pg_catalog.current_setting('is_superuser')");
+    if (rows[0]?.[0] !== 'on') {
+      return this.failStatement(new PgError({ code: '42501', message: `permission denied for function ${call}`, hint: 'only a superuser may attach or detach a node' }));
+    }
+    log('info', 'node_command', { session: this.id, command: command.name, node: command.nodeId, user: this.parameters.get('user') });
+    let reply: Buffer[];
+    try {
+      const progress = (message: string) => this.write(serverMessages.noticeResponse({ severity: 'NOTICE', code: '00000', message }));
+      reply = await runNodeCommand(command, this.context.nodeOperations(this), progress);
+    } catch (error) {
+      if (error instanceof PgError) return this.failStatement(error);
+      throw error;
+    }
+    for (const bytes of reply) this.write(bytes);
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
   /** A CancelRequest for this session: cancel whatever its nodes are running. */
   override cancel(): void {
     for (const connection of [...this.connections.values(), ...this.sourceConnections]) {
@@ -344,5 +378,13 @@ export class ClientSession extends SessionStartup {
     if (logIt && this.context.config.logDisconnections && this.phase === 'ready') {
       log('info', 'session_end', { session: this.id, client: this.remote, reason });
     }
+  }
+}
+
+function isNodeCommand(node: Node): boolean {
+  try {
+    return parseNodeCommand(node) !== null;
+  } catch {
+    return true;
   }
 }

@@ -11,7 +11,9 @@ import type { Socket } from 'node:net';
 import { type BackendNode, describeNode } from '../cluster/backend-node';
 import { type ClusterState } from '../cluster/cluster-state';
 import { type StatementGate } from '../cluster/statement-gate';
+import { type NodeOperations } from '../admin/node-commands';
 import { type ConnectionPool } from '../cluster/connection-pool';
+import { type HealthCheckStats } from '../cluster/health-check';
 import { type ClientSink } from '../executor/client-sink';
 import { ReplicatedDispatch, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
@@ -58,6 +60,10 @@ export interface SessionContext {
   readonly insertLock: InsertLock;
   /** Closed while the nodes must see no new work (online recovery, attaching a node). */
   readonly gate: StatementGate;
+  /** Attach, detach and recovery for parapool.attach_node() and friends, asked by `caller` (not waited for). */
+  nodeOperations(caller: ServedSession): NodeOperations;
+  /** Each node's health-check counters, for SHOW pool_health_check_stats. */
+  readonly healthCheckStats: readonly HealthCheckStats[];
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   register(session: ServedSession): boolean;

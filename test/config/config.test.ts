@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configFromText, configToText, defaultConfig } from '../../src/config/config';
+import { configFromText, configToText, defaultConfig, healthCheckFor } from '../../src/config/config';
 import { PgError } from '../../src/protocol/errors';
 
 const base = `backend_hostname0 = '127.0.0.1'\nbackend_port0 = 5432\n`;
@@ -54,4 +54,33 @@ test('mistakes name the file and line', () => {
   failsWith(`${base}backend_hostname2 = 'x'\n`, /backend 2 is defined but backend 1 is not/);
   failsWith(`port = 1\n`, /no backend is configured/);
   failsWith(`${base}port = 1 2\n`, /syntax error.*line 3/);
+});
+
+test('health checks, failover and failback commands and logdir take pgpool-II names, defaults and per-node suffixes', () => {
+  const defaults = configFromText(base, 'parapool.conf', '/etc/parapool');
+  assert.deepEqual(defaults.healthCheck, { period: 0, timeout: 20, maxRetries: 0, retryDelay: 1, user: '', password: '', database: '' });
+  assert.deepEqual(defaults.healthCheckPerNode, {});
+  assert.equal(defaults.failoverCommand, '');
+  assert.equal(defaults.logdir, '/tmp');
+  const config = configFromText(
+    `${base}backend_hostname1 = 'db1'\n` +
+      `health_check_period = 10\nhealth_check_timeout = 5\nhealth_check_max_retries = 3\nhealth_check_retry_delay = 2\n` +
+      `health_check_user = 'checker'\nhealth_check_password = ''\nhealth_check_database = 'app'\n` +
+      `health_check_period1 = 0\nhealth_check_timeout1 = 1\nhealth_check_user1 = 'other'\n` +
+      `failover_command = '/bin/failover.sh %d %h %p %D %m %H %M %P %r %R %N %S %%'\nfailback_command = 'echo %d'\nlogdir = 'log'\n`,
+    'parapool.conf',
+    '/etc/parapool',
+  );
+  assert.deepEqual(config.healthCheck, { period: 10, timeout: 5, maxRetries: 3, retryDelay: 2, user: 'checker', password: '', database: 'app' });
+  assert.deepEqual(config.healthCheckPerNode, { 1: { period: 0, timeout: 1, user: 'other' } });
+  assert.deepEqual(healthCheckFor(config, 0), config.healthCheck);
+  assert.deepEqual(healthCheckFor(config, 1), { ...config.healthCheck, period: 0, timeout: 1, user: 'other' });
+  assert.equal(config.failoverCommand, '/bin/failover.sh %d %h %p %D %m %H %M %P %r %R %N %S %%');
+  assert.equal(config.failbackCommand, 'echo %d');
+  assert.equal(config.logdir, '/etc/parapool/log');
+  assert.deepEqual(configFromText(configToText(config), 'x'), config);
+  failsWith(`${base}health_check_period3 = 1\n`, /health_check parameter names backend 3, which is not configured.*line 3/);
+  failsWith(`${base}health_check_timeout = -1\n`, /invalid integer "-1"|outside the valid range/);
+  failsWith(`${base}health_check_interval = 1\n`, /unrecognized configuration parameter "health_check_interval"/);
+  failsWith(`${base}logdir = ''\n`, /empty directory/);
 });

@@ -50,6 +50,10 @@ export async function startTestCluster(options: TestClusterOptions): Promise<Tes
   config.port = 0;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
   config.logMinMessages = (process.env.PARAPOOL_TEST_LOG as 'debug' | undefined) ?? 'fatal';
+  config.logdir = dir;
+  // Each test expects a proxy it starts (or restarts) to begin with every node in service, whatever an earlier
+  // test detached; the tests of pgpool_status itself turn this off.
+  config.discardStatus = true;
   options.configure?.(config);
   const cluster: TestCluster = {
     dir,
