@@ -304,13 +304,23 @@ export class BackendConnection {
     process.nextTick(() => this.socket.uncork());
   }
 
+  /** Calls back once the socket takes writes again, or once the connection is closed (it never drains then). */
   onceDrained(callback: () => void): void {
-    if (this.socket.writableNeedDrain) this.socket.once('drain', callback);
-    else callback();
+    if (this.closed || !this.socket.writableNeedDrain) return callback();
+    let called = false;
+    const once = () => {
+      if (called) return;
+      called = true;
+      this.socket.off('drain', once);
+      this.removeCloseListener(once);
+      callback();
+    };
+    this.socket.once('drain', once);
+    this.onClose(once);
   }
 
   get needsDrain(): boolean {
-    return this.socket.writableNeedDrain;
+    return !this.closed && this.socket.writableNeedDrain;
   }
 
   pause(): void {

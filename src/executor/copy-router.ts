@@ -8,7 +8,9 @@ import type { DistributedRule } from '../catalog/partition-rule';
 import type { BackendConnection } from '../backend/backend-connection';
 import type { CopyFormat } from '../protocol/copy-row-splitter';
 import { CopyRowSplitter } from '../protocol/copy-row-splitter';
-import { PgError } from '../protocol/errors';
+import { describeNode } from '../cluster/backend-node';
+import { PgError, SqlState } from '../protocol/errors';
+import { serverMessages } from '../protocol/server-messages';
 import type { Frame } from '../protocol/frame-reader';
 import { FrontendCode } from '../protocol/message-codes';
 import { collectReply, type NodeReply } from './scatter-write';
@@ -52,7 +54,23 @@ export class CopyRouter {
         collectReply(connection, sql, (raw) => {
           response ??= raw;
           if (++ready === this.connections.length) resolveReady();
-        }),
+        }).then(
+          (reply) => {
+            if (reply.error) {
+              this.firstFailed ??= reply;
+              this.stop('another node failed the COPY');
+            }
+            return reply;
+          },
+          () => {
+            // A node lost mid-COPY: its rows are gone, so the others must not keep theirs.
+            const lost = new PgError({ code: SqlState.connectionFailure, message: `lost connection to ${describeNode(connection.node)} during the COPY`, hint: 'no node kept a row of it: run it again' });
+            const reply: NodeReply = { connection, rowDescription: null, rows: [], notices: [], tag: null, error: serverMessages.errorResponse(lost), errorCode: lost.code };
+            this.firstFailed ??= reply;
+            this.stop(lost.message);
+            return reply;
+          },
+        ),
       ),
     );
     await Promise.race([allReady, this.replies]);
@@ -101,8 +119,21 @@ export class CopyRouter {
     for (const waiter of waiters) waiter();
   }
 
+  /** The node reply that ended the COPY first: its error is the one to report, not the others' echo of it. */
+  private firstFailed: NodeReply | null = null;
+
+  /** Set once a node ended its COPY early (an error, a lost connection): the others are told to fail theirs. */
+  private stopped = false;
+
+  /** Ends the COPY on every node still in it; the client's remaining data is read and dropped. */
+  private stop(reason: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const connection of this.connections) connection.write(serialize.copyFail(reason));
+  }
+
   private async take(raw: Buffer): Promise<void> {
-    if (this.failure) return;
+    if (this.failure || this.stopped) return;
     const code = raw[0];
     try {
       if (code === FrontendCode.copyData) {
@@ -147,11 +178,14 @@ export class CopyRouter {
     });
   }
 
-  /** Every node's reply once the COPY ended; a failure of the proxy's own (bad row, no node) comes first. */
-  async finish(): Promise<{ replies: NodeReply[]; failure: PgError | null }> {
+  /**
+   * Every node's reply once the COPY ended, the proxy's own failure (bad row, no node) if any, and the node reply
+   * that failed first.
+   */
+  async finish(): Promise<{ replies: NodeReply[]; failure: PgError | null; failed: NodeReply | null }> {
     await this.chain;
     const replies = await this.replies;
-    return { replies, failure: this.failure };
+    return { replies, failure: this.failure, failed: this.firstFailed };
   }
 }
 

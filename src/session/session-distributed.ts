@@ -424,9 +424,8 @@ export abstract class SessionDistributed extends SessionDispatch {
     }
     this.copyRouter = router;
     this.pump();
-    const { replies, failure } = await router.finish();
+    const { replies, failure, failed } = await router.finish();
     this.copyRouter = null;
-    const failed = replies.find((r) => r.error);
     if (failure || failed) {
       await rollback();
       this.write(failure ? serverMessages.errorResponse(failure) : failed!.error!);

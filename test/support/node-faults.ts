@@ -47,3 +47,18 @@ export async function killNode(node: LocalPostgres): Promise<number> {
   while (pids.some(exists)) await sleep(10);
   return pids.length;
 }
+
+/**
+ * Stops (SIGSTOP) or resumes (SIGCONT) a node's postmaster and every process of it: a hung server, whose
+ * connections stay open and answer nothing, not a closed one.
+ */
+export function signalNode(node: LocalPostgres, signal: 'SIGSTOP' | 'SIGCONT'): void {
+  const postmaster = Number(readFileSync(join(node.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  for (const pid of processTree(postmaster)) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // ended meanwhile
+    }
+  }
+}
