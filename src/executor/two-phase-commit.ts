@@ -52,7 +52,16 @@ async function commitOnDecider(decider: BackendConnection): Promise<string | und
  * back everywhere, when a node could not prepare or the decider did not commit; rejects with 08007, leaving the
  * others prepared for recovery, when the decider's connection was lost during its COMMIT.
  */
-export async function commitEverywhere(connections: readonly BackendConnection[], decide: CommitDecision = commitOnDecider): Promise<void> {
+export async function commitEverywhere(
+  connections: readonly BackendConnection[],
+  decide: CommitDecision = commitOnDecider,
+  /**
+   * Whether a node whose connection was lost before it prepared may be left out instead of failing the commit:
+   * true when the transaction's writes are all on the other nodes too (replicated tables) and the node is out
+   * of service. The decider is never left out.
+   */
+  mayLeaveOut: (connection: BackendConnection) => Promise<boolean> = async () => false,
+): Promise<void> {
   const [decider, ...others] = connections;
   let gid = '';
   const prepared: BackendConnection[] = [];
@@ -66,7 +75,15 @@ export async function commitEverywhere(connections: readonly BackendConnection[]
       gid = gidFor(decider.node.id, xid);
       committing.add(gid);
       for (const connection of others) {
-        await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
+        try {
+          await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
+        } catch (error) {
+          if (connection.closed && (await mayLeaveOut(connection))) {
+            log('warning', 'commit_left_node_out', { node: connection.node.id, gid, reason: (error as Error).message });
+            continue;
+          }
+          throw error;
+        }
         if (connection.txStatus !== 'I') throw new PgError({ code: SqlState.internalError, message: `${describeNode(connection.node)} did not prepare` });
         prepared.push(connection);
       }
@@ -95,11 +112,11 @@ export async function commitEverywhere(connections: readonly BackendConnection[]
       }
       // No decision was taken: every other node rolls back.
       if (decider.txStatus !== 'I') await decider.query('ROLLBACK').catch(() => undefined);
-      await Promise.all(others.map((c) => c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`).catch(() => undefined)));
+      await Promise.all(prepared.map((c) => c.query(`ROLLBACK PREPARED ${quoteLiteral(gid)}`).catch(() => undefined)));
       throw error;
     }
     if (commitFailpoints.afterDecision) throw new FailpointError('failpoint after decision');
-    for (const connection of others) {
+    for (const connection of prepared) {
       try {
         await connection.query(`COMMIT PREPARED ${quoteLiteral(gid)}`);
       } catch (error) {

@@ -200,6 +200,11 @@ export abstract class SessionConnections extends SessionState {
       } catch (error) {
         void this.context.pool.release(connection);
         if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') continue;
+        // The new connection was lost too (the node is going down as we speak): it is detached, not an error.
+        if (connection.closed && (await this.context.cluster.confirmLoss(nodeId, `lost connection to ${describeNode(node)}`))) {
+          this.lostConnections.delete(nodeId);
+          continue;
+        }
         failure ??= error instanceof PgError ? new PgError({ code: error.code, message: error.message, detail: error.detail, hint: error.hint }) : new PgError({ code: SqlState.connectionFailure, message: (error as Error).message });
         continue;
       }

@@ -116,7 +116,10 @@ export abstract class SessionDispatch extends SessionConnections {
         }
       : undefined;
     try {
-      await commitEverywhere(connections, decide);
+      // A replica lost before it prepared is left out when it is out of service: the others hold every write.
+      const mayLeaveOut = async (connection: BackendConnection) =>
+        !this.wroteDistributedRows && (await this.context.cluster.confirmLoss(connection.node.id, `lost connection to ${describeNode(connection.node)} during a commit`));
+      await commitEverywhere(connections, decide, mayLeaveOut);
     } catch (error) {
       this.writtenNodes.clear();
       this.status = 'I';

@@ -1,7 +1,8 @@
 // Nodes failing under statements, with real faults: kill -9 of a node in the middle of a COPY into a distributed
 // table (the COPY fails naming the node and no node keeps any of its rows) and into a replicated table (the COPY
-// completes on the nodes left, the dead one is detached), and a node hung with SIGSTOP in the middle of a
-// replicated write (the health check detaches it and the write completes on the others). The proxy serves on.
+// completes on the nodes left, the dead one is detached), in the middle of the two-phase commit of a replicated
+// write (the others commit), and a node hung with SIGSTOP in the middle of a replicated write (the health check
+// detaches it and the write completes on the others). The proxy serves on.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ const copyRows = 1_500_000;
 
 before(async () => {
   cluster = await startTestCluster({
-    nodes: 4,
+    nodes: 5,
     configure: (config) => {
       config.healthCheck = { ...config.healthCheck, period: 1, timeout: 1, maxRetries: 0, retryDelay: 1 };
     },
@@ -66,22 +67,39 @@ test('kill -9 of a node mid-COPY into a distributed table: the COPY fails naming
   await client.query('create table dist_rows (id int primary key, body text)');
   await client.query("select parapool.distribute_table('dist_rows', 'id')");
   await client.end();
-  const transcript = await copyWhileKilling('dist_rows', 3);
-  assert.match(transcript, /ERROR:  lost connection to node 3 .* during the COPY/, transcript);
+  const transcript = await copyWhileKilling('dist_rows', 4);
+  assert.match(transcript, /ERROR:  lost connection to node 4 .* during the COPY/, transcript);
   assert.match(transcript, /-+\n session goes on\n/, 'the session goes on after the failed COPY');
-  for (const node of [0, 1, 2]) assert.equal(await countOn(node, 'dist_rows'), '0', `node ${node} kept none of the failed COPY's rows`);
-  assert.equal((await statuses())[3], 'down');
+  for (const node of [0, 1, 2, 3]) assert.equal(await countOn(node, 'dist_rows'), '0', `node ${node} kept none of the failed COPY's rows`);
+  assert.equal((await statuses())[4], 'down');
 });
 
 test('kill -9 of a node mid-COPY into a replicated table: the COPY completes on the others, the node is detached', async () => {
   const client = await cluster.connect();
   await client.query('create table repl_rows (id int primary key, body text)');
   await client.end();
-  const transcript = await copyWhileKilling('repl_rows', 2);
+  const transcript = await copyWhileKilling('repl_rows', 3);
   assert.match(transcript, new RegExp(`COPY ${copyRows}`), transcript);
   assert.match(transcript, /-+\n session goes on\n/);
-  for (const node of [0, 1]) assert.equal(await countOn(node, 'repl_rows'), String(copyRows));
-  assert.deepEqual((await statuses()).slice(0, 3), ['up', 'up', 'down']);
+  for (const node of [0, 1, 2]) assert.equal(await countOn(node, 'repl_rows'), String(copyRows));
+  assert.deepEqual((await statuses()).slice(0, 4), ['up', 'up', 'up', 'down']);
+});
+
+test('a replica killed while the commit of a replicated write waits for it to prepare: the others commit', async () => {
+  const client = await cluster.connect();
+  await client.query('create table committed_rows (id int primary key)');
+  await client.query('begin');
+  await client.query('insert into committed_rows values (1)');
+  // Hung first, so the PREPARE TRANSACTION is sent and waits; then killed, so that it fails mid-commit.
+  signalNode(cluster.nodes[2], 'SIGSTOP');
+  const commit = client.query('commit');
+  await sleep(300);
+  await killNode(cluster.nodes[2]); // SIGKILL ends stopped processes too, before they answer anything
+  assert.equal((await commit).command, 'COMMIT');
+  for (const node of [0, 1]) assert.equal(await countOn(node, 'committed_rows'), '1', `node ${node} committed the row`);
+  assert.equal((await statuses())[2], 'down');
+  for (const node of [0, 1]) assert.equal(await countOn(node, 'pg_prepared_xacts'), '0', `node ${node} holds no prepared transaction`);
+  await client.end();
 });
 
 test('a node hung with SIGSTOP mid-write is detached by the health check and the write completes on the others', async () => {
