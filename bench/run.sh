@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# Entry point of `npm run bench`: runs the relay benchmark, the load benchmark, the parallel-query benchmark and the
-# TPC-H one, all 22 queries (`--only relay|load|parallel|tpch` runs one; the last two are parts of parallel-bench.js,
-# with the same set-up). `--only fuzz` runs the protocol fuzzer at bench scale (1,000,000 messages; --messages N),
-# which the full run leaves out: it measures robustness, not speed. The relay benchmark compares against PgBouncer and pgpool-II, which are installed from
-# Debian's packages when missing, so that a fresh machine needs nothing installed by hand. Each option goes to the
-# benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02` and `--runs 5` to the load, parallel and
-# tpch ones, `--stream-rows N` to the parallel one); --docs and --keep go to all.
+# Entry point of `npm run bench`: runs the relay benchmark, the load benchmark, the parallel-query benchmark, the
+# TPC-H one, all 22 queries, and the fault benchmark (`--only relay|load|parallel|tpch|fault` runs one; parallel and
+# tpch are parts of parallel-bench.js, with the same set-up). The fault benchmark (a node killed and recovered under
+# pgbench, through parapool and through pgpool-II) is part of the full run: about 3 minutes, against more than 10
+# for the rest, for the figures the failover work is judged by. `--only fuzz` runs the protocol fuzzer at bench
+# scale (1,000,000 messages; --messages N), which the full run leaves out: it measures robustness, not speed. The
+# relay and fault benchmarks compare against PgBouncer and pgpool-II, which are installed from Debian's packages
+# when missing (with pgpool-II's recovery extension for the fault benchmark), so that a fresh machine needs nothing
+# installed by hand. Each option goes to the benchmarks that know it (`--duration 20` to the relay one, `--sf 0.02`
+# and `--runs 5` to the load, parallel and tpch ones, `--stream-rows N` to the parallel one, `--kill-at S` and the
+# like to the fault one, which takes its own length with --fault-duration S); --docs and --keep go to all.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch|fuzz] [options of the benchmarks run]
+usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch|fault|fuzz] [options of the benchmarks run]
   relay options:    --duration S --warmup S --clients N --threads N --scale N
   load options:     --sf SF --pgbench-scale N --runs N
   parallel options: --sf SF --runs N --stream-rows N
   tpch options:     --sf SF --runs N
+  fault options:    --fault-duration S --kill-at S --recover-at S --fault-clients N --fault-scale N --targets parapool,pgpool
   fuzz options:     --messages N --seed S
   all:              --docs FILE --keep
-  node dist/bench/<relay|load|parallel>-bench.js --help describes each (tpch is parallel-bench.js --part tpch)"
+  node dist/bench/<relay|load|parallel|fault>-bench.js --help describes each (tpch is parallel-bench.js --part tpch)"
 
 only=""
 relay_only_options=""
@@ -32,13 +37,15 @@ parallel_args=()
 stream_args=()
 fuzz_args=()
 fuzz_only_options=""
+fault_args=()
+fault_only_options=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only)
-      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel, tpch or fuzz" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel, tpch, fault or fuzz" >&2; exit 2; }
       case "$2" in
-        relay|load|parallel|tpch|fuzz) only="$2" ;;
-        *) echo "bench: --only needs relay, load, parallel, tpch or fuzz, not \"$2\"" >&2; exit 2 ;;
+        relay|load|parallel|tpch|fault|fuzz) only="$2" ;;
+        *) echo "bench: --only needs relay, load, parallel, tpch, fault or fuzz, not \"$2\"" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --duration|--warmup|--clients|--threads|--scale)
@@ -50,6 +57,14 @@ while [ $# -gt 0 ]; do
     --sf|--runs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); shared_options+=" $1"; shift 2 ;;
+    # The fault benchmark's --duration, --clients and --scale would clash with the relay benchmark's: they go by
+    # names of their own here.
+    --fault-duration|--fault-clients|--fault-scale)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      fault_args+=("--${1#--fault-}" "$2"); fault_only_options+=" $1"; shift 2 ;;
+    --kill-at|--recover-at|--targets)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      fault_args+=("$1" "$2"); fault_only_options+=" $1"; shift 2 ;;
     --messages|--seed)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       fuzz_args+=("$1" "$2"); fuzz_only_options+=" $1"; shift 2 ;;
@@ -58,9 +73,9 @@ while [ $# -gt 0 ]; do
       stream_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
     --docs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
-      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); fuzz_args+=("$1" "$2"); shift 2 ;;
+      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); fuzz_args+=("$1" "$2"); fault_args+=("$1" "$2"); shift 2 ;;
     --keep)
-      relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); shift ;;
+      relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); fault_args+=("$1"); shift ;;
     -h|--help)
       echo "$usage"; exit 0 ;;
     *)
@@ -74,6 +89,12 @@ if [ "$only" != "fuzz" ] && [ -n "$fuzz_only_options" ]; then
 fi
 if [ "$only" = "fuzz" ] && [ -n "$relay_only_options$load_only_options$shared_options$parallel_only_options" ]; then
   echo "bench:$relay_only_options$load_only_options$shared_options$parallel_only_options: options of other benchmarks, but --only fuzz skips them" >&2; exit 2
+fi
+if [ -n "$only" ] && [ "$only" != "fault" ] && [ -n "$fault_only_options" ]; then
+  echo "bench:$fault_only_options: the fault benchmark's options, but --only $only skips it" >&2; exit 2
+fi
+if [ "$only" = "fault" ] && [ -n "$relay_only_options$load_only_options$shared_options$parallel_only_options" ]; then
+  echo "bench:$relay_only_options$load_only_options$shared_options$parallel_only_options: options of other benchmarks, but --only fault skips them" >&2; exit 2
 fi
 if [ "$only" = "relay" ] && [ -n "$load_only_options$shared_options" ]; then
   echo "bench:$load_only_options$shared_options: options of the load or parallel benchmark, but --only relay skips them" >&2; exit 2
@@ -119,24 +140,53 @@ run_node() {
   return "$status"
 }
 
+# Installs the Debian packages named when the check before them fails; apt-get update runs once per invocation.
+apt_updated=""
+install_packages() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: $* missing, and installing them needs root (apt-get install $*)" >&2
+    return 1
+  fi
+  echo "bench: installing $* from Debian packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq || { echo "bench: apt-get update failed" >&2; return 1; }
+    apt_updated=1
+  fi
+  apt-get install -y -qq "$@" >/dev/null || { echo "bench: apt-get install $* failed" >&2; return 1; }
+}
+
+# Debian puts pgpool and pgbouncer in /usr/sbin, which a non-login root shell may lack on PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+ensure_programs() {
+  local packages=() program
+  command -v pgbouncer >/dev/null 2>&1 || packages+=(pgbouncer)
+  command -v pgpool >/dev/null 2>&1 || packages+=(pgpool2)
+  [ ${#packages[@]} -eq 0 ] || install_packages "${packages[@]}" || return 1
+  for program in pgbouncer pgpool; do
+    command -v "$program" >/dev/null 2>&1 || { echo "bench: $program is still not on PATH after installing" >&2; return 1; }
+  done
+}
+
 run_relay() {
   needs_build relay-bench || return 1
-  # Debian puts pgpool in /usr/sbin, which a non-login root shell may lack on PATH.
-  export PATH="$PATH:/usr/sbin:/sbin"
-  if ! command -v pgbouncer >/dev/null 2>&1 || ! command -v pgpool >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "bench: pgbouncer or pgpool is missing and installing them needs root (apt-get install pgbouncer pgpool2)" >&2
-      return 1
-    fi
-    echo "bench: installing pgbouncer and pgpool2 from Debian packages" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || { echo "bench: apt-get update failed" >&2; return 1; }
-    apt-get install -y -qq pgbouncer pgpool2 >/dev/null || { echo "bench: apt-get install pgbouncer pgpool2 failed" >&2; return 1; }
-    for program in pgbouncer pgpool; do
-      command -v "$program" >/dev/null 2>&1 || { echo "bench: $program is still not on PATH after installing" >&2; return 1; }
-    done
-  fi
+  ensure_programs || return 1
   run_node dist/bench/relay-bench.js ${relay_args[@]+"${relay_args[@]}"}
+}
+
+run_fault() {
+  needs_build fault-bench || return 1
+  ensure_programs || return 1
+  # pgpool-II's online recovery runs its scripts through the pgpool_recovery extension in the main node, built
+  # for the server's major version: the newest installed, as the benchmark picks it unless PARAPOOL_PG_BIN says.
+  local bin major
+  bin=${PARAPOOL_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+  major=$(basename "$(dirname "$bin")")
+  if [ ! -f "$bin/../lib/pgpool-recovery.so" ]; then
+    install_packages "postgresql-$major-pgpool2" || return 1
+  fi
+  run_node dist/bench/fault-bench.js ${fault_args[@]+"${fault_args[@]}"}
 }
 
 run_load() {
@@ -158,6 +208,7 @@ run_fuzz() {
 
 case "$only" in
   fuzz) run_fuzz; exit ;;
+  fault) run_fault; exit ;;
   relay) run_relay; exit ;;
   load) run_load; exit ;;
   parallel) run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"}; exit ;;
@@ -171,6 +222,7 @@ run_relay || failed+=("relay (exit $?)")
 run_load || failed+=("load (exit $?)")
 run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"} || failed+=("parallel (exit $?)")
 run_parallel --part tpch || failed+=("tpch (exit $?)")
+run_fault || failed+=("fault (exit $?)")
 if [ ${#failed[@]} -gt 0 ]; then
   echo "bench: failed: ${failed[*]}" >&2
   exit 1
