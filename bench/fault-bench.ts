@@ -191,7 +191,7 @@ async function startParapoolTarget(dir: string, nodes: LocalPostgres[]): Promise
     },
     async recover(step) {
       const operator = new Client({ host: '127.0.0.1', port: server.port, user: 'postgres', database: 'postgres' });
-      operator.on('notice', (notice) => step(notice.message ?? ''));
+      operator.on('notice', (notice) => step((notice.message ?? '').split(`${process.cwd()}/`).join(''))); // paths relative to the checkout, for the docs
       await operator.connect();
       try {
         const result = await operator.query('SELECT parapool.recover_node(1)');
