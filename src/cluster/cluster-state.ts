@@ -87,9 +87,13 @@ export class ClusterState extends EventEmitter {
     return probe;
   }
 
+  /** How many attaches there were: sessions compare it with the count they last joined at (cheaply, per statement). */
+  attachCount = 0;
+
   attach(nodeId: number): void {
     const node = this.nodes[nodeId];
     if (!node || node.status === 'up') return;
+    this.attachCount++;
     const oldMain = this.mainNode();
     node.status = 'up';
     node.statusChangedAt = new Date();

@@ -14,7 +14,11 @@ import { SessionState } from './session-state';
 
 export abstract class SessionConnections extends SessionState {
   /** Opens a connection to every node in service; a node that cannot be reached is detached, a refusal relayed. */
+  /** The cluster's attach count when the session last connected to every node in service (see restoreBeforeStatement). */
+  private joinedAttachCount = 0;
+
   protected async connectNodes(): Promise<void> {
+    this.joinedAttachCount = this.context.cluster.attachCount;
     const nodes = this.context.cluster.upNodes();
     if (nodes.length === 0) {
       throw new PgError({ severity: 'FATAL', code: SqlState.cannotConnectNow, message: 'no node is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
@@ -108,8 +112,9 @@ export abstract class SessionConnections extends SessionState {
     for (const nodeId of [...this.lostConnections.keys()]) {
       if (this.context.cluster.nodes[nodeId]?.status !== 'up') this.lostConnections.delete(nodeId);
     }
-    if (this.status === 'I' && !this.closed && this.connections.size > 0) {
+    if (this.status === 'I' && !this.closed && this.connections.size > 0 && this.joinedAttachCount !== this.context.cluster.attachCount) {
       // A node attached since the session connected: its writes must reach it from the next statement on.
+      this.joinedAttachCount = this.context.cluster.attachCount;
       const attached = this.context.cluster.upNodes().filter((node) => !this.connections.has(node.id) && !this.lostConnections.has(node.id));
       if (attached.length > 0) {
         const failure = await this.reconnect(attached.map((node) => node.id), false, true);
