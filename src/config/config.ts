@@ -183,6 +183,13 @@ const settings: Record<string, Setter> = {
   load_balance_mode: (c, v, fail) => {
     c.loadBalanceMode = parseBool(v, fail);
   },
+  backend_clustering_mode: (_c, v, fail) => {
+    // parapool replicates writes itself (pgpool-II's native replication), with partition rules on top. A
+    // pgpool-II configuration for another mode must not start as if it were this one.
+    if (v !== 'native_replication') {
+      fail(`backend_clustering_mode '${v}' is not supported: parapool runs native_replication (writes to every node, partition rules on top); streaming_replication, logical_replication, slony, snapshot_isolation and raw are not implemented`);
+    }
+  },
   insert_lock: (c, v, fail) => {
     c.insertLock = parseBool(v, fail);
   },

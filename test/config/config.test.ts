@@ -54,6 +54,8 @@ test('mistakes name the file and line', () => {
   failsWith(`${base}backend_hostname2 = 'x'\n`, /backend 2 is defined but backend 1 is not/);
   failsWith(`port = 1\n`, /no backend is configured/);
   failsWith(`${base}port = 1 2\n`, /syntax error.*line 3/);
+  failsWith(`${base}backend_clustering_mode = 'streaming_replication'\n`, /backend_clustering_mode 'streaming_replication' is not supported.*line 3/);
+  assert.doesNotThrow(() => configFromText(`${base}backend_clustering_mode = 'native_replication'\n`, 'parapool.conf'));
 });
 
 test('health checks, failover and failback commands and logdir take pgpool-II names, defaults and per-node suffixes', () => {
