@@ -22,6 +22,8 @@ export interface NodeOperations {
 export interface NodeCommand {
   readonly name: NodeCommandName;
   readonly nodeId: number;
+  /** What asked for it, for the detach reason (the SQL function when absent). */
+  readonly via?: string;
 }
 
 const booleanOid = 16;
@@ -49,33 +51,39 @@ export function parseNodeCommand(node: Node): NodeCommand | null {
 }
 
 /**
- * Runs the command and returns the reply frames: one row, true when the node's status changed, false when it
- * already was so (recover_node refuses a node in service instead). Throws 22023 for a node that does not exist,
- * 55000 for the last node in service or a recovery that failed.
+ * Carries out the command: true when the node's status changed, false when it already was so (recover_node
+ * refuses a node in service instead). Throws 22023 for a node that does not exist, 55000 for the last node in
+ * service or a recovery that failed. Shared by the SQL functions and the PCP server.
  */
-export async function runNodeCommand(command: NodeCommand, operations: NodeOperations, progress: (message: string) => void): Promise<Buffer[]> {
+export async function changeNode(command: NodeCommand, operations: NodeOperations, progress: (message: string) => void): Promise<boolean> {
   const { cluster } = operations;
   const node = cluster.nodes[command.nodeId];
   if (!node) {
     throw new PgError({ code: SqlState.invalidParameterValue, message: `there is no node ${command.nodeId}`, hint: `the nodes are numbered 0 to ${cluster.nodes.length - 1}` });
   }
-  let changed: boolean;
   if (command.name === 'detach_node') {
-    changed = node.status === 'up';
-    if (changed && cluster.upNodes().length === 1) {
+    if (node.status !== 'up') return false;
+    if (cluster.upNodes().length === 1) {
       throw new PgError({
         code: SqlState.objectNotInPrerequisiteState,
         message: `${cluster.describe(node.id)} is the last node in service and cannot be detached`,
         hint: 'attach another node first',
       });
     }
-    cluster.detach(node.id, `detached by hand (parapool.detach_node)`);
-  } else if (command.name === 'attach_node') {
-    changed = node.status === 'down';
-    if (changed) await operations.attach(node.id);
-  } else {
-    await operations.recover(node.id, progress);
-    changed = true;
+    cluster.detach(node.id, `detached by hand (${command.via ?? 'parapool.detach_node'})`);
+    return true;
   }
+  if (command.name === 'attach_node') {
+    if (node.status === 'up') return false;
+    await operations.attach(node.id);
+    return true;
+  }
+  await operations.recover(node.id, progress);
+  return true;
+}
+
+/** Runs the command and returns the reply frames: one row, `changeNode`'s answer. */
+export async function runNodeCommand(command: NodeCommand, operations: NodeOperations, progress: (message: string) => void): Promise<Buffer[]> {
+  const changed = await changeNode(command, operations, progress);
   return [serverMessages.textRowDescription([command.name], [booleanOid]), serverMessages.dataRow([changed ? 't' : 'f']), serverMessages.commandComplete('SELECT 1')];
 }

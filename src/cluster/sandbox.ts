@@ -1,7 +1,8 @@
 // A whole cluster on this machine: N local PostgreSQL nodes on free loopback ports, a parapool.conf naming
 // them, and the proxy in front. `parapool sandbox` and the test suites both stand on this.
 
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { configToText, defaultConfig, loadConfigFile, type ProxyConfig } from '../config/config';
 import { log } from '../log';
@@ -18,6 +19,8 @@ export interface SandboxOptions {
   readonly port: number;
   readonly dir: string;
   readonly fast?: boolean;
+  /** Serve PCP on this port (0: one the system chooses), with user postgres / password postgres. */
+  readonly pcpPort?: number;
   /** Start with every node in service, forgetting the pgpool_status of the last run (-D). */
   readonly discardStatus?: boolean;
   /** Adjusts the generated configuration before it is written. */
@@ -59,6 +62,13 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const config = defaultConfig();
   config.port = options.port;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  if (options.pcpPort !== undefined) {
+    // PCP for pgpool's clients; the sandbox's one user is postgres, password postgres (loopback only).
+    const usersFile = join(dir, 'pcp.conf');
+    if (!existsSync(usersFile)) writeFileSync(usersFile, `postgres:${createHash('md5').update('postgres').digest('hex')}\n`, { mode: 0o600 });
+    config.pcpConfFile = usersFile;
+    config.pcpPort = options.pcpPort;
+  }
   config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
   config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');
   // The sandbox's node states belong to its nodes: kept with them, not in a directory other proxies share.

@@ -72,6 +72,10 @@ export interface ProxyConfig {
   broadcastJoinLimit: number;
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
+  /** PCP (pgpool-II's admin protocol): where it listens, and the pcp.conf file of its users; no file: no PCP. */
+  pcpListenAddresses: string[];
+  pcpPort: number;
+  pcpConfFile: string | null;
   /** Online recovery's commands (see cluster/online-recovery.ts); empty: no online recovery / no second stage. */
   recovery1stStageCommand: string;
   recovery2ndStageCommand: string;
@@ -123,6 +127,9 @@ export function defaultConfig(): ProxyConfig {
     broadcastJoinLimit: 2_000_000,
     recoveryUser: 'postgres',
     inDoubtRecoveryInterval: 5,
+    pcpListenAddresses: ['127.0.0.1'],
+    pcpPort: 9898,
+    pcpConfFile: null,
     recovery1stStageCommand: '',
     recovery2ndStageCommand: '',
     recoveryTimeout: 90,
@@ -241,6 +248,15 @@ const settings: Record<string, Setter> = {
   recovery_user: (c, v, fail) => {
     if (v === '') fail('empty user name');
     c.recoveryUser = v;
+  },
+  pcp_listen_addresses: (c, v) => {
+    c.pcpListenAddresses = parseList(v).map((a) => (a === '*' ? '0.0.0.0' : a === 'localhost' ? '127.0.0.1' : a));
+  },
+  pcp_port: (c, v, fail) => {
+    c.pcpPort = parseInteger(v, fail, 0, 65535);
+  },
+  pcp_conf_file: (c, v, _fail, baseDir) => {
+    c.pcpConfFile = v === '' ? null : resolve(baseDir, v);
   },
   recovery_1st_stage_command: (c, v) => {
     c.recovery1stStageCommand = v;
@@ -415,6 +431,9 @@ export function configToText(config: ProxyConfig): string {
     `broadcast_join_limit = ${config.broadcastJoinLimit}`,
     `recovery_user = ${quote(config.recoveryUser)}`,
     `in_doubt_recovery_interval = ${config.inDoubtRecoveryInterval}`,
+    `pcp_listen_addresses = ${quote(config.pcpListenAddresses.join(','))}`,
+    `pcp_port = ${config.pcpPort}`,
+    `pcp_conf_file = ${quote(config.pcpConfFile ?? '')}`,
     `recovery_1st_stage_command = ${quote(config.recovery1stStageCommand)}`,
     `recovery_2nd_stage_command = ${quote(config.recovery2ndStageCommand)}`,
     `recovery_timeout = ${config.recoveryTimeout}`,

@@ -20,6 +20,8 @@ import { compileWriteFunctions } from '../planner/statement-classifier';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
 import { recoverNode } from '../cluster/online-recovery';
+import { PcpServer } from '../admin/pcp-server';
+import type { NodeOperations } from '../admin/node-commands';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
@@ -38,6 +40,8 @@ export class ProxyServer {
   private recoveryTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   readonly gate = new StatementGate();
+  /** pgpool-II's admin protocol, when pcp_conf_file names its users. */
+  pcp: PcpServer | null = null;
   private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
 
   constructor(readonly config: ProxyConfig) {
@@ -58,11 +62,7 @@ export class ProxyServer {
       catalogs: this.catalogs,
       insertLock: new InsertLock(),
       gate: this.gate,
-      nodeOperations: (caller) => ({
-        cluster: this.cluster,
-        attach: (nodeId) => this.attachNode(nodeId, caller),
-        recover: (nodeId, progress) => this.recoverNode(nodeId, progress, caller),
-      }),
+      nodeOperations: (caller) => this.nodeOperations(caller),
       healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       cancel: (processId, secretKey) => {
@@ -111,6 +111,10 @@ export class ProxyServer {
     });
     this.scheduleRecovery();
     this.healthChecker.start();
+    if (this.config.pcpConfFile) {
+      this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations() });
+      await this.pcp.start();
+    }
   }
 
   /**
@@ -193,6 +197,15 @@ export class ProxyServer {
     }
   }
 
+  /** Attach and recovery as parapool.attach_node() and PCP ask for them; `caller` is not waited for. */
+  private nodeOperations(caller?: ServedSession): NodeOperations {
+    return {
+      cluster: this.cluster,
+      attach: (nodeId) => this.attachNode(nodeId, caller),
+      recover: (nodeId, progress) => this.recoverNode(nodeId, progress, caller),
+    };
+  }
+
   /** quiesce() with recovery_timeout and client_idle_limit_in_recovery, as pgpool-II's second stage waits. */
   private quiesceForNodeChange(caller?: ServedSession): Promise<() => void> {
     const limit = this.config.clientIdleLimitInRecovery;
@@ -260,6 +273,7 @@ export class ProxyServer {
     this.cluster.off('detach', this.recordStatus);
     this.cluster.off('attach', this.recordStatus);
     const checks = this.healthChecker.stop();
+    await this.pcp?.stop();
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();

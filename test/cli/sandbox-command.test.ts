@@ -75,7 +75,7 @@ function psql(port: number, sql: string): Promise<Finished> {
 test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => {
   const dir = tempDir();
   const port = await freePort();
-  const sandbox = launch(process.execPath, [mainJs, 'sandbox', '--nodes', '2', '--port', String(port), '--dir', dir], 180_000);
+  const sandbox = launch(process.execPath, [mainJs, 'sandbox', '--nodes', '2', '--port', String(port), '--pcp-port', '0', '--dir', dir], 180_000);
 
   await new Promise<void>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`no "proxy on port" line within 120 s\n${sandbox.output()}`)), 120_000);

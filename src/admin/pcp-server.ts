@@ -1,0 +1,221 @@
+// pgpool-II's PCP protocol on pcp_port, so that pgpool's own clients (pcp_node_count, pcp_node_info,
+// pcp_attach_node, pcp_detach_node, pcp_recovery_node) drive parapool unchanged. A PCP packet is framed as a
+// PostgreSQL message (a type byte, then a 32-bit length counting itself); bodies are NUL-terminated strings.
+// Authentication is pgpool's md5: the client asks for a 4-byte salt ('M'), then sends its user name and
+// md5(md5(md5(password) + user) + salt) ('R'), checked against the pcp.conf file (user:md5(password) lines),
+// read again at each log-in as pgpool does. Errors go back as 'E' with PostgreSQL's error fields; a malformed or
+// unauthenticated packet ends that connection only.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { ClusterState } from '../cluster/cluster-state';
+import { log } from '../log';
+import { PgError, SqlState } from '../protocol/errors';
+import { FrameReader, type Frame } from '../protocol/frame-reader';
+import { serverMessages } from '../protocol/server-messages';
+import { changeNode, type NodeCommandName, type NodeOperations } from './node-commands';
+
+export interface PcpServerOptions {
+  readonly addresses: readonly string[];
+  readonly port: number;
+  /** pcp.conf: `user:md5-of-password` lines. */
+  readonly usersFile: string;
+  readonly cluster: ClusterState;
+  readonly operations: NodeOperations;
+}
+
+/** pgpool refuses larger packets too: a PCP request is a few short strings. */
+const maxPacketLength = 64 * 1024;
+
+const md5Hex = (data: Buffer | string) => createHash('md5').update(data).digest('hex');
+
+/** `type` + length + body, as both PCP and the PostgreSQL protocol frame a message. */
+function packet(type: string, ...fields: (string | Buffer)[]): Buffer {
+  const body = Buffer.concat(fields.map((f) => (typeof f === 'string' ? Buffer.from(`${f}\0`) : f)));
+  const header = Buffer.alloc(5);
+  header.write(type, 0, 'latin1');
+  header.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([header, body]);
+}
+
+function fields(frame: Frame): string[] {
+  return frame.payload.toString('utf8').split('\0').slice(0, -1);
+}
+
+/** The md5 of each user's password in pcp.conf; a line that is not `user:md5` is skipped, as pgpool skips it. */
+function readUsers(path: string): Map<string, string> {
+  const users = new Map<string, string>();
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const colon = line.indexOf(':');
+    if (colon > 0) users.set(line.slice(0, colon), line.slice(colon + 1).trim());
+  }
+  return users;
+}
+
+/** RAND_MAX of the C library pgpool's clients are built with. */
+const randMax = 2147483647;
+
+/** pgpool's pool_backend_status: 2 up, 3 down. */
+const backendStatus = { up: '2', down: '3' } as const;
+/** pgpool's SERVER_ROLE in replication mode: 0 main, 1 replica. */
+const roleMain = '0';
+const roleReplica = '1';
+
+export class PcpServer {
+  private readonly servers: Server[] = [];
+  private readonly sockets = new Set<Socket>();
+
+  constructor(private readonly options: PcpServerOptions) {}
+
+  async start(): Promise<void> {
+    for (const address of this.options.addresses) {
+      const server = createServer((socket) => this.accept(socket));
+      await new Promise<void>((resolvePromise, reject) => {
+        server.once('error', reject);
+        server.listen(this.port || this.options.port, address, () => {
+          server.off('error', reject);
+          resolvePromise();
+        });
+      });
+      this.servers.push(server);
+    }
+    log('info', 'pcp_listening', { addresses: this.options.addresses.join(','), port: this.port });
+  }
+
+  /** The port PCP clients connect to (the system's choice for pcp_port 0). */
+  get port(): number {
+    const address = this.servers[0]?.address();
+    return address && typeof address === 'object' ? address.port : 0;
+  }
+
+  async stop(): Promise<void> {
+    const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
+    for (const socket of this.sockets) socket.destroy();
+    await closed;
+    this.servers.length = 0;
+  }
+
+  private accept(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => undefined);
+    const reader = new FrameReader(maxPacketLength, 'PCP client');
+    let salt: Buffer | null = null;
+    let user: string | null = null;
+    let queue: Promise<void> = Promise.resolve();
+    const fail = (error: PgError) => {
+      socket.end(serverMessages.errorResponse(error));
+    };
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = reader.push(chunk);
+      } catch (error) {
+        log('warning', 'pcp_bad_packet', { error: (error as Error).message });
+        return fail(new PgError({ severity: 'FATAL', code: SqlState.protocolViolation, message: 'invalid PCP packet', detail: (error as Error).message }));
+      }
+      for (const frame of frames) {
+        // One request at a time, in order: a recovery may take a while.
+        queue = queue.then(async () => {
+          if (socket.destroyed) return;
+          const type = String.fromCharCode(frame.code);
+          if (type === 'M') {
+            salt = randomBytes(4);
+            socket.write(packet('m', salt));
+            return;
+          }
+          if (type === 'R') {
+            const [name, answer] = fields(frame);
+            if (!salt || name === undefined || answer === undefined || !this.authenticates(name, answer, salt)) {
+              log('warning', 'pcp_authentication_failed', { user: name ?? '' });
+              return fail(new PgError({ severity: 'FATAL', code: SqlState.invalidPassword, message: `authentication failed for user "${name ?? ''}"`, detail: 'username and/or password does not match' }));
+            }
+            user = name;
+            socket.write(packet('r', 'AuthenticationOK'));
+            return;
+          }
+          if (user === null) return fail(new PgError({ severity: 'FATAL', code: SqlState.invalidPassword, message: 'authentication failed for new PCP connection', detail: 'connection not authorized' }));
+          if (type === 'X') return void socket.end();
+          try {
+            await this.command(type, fields(frame), socket, user);
+          } catch (error) {
+            const pgError = error instanceof PgError ? error : new PgError({ code: SqlState.internalError, message: (error as Error).message });
+            socket.write(serverMessages.errorResponse(pgError));
+          }
+        });
+      }
+    });
+  }
+
+  private authenticates(name: string, answer: string, salt: Buffer): boolean {
+    let stored: string | undefined;
+    try {
+      stored = readUsers(this.options.usersFile).get(name);
+    } catch (error) {
+      log('error', 'pcp_users_file_unreadable', { path: this.options.usersFile, error: (error as Error).message });
+      return false;
+    }
+    if (!stored) return false;
+    const expected = md5Hex(Buffer.concat([Buffer.from(md5Hex(stored + name)), salt]));
+    return expected === answer;
+  }
+
+  private nodeId(argument: string | undefined): number {
+    const { cluster } = this.options;
+    const id = argument !== undefined && /^\d+$/.test(argument) ? Number(argument) : -1;
+    if (!cluster.nodes[id]) throw new PgError({ code: SqlState.invalidParameterValue, message: 'informing node info failed', detail: `invalid node ID : ${argument ?? ''}` });
+    return id;
+  }
+
+  private async command(type: string, args: string[], socket: Socket, user: string): Promise<void> {
+    const { cluster } = this.options;
+    switch (type) {
+      case 'L':
+        socket.write(packet('l', 'CommandComplete', String(cluster.nodes.length)));
+        return;
+      case 'I': {
+        const node = cluster.nodes[this.nodeId(args[0])];
+        const main = cluster.mainNode();
+        const totalWeight = cluster.nodes.reduce((sum, n) => sum + n.weight, 0) || 1;
+        socket.write(packet('i', 'ArraySize', '1'));
+        socket.write(
+          packet(
+            'i',
+            'NodeInfo',
+            node.host,
+            String(node.port),
+            backendStatus[node.status],
+            '0', // quarantine
+            node.status,
+            // pgpool keeps weights scaled by RAND_MAX, and its client divides by it again.
+            ((node.weight / totalWeight) * randMax).toFixed(6),
+            node === main ? roleMain : roleReplica,
+            node === main ? 'main' : 'replica',
+            '0', // standby delay: no streaming standbys in this mode
+            '', // replication state
+            '', // replication sync state
+            String(Math.floor(node.statusChangedAt.getTime() / 1000)),
+          ),
+        );
+        socket.write(packet('i', 'CommandComplete'));
+        return;
+      }
+      case 'C':
+      case 'D':
+      case 'd':
+      case 'O': {
+        const name: NodeCommandName = type === 'C' ? 'attach_node' : type === 'O' ? 'recover_node' : 'detach_node';
+        const nodeId = this.nodeId(args[0]);
+        log('info', 'pcp_command', { user, command: name, node: nodeId });
+        const progress = (message: string) => socket.write(packet('N', Buffer.from(`SNOTICE\0M${message}\0\0`)));
+        await changeNode({ name, nodeId, via: `pcp_${name === 'recover_node' ? 'recovery' : name.replace('_node', '')}_node` }, this.options.operations, progress);
+        socket.write(packet(type === 'C' || type === 'O' ? 'c' : 'd', 'CommandComplete'));
+        return;
+      }
+      default:
+        throw new PgError({ code: SqlState.featureNotSupported, message: 'PCP processing request', detail: `PCP packet type "${type}" is not supported by parapool` });
+    }
+  }
+}

@@ -1,0 +1,114 @@
+// The PCP server with pgpool-II's own clients (Debian's pgpool2: pcp_node_count, pcp_node_info,
+// pcp_detach_node, pcp_attach_node, pcp_recovery_node), unchanged, against a real 2-node cluster: md5
+// authentication from pcp.conf, wrong credentials refused, malformed packets answered with an error and the
+// connection closed, the proxy serving throughout.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
+
+let cluster: TestCluster;
+let passFile: string;
+let pcpDir: string;
+
+const pcpPassword = 'pcp secret';
+
+before(async () => {
+  // pcp.conf must exist when the proxy starts; the cluster's own directory does not exist before it.
+  pcpDir = mkdtempSync(join(tmpdir(), 'parapool-pcp-'));
+  const usersFile = join(pcpDir, 'pcp.conf');
+  writeFileSync(usersFile, `# user:md5(password)\npostgres:${createHash('md5').update(pcpPassword).digest('hex')}\n`);
+  passFile = join(pcpDir, 'pcppass');
+  writeFileSync(passFile, `*:*:postgres:${pcpPassword}\n`, { mode: 0o600 });
+  cluster = await startTestCluster({
+    nodes: 2,
+    configure: (config) => {
+      config.pcpPort = 0;
+      config.pcpConfFile = usersFile;
+    },
+  });
+});
+
+after(async () => {
+  await cluster?.stop();
+  rmSync(pcpDir, { recursive: true, force: true });
+});
+
+/**
+ * Runs a pcp_* client against the proxy's PCP port; resolves with its exit code and output. pgpool's clients exit
+ * 0 after an error too: the output says which.
+ */
+function pcp(program: string, args: string[], user = 'postgres', passwordFile = passFile): Promise<{ code: number; out: string }> {
+  return new Promise((resolvePromise) => {
+    const all = ['-h', '127.0.0.1', '-p', String(cluster.proxy.pcp!.port), '-U', user, '-w', ...args];
+    execFile(`/usr/sbin/${program}`, all, { env: { ...process.env, PCPPASSFILE: passwordFile } }, (error, stdout, stderr) => {
+      resolvePromise({ code: error ? ((error as { code?: number }).code ?? 1) : 0, out: (stdout + stderr).trim() });
+    });
+  });
+}
+
+async function statuses(): Promise<string[]> {
+  const client = await cluster.connect();
+  try {
+    return (await rowsOf(client, 'show pool_nodes')).map((r) => r[3]!);
+  } finally {
+    await client.end();
+  }
+}
+
+test('pcp_node_count and pcp_node_info answer as pgpool-II', async () => {
+  assert.deepEqual(await pcp('pcp_node_count', []), { code: 0, out: '2' });
+  const info = await pcp('pcp_node_info', ['-n', '1']);
+  assert.equal(info.code, 0, info.out);
+  const [host, port, status, weight, statusName, pgStatus, role, pgRole] = info.out.split(' ');
+  assert.deepEqual([host, port, status, weight, statusName, pgStatus, role, pgRole], ['127.0.0.1', String(cluster.nodes[1].port), '2', '0.500000', 'up', 'up', 'replica', 'replica']);
+  assert.match((await pcp('pcp_node_info', ['-n', '0'])).out, / main main /);
+  assert.match((await pcp('pcp_node_info', ['-n', '7'])).out, /^ERROR: .*\nDETAIL:  invalid node ID : 7/);
+});
+
+test('pcp_detach_node and pcp_attach_node take a node out of service and back', async () => {
+  assert.deepEqual(await pcp('pcp_detach_node', ['-n', '1']), { code: 0, out: 'pcp_detach_node -- Command Successful' });
+  assert.deepEqual(await statuses(), ['up', 'down']);
+  assert.match((await pcp('pcp_node_info', ['-n', '1'])).out, /^\S+ \d+ 3 \S+ down down/);
+  assert.match((await pcp('pcp_detach_node', ['-n', '0'])).out, /^ERROR: .*last node in service/);
+  assert.deepEqual(await pcp('pcp_attach_node', ['-n', '1']), { code: 0, out: 'pcp_attach_node -- Command Successful' });
+  assert.deepEqual(await statuses(), ['up', 'up']);
+});
+
+test('pcp_recovery_node of a node in service is refused with the reason', async () => {
+  assert.match((await pcp('pcp_recovery_node', ['-n', '1'])).out, /^ERROR: .*node 1 .* is in service\nDETAIL:  Only a detached node is recovered/);
+});
+
+test('wrong credentials are refused; malformed packets get an error and a closed connection; the proxy serves on', async () => {
+  const wrongPass = join(cluster.dir, 'wrongpass');
+  writeFileSync(wrongPass, `*:*:postgres:not the password\n`, { mode: 0o600 });
+  assert.match((await pcp('pcp_node_count', [], 'postgres', wrongPass)).out, /authentication failed/);
+  assert.match((await pcp('pcp_node_count', [], 'nobody', wrongPass)).out, /authentication failed/);
+
+  for (const bytes of [
+    Buffer.from('L\0\0\0\x04'), // a command before authentication
+    Buffer.from('M\x7f\xff\xff\xff'), // a huge length
+    Buffer.from('R\0\0\0\x02'), // a length shorter than itself
+    Buffer.from('R\0\0\0\x06ab'), // a log-in without a salt asked for, and no password
+  ]) {
+    const reply = await new Promise<Buffer>((resolvePromise) => {
+      const socket = connect({ host: '127.0.0.1', port: cluster.proxy.pcp!.port });
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk) => chunks.push(chunk));
+      socket.on('close', () => resolvePromise(Buffer.concat(chunks)));
+      socket.on('error', () => undefined);
+      socket.on('connect', () => socket.write(bytes));
+    });
+    assert.equal(String.fromCharCode(reply[0]), 'E', `an error for ${JSON.stringify(bytes.toString('latin1'))}`);
+  }
+  assert.deepEqual(await pcp('pcp_node_count', []), { code: 0, out: '2' });
+  const client = await cluster.connect();
+  assert.deepEqual(await rowsOf(client, 'select 1'), [['1']]);
+  await client.end();
+});
