@@ -19,6 +19,7 @@ import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
+import { StatementRegistry } from '../cluster/statement-activity';
 import { recoverNode } from '../cluster/online-recovery';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
@@ -38,6 +39,7 @@ export class ProxyServer {
   private recoveryTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   readonly gate = new StatementGate();
+  readonly statements = new StatementRegistry();
   private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
 
   constructor(readonly config: ProxyConfig) {
@@ -65,6 +67,8 @@ export class ProxyServer {
       }),
       healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
+      statements: this.statements,
+      sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
         if (session && session.secretKey === secretKey) session.cancel();
