@@ -8,6 +8,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { serialize } from 'pg-protocol';
 import type { NodeAddress } from '../cluster/backend-node';
 import { describeNode } from '../cluster/backend-node';
+import { countNodeError } from '../cluster/statement-activity';
 import { log } from '../log';
 import { quoteLiteral } from '../catalog/partition-rule';
 import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-error';
@@ -69,11 +70,16 @@ export class BackendConnection {
   lastUsedAt = Date.now();
   /** Why the node ended the connection, when it said so (its FATAL message). */
   closeReason: string | null = null;
+  /** For SHOW pool_pools: when the node accepted it, how many client sessions took it, when one last took and gave it back. */
+  readonly connectedAt = new Date();
+  uses = 0;
+  acquiredAt: Date | null = null;
+  releasedAt: Date | null = null;
   private handler: FrameHandler | null = null;
   private closeListeners: ((error: Error | null) => void)[] = [];
   private readonly reader: FrameReader;
 
-  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string, readonly database: string) {
+  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string, readonly database: string, readonly user: string) {
     this.reader = new FrameReader(1024 * 1024 * 1024 + 5, describeNode(node));
     this.coalescing = new CoalescingWriter(socket);
     socket.setNoDelay(true);
@@ -89,7 +95,7 @@ export class BackendConnection {
     const { node } = startup;
     const socket = await openSocket(node, startup.connectTimeoutMs, startup.signal);
     const database = startup.parameters.get('database') ?? startup.parameters.get('user') ?? '';
-    const connection = new BackendConnection(node, socket, poolKey, database);
+    const connection = new BackendConnection(node, socket, poolKey, database, startup.parameters.get('user') ?? '');
     const abort = () => connection.destroy();
     startup.signal?.addEventListener('abort', abort);
     try {
@@ -215,6 +221,9 @@ export class BackendConnection {
       } else if (frame.code === BackendCode.parameterStatus) {
         const cursor = new MessageCursor(frame.payload, 'ParameterStatus');
         this.parameters.set(cursor.cstring(), cursor.cstring());
+      } else if (frame.code === BackendCode.errorResponse && this.node.stats) {
+        // Counted here, where every node connection's frames pass, rather than in each place that reads replies.
+        countNodeError(this.node.stats, decodeBackendNotice(frame).severity);
       }
       const handler = this.handler;
       if (handler) handler(frame, this);

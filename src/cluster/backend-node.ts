@@ -2,12 +2,16 @@
 // service. A node is one PostgreSQL server today; "node" and "server" stay apart so that a node can later be
 // a primary with standbys.
 
+import type { BackendStats } from './statement-activity';
+
 export type NodeStatus = 'up' | 'down';
 
 export interface NodeAddress {
   readonly id: number;
   readonly host: string;
   readonly port: number;
+  /** The node's counters, on the main thread's nodes (a worker thread's addresses have none). */
+  readonly stats?: BackendStats;
 }
 
 export interface BackendNode extends NodeAddress {
@@ -19,6 +23,8 @@ export interface BackendNode extends NodeAddress {
   downReason: string | null;
   /** Reads sent to this node. */
   selectCount: number;
+  /** Statements and errors, for SHOW pool_backend_stats. */
+  readonly stats: BackendStats;
 }
 
 export function describeNode(node: NodeAddress): string {

@@ -1,6 +1,7 @@
 // The proxy's view of its nodes: which are in service, which one answers for the cluster (the main node:
 // the lowest-numbered node in service, as in pgpool-II), and the detach events sessions react to.
 
+import { emptyBackendStats } from './statement-activity';
 import { EventEmitter } from 'node:events';
 import type { BackendConfig } from '../config/config';
 import { log } from '../log';
@@ -39,6 +40,7 @@ export class ClusterState extends EventEmitter {
       statusChangedAt: new Date(),
       downReason: null,
       selectCount: 0,
+      stats: emptyBackendStats(),
     }));
   }
 

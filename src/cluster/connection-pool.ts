@@ -40,14 +40,15 @@ export class ConnectionPool {
     const list = this.idle.get(key);
     while (list && list.length > 0) {
       const connection = list.pop()!;
-      if (await connection.checkAlive(liveCheckAfterMs)) return connection;
+      if (await connection.checkAlive(liveCheckAfterMs)) return taken(connection);
       connection.destroy();
     }
-    return BackendConnection.connect(startup, key);
+    return taken(await BackendConnection.connect(startup, key));
   }
 
   /** Returns a connection after its session ended; closes it when it cannot be reused safely. */
   async release(connection: BackendConnection): Promise<void> {
+    connection.releasedAt = new Date();
     if (this.closing || !this.settings.enabled || connection.closed || connection.busy) {
       connection.destroy();
       return;
@@ -109,6 +110,11 @@ export class ConnectionPool {
     }
   }
 
+  /** The idle connections, by pool key, in the order they would be handed out last to first. */
+  idleConnections(): BackendConnection[][] {
+    return [...this.idle.values()].filter((list) => list.length > 0);
+  }
+
   idleCount(): number {
     let count = 0;
     for (const list of this.idle.values()) count += list.length;
@@ -121,4 +127,10 @@ export class ConnectionPool {
     for (const list of this.idle.values()) for (const connection of list) connection.destroy();
     this.idle.clear();
   }
+}
+
+function taken(connection: BackendConnection): BackendConnection {
+  connection.uses++;
+  connection.acquiredAt = new Date();
+  return connection;
 }

@@ -302,6 +302,93 @@ const settings: Record<string, Setter> = {
   },
 };
 
+/** The parameter names a configuration file may set, besides backend_*N and health_check_*[N]. */
+export const parameterNames: readonly string[] = Object.keys(settings);
+
+/** One row of SHOW pool_status: a parameter's pgpool.conf name, its current value, what it does. */
+export interface ConfigurationItem {
+  readonly item: string;
+  readonly value: string;
+  readonly description: string;
+}
+
+const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
+  listen_addresses: [(c) => c.listenAddresses.join(','), 'host names or IP addresses to listen on'],
+  port: [(c) => c.port, 'port number to listen on'],
+  num_init_children: [(c) => c.numInitChildren, 'most client sessions served at once'],
+  max_pool: [(c) => c.maxPool, 'idle connections kept per node for each user, database and options'],
+  connection_cache: [(c) => c.connectionCache, 'keep node connections for the next session'],
+  reset_query_list: [(c) => c.resetQueryList.join(';'), 'statements run before a connection returns to the pool'],
+  load_balance_mode: [(c) => c.loadBalanceMode, 'spread reads over the nodes by backend_weight'],
+  insert_lock: [(c) => c.insertLock, 'replicated writes that advance a sequence run one at a time per sequence'],
+  insert_lock_timeout: [(c) => c.insertLockTimeout, 'seconds a statement in a transaction waits for the insert lock'],
+  statement_level_load_balance: [(c) => c.statementLevelLoadBalance, 'choose the read node per statement, not per session'],
+  write_function_list: [(c) => c.writeFunctionList.join(','), 'functions whose call makes a SELECT a write'],
+  client_authentication: [(c) => c.clientAuthentication, 'how clients authenticate: trust, md5 or scram-sha-256'],
+  pool_passwd: [(c) => c.poolPasswd ?? '', 'password file for clients and for the nodes'],
+  connect_timeout: [(c) => c.connectTimeout, 'seconds to wait for a node to accept a connection'],
+  authentication_timeout: [(c) => c.authenticationTimeout, 'seconds a client has to finish start-up and authentication'],
+  client_max_message_size: [(c) => c.clientMaxMessageSize, 'largest message accepted from a client, in bytes'],
+  merge_memory_limit: [(c) => c.mergeMemoryLimit, 'most bytes of rows one merge that keeps state may hold'],
+  intermediate_result_limit: [(c) => c.intermediateResultLimit, 'most bytes of rows one statement may ship between nodes'],
+  broadcast_join_limit: [(c) => c.broadcastJoinLimit, 'most rows a broadcast join may copy to every node'],
+  recovery_user: [(c) => c.recoveryUser, 'user for in-doubt transaction recovery and online recovery'],
+  recovery_1st_stage_command: [(c) => c.recovery1stStageCommand, 'first stage of online recovery'],
+  recovery_2nd_stage_command: [(c) => c.recovery2ndStageCommand, 'second stage of online recovery'],
+  recovery_timeout: [(c) => c.recoveryTimeout, 'seconds each online recovery stage may take'],
+  backend_clustering_mode: [() => 'native_replication', 'the mode parapool runs: writes to every node, partition rules on top'],
+  pcp_listen_addresses: [(c) => c.pcpListenAddresses.join(','), 'addresses the PCP server listens on'],
+  pcp_port: [(c) => c.pcpPort, 'port of the PCP server'],
+  pcp_conf_file: [(c) => c.pcpConfFile ?? '', 'users of the PCP server (user:md5 lines); empty: no PCP server'],
+  client_idle_limit_in_recovery: [(c) => c.clientIdleLimitInRecovery, 'seconds online recovery waits for open transactions before ending them'],
+  in_doubt_recovery_interval: [(c) => c.inDoubtRecoveryInterval, 'seconds between looks for in-doubt prepared transactions'],
+  log_min_messages: [(c) => c.logMinMessages, 'least severe log level written'],
+  log_connections: [(c) => c.logConnections, 'log client connections'],
+  log_disconnections: [(c) => c.logDisconnections, 'log client disconnections'],
+  log_statement: [(c) => c.logStatement, 'log every client statement'],
+  log_per_node_statement: [(c) => c.logPerNodeStatement, 'log every statement sent to each node'],
+  failover_command: [(c) => c.failoverCommand, 'command run when a node is detached'],
+  failback_command: [(c) => c.failbackCommand, 'command run when a node is attached'],
+  logdir: [(c) => c.logdir, 'directory of the pgpool_status file'],
+};
+
+const healthCheckDescriptions: [keyof HealthCheckConfig, string, string][] = [
+  ['period', 'period', 'seconds between health checks (0: off)'],
+  ['timeout', 'timeout', 'seconds one health check attempt may take'],
+  ['maxRetries', 'max_retries', 'attempts after a failed health check before the node is detached'],
+  ['retryDelay', 'retry_delay', 'seconds between health check attempts'],
+  ['user', 'user', 'user of health checks'],
+  ['password', 'password', 'password of health checks'],
+  ['database', 'database', 'database of health checks'],
+];
+
+/** Every parameter with its current value, in pgpool.conf's names (SHOW pool_status); passwords are not shown. */
+export function configurationItems(config: ProxyConfig): ConfigurationItem[] {
+  const text = (value: unknown) => (typeof value === 'boolean' ? (value ? 'on' : 'off') : String(value));
+  const items: ConfigurationItem[] = parameterNames.map((name) => {
+    const [value, description] = descriptions[name] ?? [() => '', ''];
+    return { item: name, value: text(value(config)), description };
+  });
+  const healthCheck = (values: Partial<HealthCheckConfig>, suffix: string, scope: string) => {
+    for (const [field, name, description] of healthCheckDescriptions) {
+      const value = values[field];
+      if (value === undefined) continue;
+      items.push({ item: `health_check_${name}${suffix}`, value: field === 'password' && value !== '' ? '********' : text(value), description: `${description}${scope}` });
+    }
+  };
+  healthCheck(config.healthCheck, '', '');
+  for (const backend of config.backends) {
+    items.push(
+      { item: `backend_hostname${backend.id}`, value: backend.host, description: `host name or address of node ${backend.id}` },
+      { item: `backend_port${backend.id}`, value: String(backend.port), description: `port of node ${backend.id}` },
+      { item: `backend_weight${backend.id}`, value: String(backend.weight), description: `load balance weight of node ${backend.id}` },
+      { item: `backend_data_directory${backend.id}`, value: backend.dataDirectory ?? '', description: `data directory of node ${backend.id}` },
+    );
+    healthCheck(config.healthCheckPerNode[backend.id] ?? {}, String(backend.id), ` (node ${backend.id})`);
+  }
+  return items;
+}
+
 const backendKey = /^backend_(hostname|port|weight|data_directory)(\d+)$/;
 const healthCheckKey = /^health_check_(period|timeout|max_retries|retry_delay|user|password|database)(\d*)$/;
 

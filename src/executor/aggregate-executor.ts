@@ -27,7 +27,7 @@ export async function executeAggregate(plan: AggregatePlan, port: ExecutionPort)
   if (plan.groupColumns > 0 && !plan.rows && port.workerFragments && !plan.fragment.sql.includes('pg_temp')) {
     return executeInWorker(plan, port, port.workerFragments, connection, textBytewise, started);
   }
-  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql));
+  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql, port.activity));
   const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);
   let failed = firstError(streams);
@@ -62,7 +62,7 @@ async function finish(plan: AggregatePlan, port: ExecutionPort, connection: Back
   let failure = await copyInto(connection, create, (_, sendText) => sendText(Buffer.from(copyText.buffer, copyText.byteOffset, copyText.byteLength)));
   let rows = 0;
   if (!failure) {
-    const outcome = await relayFinal(connection, plan.finalSql.replace('{{partials}}', table), port.sink);
+    const outcome = await relayFinal(connection, plan.finalSql.replace('{{partials}}', table), port.sink, port.activity);
     failure = outcome.failure;
     rows = outcome.rows;
   }
@@ -90,6 +90,8 @@ async function executeInWorker(plan: AggregatePlan, port: ExecutionPort, worker:
     port: port2,
   };
   const unregister = worker.onCancel(() => port1.postMessage({ cancel: true }));
+  // The worker's rows stay in its thread: SHOW parapool_queries sees its fragments run, and their rows once done.
+  const activities = plan.fragment.nodes.map((node) => port.activity?.fragment(node, 'worker'));
   let result: FragmentResult;
   try {
     result = (await workerPool().run(task, { name: 'runFragmentsAndFold', transferList: [port2] as never })) as FragmentResult;
@@ -100,6 +102,11 @@ async function executeInWorker(plan: AggregatePlan, port: ExecutionPort, worker:
     unregister();
     port1.close();
   }
+  activities.forEach((activity, i) => {
+    if (!activity) return;
+    if (result.ok) activity.rows = result.steps.find((s) => s.node === plan.fragment.nodes[i])?.rows ?? 0;
+    activity.finish(!result.ok);
+  });
   if (!result.ok) {
     return { ok: false, error: new PgError({ code: result.code, message: result.message, hint: result.hint, detail: result.detail }), errorFrame: result.frame ? Buffer.from(result.frame) : null };
   }

@@ -6,6 +6,7 @@ import type { PgError } from '../protocol/errors';
 import type { StepStats } from '../planner/explain-plan';
 import type { ClientSink } from './client-sink';
 import type { WorkerStartup } from './fragment-worker';
+import type { RunningStatement } from '../cluster/statement-activity';
 
 export interface ExecutionPort {
   /** The session's connection to a node; throws a PgError naming the node when it is out of service. */
@@ -27,6 +28,8 @@ export interface ExecutionPort {
   readonly intermediateResultLimit: number;
   /** Outside a transaction block: how a worker thread connects as the session (see fragment-worker.ts). */
   readonly workerFragments?: WorkerFragments;
+  /** The client statement this plan runs for, whose fragments SHOW parapool_queries lists. */
+  readonly activity?: RunningStatement;
 }
 
 export interface WorkerFragments {

@@ -9,6 +9,7 @@ import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-err
 import { PgError, SqlState } from '../protocol/errors';
 import type { Frame } from '../protocol/frame-reader';
 import { BackendCode } from '../protocol/message-codes';
+import type { FragmentActivity, RunningStatement } from '../cluster/statement-activity';
 
 const highWater = 1024;
 const lowWater = 256;
@@ -29,7 +30,11 @@ export class FragmentStream {
   private waiter: (() => void) | null = null;
   readonly finished: Promise<void>;
 
-  constructor(readonly connection: BackendConnection, readonly sql: string) {
+  /** What SHOW parapool_queries sees of this fragment, when the statement is tracked. */
+  private readonly activity: FragmentActivity | null;
+
+  constructor(readonly connection: BackendConnection, readonly sql: string, statement?: RunningStatement) {
+    this.activity = statement ? statement.fragment(connection.node.id) : null;
     this.finished = connection
       .exchange([serialize.query(sql)], (frame) => this.onFrame(frame))
       .catch((error: unknown) => {
@@ -41,6 +46,7 @@ export class FragmentStream {
       .finally(() => {
         this.done = true;
         this.finishedAt = process.hrtime.bigint();
+        this.activity?.finish(this.error !== null);
         if (this.paused) connection.resume();
         this.wake();
       });
@@ -52,6 +58,7 @@ export class FragmentStream {
         if (this.discarded) return;
         this.queue.push(frame);
         this.rowCount++;
+        if (this.activity) this.activity.rows++;
         if (!this.paused && this.queue.length - this.head >= highWater) {
           this.paused = true;
           this.connection.pause();

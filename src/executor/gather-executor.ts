@@ -32,7 +32,7 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
   let overLimit = false;
   for (let t = 0; t < plan.tables.length && !failure && !result; t++) {
     const table = plan.tables[t];
-    const streams = sources[t].map((source) => new FragmentStream(source, table.fragment.sql));
+    const streams = sources[t].map((source) => new FragmentStream(source, table.fragment.sql, port.activity));
     const copied = await copyInto(connection, `COPY ${names[t]} FROM STDIN`, (send) =>
       forEachRow(streams, (frame) => {
         if (overLimit) return;
@@ -72,7 +72,7 @@ export async function executeGather(plan: GatherPlan, port: ExecutionPort): Prom
     // Highest first: parapool_gathered_1 is a prefix of parapool_gathered_10.
     for (let i = plan.tables.length - 1; i >= 0; i--) sql = sql.split(`pg_temp.${gatheredTableName(i)}`).join(names[i]);
     const finalStarted = process.hrtime.bigint();
-    const outcome = await relayFinal(connection, sql, port.sink);
+    const outcome = await relayFinal(connection, sql, port.sink, port.activity);
     failure = outcome.failure;
     rows = outcome.rows;
     stats.push({ step: `final on node ${plan.finalNode}`, rows, ms: Number(process.hrtime.bigint() - finalStarted) / 1e6 });

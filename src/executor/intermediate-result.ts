@@ -9,6 +9,7 @@ import { decodeBackendNotice, pgErrorFromBackend } from '../protocol/backend-err
 import { PgError, SqlState } from '../protocol/errors';
 import { BackendCode } from '../protocol/message-codes';
 import type { ClientSink } from './client-sink';
+import type { RunningStatement } from '../cluster/statement-activity';
 
 const copyChunkBytes = 64 * 1024;
 
@@ -158,17 +159,19 @@ export async function copyInto(
  * Runs the finishing statement on a node and relays its RowDescription, rows, notices and command tag to the
  * client as bytes; the node's error is returned instead of relayed, so the caller decides how to end.
  */
-export async function relayFinal(connection: BackendConnection, sql: string, sink: ClientSink): Promise<{ failure: NodeFailure | null; rows: number }> {
+export async function relayFinal(connection: BackendConnection, sql: string, sink: ClientSink, statement?: RunningStatement): Promise<{ failure: NodeFailure | null; rows: number }> {
   let failure: NodeFailure | null = null;
   let rows = 0;
   let full = false;
-  await connection.exchange([serialize.query(sql)], (frame) => {
+  const activity = statement?.fragment(connection.node.id, 'final') ?? null;
+  const exchange = connection.exchange([serialize.query(sql)], (frame) => {
     switch (frame.code) {
       case BackendCode.errorResponse:
         if (!failure) failure = { error: pgErrorFromBackend(decodeBackendNotice(frame)), frame: Buffer.from(frame.raw) };
         return;
       case BackendCode.dataRow:
         rows++;
+        if (activity) activity.rows++;
         if (!sink.write(frame.raw) && !full) {
           full = true;
           connection.pause();
@@ -191,6 +194,13 @@ export async function relayFinal(connection: BackendConnection, sql: string, sin
         return;
     }
   });
+  let ended = false;
+  try {
+    await exchange;
+    ended = true;
+  } finally {
+    activity?.finish(!ended || failure !== null);
+  }
   return { failure, rows };
 }
 

@@ -18,7 +18,7 @@ export async function executeMerge(plan: MergePlan, port: ExecutionPort): Promis
   const textBytewise = plan.sortKeys.length > 0 ? plan.defaultCollation && (await port.textOrderIsBytewise()) : true;
   // Every node needed is asked for before any starts: one out of service fails the statement with nothing to undo.
   const connections = plan.fragment.nodes.map((node) => port.connectionFor(node));
-  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql));
+  const streams = connections.map((c) => new FragmentStream(c, plan.fragment.sql, port.activity));
   const started = process.hrtime.bigint();
   const settle = () => settleStreams(streams, firstError(streams) !== null);
   await whenDescribed(streams);

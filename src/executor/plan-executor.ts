@@ -40,7 +40,20 @@ export interface DistributedReadPort extends ExecutionPort {
   readonly broadcastRowLimit: number;
 }
 
-export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
+export async function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
+  const activity = port.activity;
+  if (!activity) return executePlanKind(plan, port);
+  // The fragments a nested plan (tier 3's subqueries) starts belong to its own kind; the outer plan's resume after.
+  const outer = activity.plan;
+  activity.plan = plan.kind;
+  try {
+    return await executePlanKind(plan, port);
+  } finally {
+    activity.plan = outer;
+  }
+}
+
+function executePlanKind(plan: DistributedPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   switch (plan.kind) {
     case 'merge':
       return executeMerge(plan, port);
@@ -64,7 +77,7 @@ export function executePlan(plan: DistributedPlan, port: ExecutionPort): Promise
 /** The statement, unchanged, on its one node; the node's bytes are relayed as they come. */
 async function executeRouter(plan: RouterPlan, port: ExecutionPort): Promise<ExecutionOutcome> {
   const started = process.hrtime.bigint();
-  const { failure, rows } = await relayFinal(port.connectionFor(plan.nodes[0]), plan.sql, port.sink);
+  const { failure, rows } = await relayFinal(port.connectionFor(plan.nodes[0]), plan.sql, port.sink, port.activity);
   if (failure) return { ok: false, error: failure.error, errorFrame: failure.frame };
   return { ok: true, rows, stats: [{ step: `statement on node ${plan.nodes[0]}`, rows, ms: Number(process.hrtime.bigint() - started) / 1e6 }] };
 }

@@ -76,7 +76,7 @@ async function redistribute(
         for (const node of table.fragment.nodes) {
           const source = await port.sourceConnection(node);
           sources.push(source);
-          streams.push(new FragmentStream(source, table.fragment.sql));
+          streams.push(new FragmentStream(source, table.fragment.sql, port.activity));
         }
         const writers = copies as CopyStream[];
         const column = hashColumn(t);

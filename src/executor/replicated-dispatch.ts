@@ -9,6 +9,7 @@ import { decodeBackendNotice } from '../protocol/backend-error';
 import type { Frame } from '../protocol/frame-reader';
 import { BackendCode, FrontendCode, type TransactionStatus } from '../protocol/message-codes';
 import type { ClientSink } from './client-sink';
+import type { FragmentActivity, RunningStatement } from '../cluster/statement-activity';
 
 /** What one node is sent in one step of the exchange. */
 export interface NodeSend {
@@ -51,6 +52,8 @@ interface NodeState extends NodeOutcome {
   /** Extended-protocol messages were sent (after a Flush) with no Sync yet. */
   sentPartial: boolean;
   closeListener: (error: Error | null) => void;
+  /** What SHOW parapool_queries sees of this node's part, when the statement is tracked. */
+  activity: FragmentActivity | null;
 }
 
 export class ReplicatedDispatch {
@@ -95,6 +98,7 @@ export class ReplicatedDispatch {
       skippingUntilSync: false,
       sentPartial: false,
       closeListener: () => undefined,
+      activity: null,
     }));
     for (const state of this.states) {
       state.connection.busy = true;
@@ -102,6 +106,11 @@ export class ReplicatedDispatch {
       state.closeListener = this.closeListener(state);
       state.connection.onClose(state.closeListener);
     }
+  }
+
+  /** Shows each node's part of the exchange as a fragment of `statement` (`step`: read or write). */
+  track(statement: RunningStatement, step: string): void {
+    for (const state of this.states) state.activity ??= statement.fragment(state.connection.node.id, step);
   }
 
   get connections(): BackendConnection[] {
@@ -172,6 +181,9 @@ export class ReplicatedDispatch {
 
   private onFrame(state: NodeState, frame: Frame): void {
     switch (frame.code) {
+      case BackendCode.dataRow:
+        if (state.activity) state.activity.rows++;
+        break;
       case BackendCode.readyForQuery:
         state.pendingSyncs--;
         state.skippingUntilSync = false;
@@ -256,6 +268,7 @@ export class ReplicatedDispatch {
     if (this.states.some((s) => !s.lost && s.pendingSyncs > 0)) return;
     this.finished = true;
     for (const state of this.states) {
+      state.activity?.finish(state.lost !== null || state.outcomes.some((o) => o.startsWith('ERROR')));
       state.connection.busy = false;
       state.connection.setHandler(null);
       state.connection.removeCloseListener(state.closeListener);

@@ -23,7 +23,33 @@ export interface FunctionEffects {
 }
 
 /** SHOW commands the proxy answers instead of a node. */
-export const adminShowCommands = new Set(['pool_nodes', 'pool_version', 'pool_pools', 'pool_processes', 'pool_health_check_stats']);
+export const adminShowCommands = new Set([
+  'pool_nodes', 'pool_version', 'pool_pools', 'pool_processes', 'pool_status', 'pool_health_check_stats', 'pool_backend_stats', 'pool_cache',
+  'parapool_rules', 'parapool_queries',
+]);
+
+/** Statements pgpool-II's pool_backend_stats counts as other_cnt; every statement not named here but DML is DDL. */
+const otherCommands = new Set([
+  'CheckPointStmt', 'DeallocateStmt', 'DiscardStmt', 'ExecuteStmt', 'ExplainStmt', 'ListenStmt', 'LoadStmt', 'LockStmt', 'NotifyStmt',
+  'PrepareStmt', 'VariableSetStmt', 'VariableShowStmt', 'TransactionStmt', 'UnlistenStmt',
+]);
+
+/** pgpool-II's class of a statement in SHOW pool_backend_stats, from its parse tree's tag alone. */
+export function commandKind(node: Node): 'select' | 'insert' | 'update' | 'delete' | 'ddl' | 'other' {
+  const tag = nodeTag(node);
+  switch (tag) {
+    case 'SelectStmt':
+      return 'select';
+    case 'InsertStmt':
+      return 'insert';
+    case 'UpdateStmt':
+      return 'update';
+    case 'DeleteStmt':
+      return 'delete';
+    default:
+      return otherCommands.has(tag) ? 'other' : 'ddl';
+  }
+}
 
 export function compileWriteFunctions(patterns: readonly string[]): RegExp | null {
   if (patterns.length === 0) return null;

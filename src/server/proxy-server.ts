@@ -19,6 +19,7 @@ import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
+import { StatementRegistry } from '../cluster/statement-activity';
 import { recoverNode } from '../cluster/online-recovery';
 import { PcpServer } from '../admin/pcp-server';
 import type { NodeOperations } from '../admin/node-commands';
@@ -42,6 +43,7 @@ export class ProxyServer {
   readonly gate = new StatementGate();
   /** pgpool-II's admin protocol, when pcp_conf_file names its users. */
   pcp: PcpServer | null = null;
+  readonly statements = new StatementRegistry();
   private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
 
   constructor(readonly config: ProxyConfig) {
@@ -65,6 +67,8 @@ export class ProxyServer {
       nodeOperations: (caller) => this.nodeOperations(caller),
       healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
+      statements: this.statements,
+      sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
         if (session && session.secretKey === secretKey) session.cancel();

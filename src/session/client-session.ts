@@ -17,8 +17,9 @@ import { type Socket } from 'node:net';
 import { log } from '../log';
 import { checkDeterminism } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
-import { createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
+import { commandKind, createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
 import { sequencesAdvanced } from '../planner/sequence-use';
+import { RunningStatement, type CommandKind } from '../cluster/statement-activity';
 import { answerAdminCommand } from '../admin/show-commands';
 import { parseNodeCommand, runNodeCommand, type NodeCommand } from '../admin/node-commands';
 import { routeDistributed } from '../planner/distributed-router';
@@ -30,7 +31,8 @@ import { decodeEmpty, decodeQuery } from '../protocol/frontend-messages';
 import { FrontendCode } from '../protocol/message-codes';
 import { serverMessages } from '../protocol/server-messages';
 import { type SessionContext } from './session-state';
-import { readClass, droppedDatabase, isRollback, writesDistributedRows, isCommit } from './session-statements';
+import { readClass, droppedDatabase, isRollback, writesDistributedRows, isCommit, statementSql } from './session-statements';
+import { type PendingMessage } from './pending-message';
 import { SessionStartup } from './session-startup';
 
 export type { ServedSession, SessionContext } from './session-state';
@@ -150,7 +152,7 @@ export class ClientSession extends SessionStartup {
     }
     switch (frame.code) {
       case FrontendCode.query:
-        return this.simpleQuery(frame);
+        return this.tracked(() => decodeQuery(frame.payload), () => this.simpleQuery(frame));
       case FrontendCode.parse:
       case FrontendCode.bind:
       case FrontendCode.describe:
@@ -158,14 +160,22 @@ export class ClientSession extends SessionStartup {
       case FrontendCode.close:
         this.pending.push(this.decodeExtended(frame));
         return null;
-      case FrontendCode.flush:
+      case FrontendCode.flush: {
         decodeEmpty(frame.payload, 'Flush');
-        return this.sendExtended(frame, false);
-      case FrontendCode.sync:
+        const batch = this.pending;
+        return this.tracked(() => this.batchSql(batch), () => this.sendExtended(frame, false), () => this.batchKinds(batch));
+      }
+      case FrontendCode.sync: {
         decodeEmpty(frame.payload, 'Sync');
-        return this.sendExtended(frame, true);
+        const batch = this.pending;
+        return this.tracked(() => this.batchSql(batch), () => this.sendExtended(frame, true), () => this.batchKinds(batch));
+      }
       case FrontendCode.functionCall:
-        return this.restoreBeforeStatement(() => false).then((goOn) => (goOn ? this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call') : undefined));
+        return this.tracked(
+          () => 'function call',
+          () => this.restoreBeforeStatement(() => false).then((goOn) => (goOn ? this.runOnNodes([frame.raw], { kind: 'write', reason: 'function call' }, 'function call') : undefined)),
+          () => ['other'],
+        );
       case FrontendCode.terminate:
         this.close('client terminated the session');
         return null;
@@ -176,6 +186,48 @@ export class ClientSession extends SessionStartup {
       default:
         throw protocolViolation(`invalid frontend message type ${frame.code}`);
     }
+  }
+
+  // ---- what SHOW parapool_queries and pool_backend_stats see ------------------------------------------------
+
+  /**
+   * Runs a step that sends work to the nodes as the session's running statement; it ends with the exchange (an
+   * extended batch's Flush keeps it running until its Sync), and its kinds are counted on the nodes it ran on.
+   */
+  protected tracked(text: () => string, step: () => Promise<void>, kinds?: () => readonly CommandKind[]): Promise<void> {
+    if (!this.running) {
+      this.running = new RunningStatement(this.processId, text, []);
+      this.context.statements.start(this.running);
+    }
+    return step().finally(() => {
+      const statement = this.running;
+      if (!statement || this.dispatch !== null) return;
+      this.running = null;
+      this.idleSince = new Date();
+      if (kinds) statement.kinds = kinds();
+      this.context.statements.end(statement, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
+    });
+  }
+
+  /** The text of an extended batch's first statement, for SHOW parapool_queries. */
+  protected batchSql(batch: readonly PendingMessage[]): string {
+    const index = batch.findIndex((m) => m.frame.code === FrontendCode.bind || m.frame.code === FrontendCode.parse);
+    if (index < 0) return '';
+    const message = batch[index];
+    return statementSql(message.statement ?? this.statementBefore(batch, index, message.statementName ?? ''));
+  }
+
+  /** What the Executes of a batch ran, as pgpool-II counts statements. */
+  protected batchKinds(batch: readonly PendingMessage[]): CommandKind[] {
+    const kinds: CommandKind[] = [];
+    for (let i = 0; i < batch.length; i++) {
+      if (batch[i].frame.code !== FrontendCode.execute) continue;
+      let bind = i - 1;
+      while (bind >= 0 && !(batch[bind].frame.code === FrontendCode.bind && batch[bind].portal === batch[i].portal)) bind--;
+      const statement = bind >= 0 ? this.statementBefore(batch, bind, batch[bind].statementName ?? '') : undefined;
+      kinds.push(...(statement?.kinds ?? [batch[i].statementClass.kind === 'read' ? 'select' : 'other']));
+    }
+    return kinds;
   }
 
   // ---- simple query protocol -------------------------------------------------------------------------------
@@ -203,6 +255,7 @@ export class ClientSession extends SessionStartup {
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     if (parsed.ok) for (const statement of parsed.statements) await this.releaseDatabase(droppedDatabase(statement.node));
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
+    if (this.running) this.running.kinds = parsed.statements.map((st) => commandKind(st.node));
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
     if (this.status === 'I') {
       this.transactionWrote = this.wroteDistributedRows = false;
@@ -266,7 +319,17 @@ export class ClientSession extends SessionStartup {
       if (classes.length > 1) {
         return this.refuse(new PgError({ code: SqlState.featureNotSupported, message: `SHOW ${admin.command} cannot be combined with other statements in one query` }));
       }
-      for (const bytes of answerAdminCommand(admin.command, this.context)) this.write(bytes);
+      let reply: Buffer[];
+      try {
+        reply = await answerAdminCommand(admin.command, this.context, {
+          catalog: this.catalog,
+          queryNode: (nodeId, sql) => this.connections.get(nodeId)?.query(sql).then((r) => r.rows) ?? null,
+        });
+      } catch (error) {
+        if (error instanceof PgError && error.severity === 'ERROR') return this.failStatement(error);
+        throw error;
+      }
+      for (const bytes of reply) this.write(bytes);
       this.write(serverMessages.readyForQuery(this.status));
       return;
     }
@@ -356,6 +419,8 @@ export class ClientSession extends SessionStartup {
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.context.cluster.off('detach', this.onDetach);
     this.context.unregister(this);
+    if (this.running) this.context.statements.end(this.running, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
+    this.running = null;
     this.passwordWaiter = null;
     this.heldPortals.closeAll();
     for (const cancel of this.cancelHooks) cancel();

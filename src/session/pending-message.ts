@@ -4,6 +4,7 @@
 import type { Node } from '@pgsql/types';
 import type { DistributedRoute } from '../planner/distributed-router';
 import type { StatementClass } from '../planner/statement-classifier';
+import type { CommandKind } from '../cluster/statement-activity';
 import type { PgError } from '../protocol/errors';
 import type { Frame } from '../protocol/frame-reader';
 import type { BindMessage } from '../protocol/frontend-messages';
@@ -27,6 +28,8 @@ export interface PreparedStatement {
   readonly sequences?: readonly string[];
   /** FETCH, MOVE or CLOSE, answered by the proxy when it holds the cursor named (see sql-cursors.ts). */
   readonly cursorCommand?: Node;
+  /** What pool_backend_stats counts an execution as, one entry per SQL statement. */
+  readonly kinds?: readonly CommandKind[];
 }
 
 export interface PendingMessage {

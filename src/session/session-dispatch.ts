@@ -105,6 +105,7 @@ export abstract class SessionDispatch extends SessionConnections {
     // that node's transaction, which PREPARE TRANSACTION would refuse.
     const main = this.mainConnection();
     const connections = this.connectionsInNodeOrder().filter((c) => c.txStatus === 'T').sort((a, b) => Number(b === main) - Number(a === main));
+    for (const connection of connections) this.running?.nodes.add(connection.node.id);
     let told = false; // whether the decider's own answer (COMMIT, ROLLBACK or its error) reached the client
     const decide = batch
       ? async (decider: BackendConnection) => {
@@ -154,6 +155,7 @@ export abstract class SessionDispatch extends SessionConnections {
     // A statement that may run again asks whether the node serves only if it fails again (finishDispatch).
     const onLost = retryable ? () => undefined : (connection: BackendConnection, error: Error | null) => this.onNodeLost(connection, error);
     const dispatch = new ReplicatedDispatch(leader, others, this.relaySink, onLost, extended, leaderFirst);
+    if (this.running) dispatch.track(this.running, isWrite ? 'write' : 'read');
     dispatch.holdLeadingFatal = retryable;
     this.dispatch = dispatch;
     this.dispatchIsWrite = isWrite;

@@ -150,11 +150,13 @@ export abstract class SessionDistributed extends SessionDispatch {
           throw error;
         }
         if (outcome.kind === 'run') {
+          if (this.running) this.running.plan = 'router';
           return this.runOnNodes([frame.raw], outcome.write ? { kind: 'write', reason: 'rows on these nodes' } : { kind: 'read', reason: 'pinned key' }, sql, undefined, false, outcome.connections);
         }
         if (outcome.kind === 'read-nodes') return this.runDistributedRead(statement, outcome.nodes);
         this.status = outcome.status;
         for (const node of outcome.wroteOn) this.writtenNodes.add(node);
+        for (const node of outcome.wroteOn) this.running?.nodes.add(node);
         await this.reconcileTransactions();
         this.write(serverMessages.readyForQuery(this.status));
       }
@@ -266,6 +268,7 @@ export abstract class SessionDistributed extends SessionDispatch {
       intermediateResultLimit: this.context.config.intermediateResultLimit,
       workerFragments: this.status === 'I' && !this.madeTemporaryObjects ? this.workerFragments() : undefined,
       outsideTransaction: outsideTransaction ? () => this.connectionsOutsideTransaction() : undefined,
+      activity: this.running ?? undefined,
     };
   }
 
@@ -398,6 +401,7 @@ export abstract class SessionDistributed extends SessionDispatch {
   protected async copyIntoDistributed(route: Extract<DistributedRoute, { kind: 'copy-in' }>, statement: { node: Node; sql: string }): Promise<void> {
     const { rule } = route;
     const connections = Array.from({ length: rule.nodeCount }, (_, node) => this.port.connectionFor(node));
+    for (const connection of connections) this.running?.nodes.add(connection.node.id);
     const copy = (statement.node as { CopyStmt: { options?: unknown[] } }).CopyStmt;
     const format = copyFormatFromOptions(copy.options);
     const port: SessionPort = { ...this.port, status: this.status };

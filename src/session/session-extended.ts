@@ -6,7 +6,7 @@ import { type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { checkDeterminism } from '../planner/nondeterminism';
 import { parseSql } from '../planner/sql-parser';
-import { createsTemporaryObject, mayChangeDefinitions, type StatementClass } from '../planner/statement-classifier';
+import { commandKind, createsTemporaryObject, mayChangeDefinitions, type StatementClass } from '../planner/statement-classifier';
 import { beginEverywhere, keyPosition, nodesOfKeys, type SessionPort } from '../executor/distributed-statement';
 import { collectBatch, sumTags, type BatchReply } from '../executor/scatter-write';
 import { keyValueOf } from '../planner/key-values';
@@ -60,7 +60,8 @@ export abstract class SessionExtended extends SessionDistributed {
         if (parsed.ok) for (const st of parsed.statements) if (droppedDatabase(st.node) !== null) this.databasesToRelease.push(droppedDatabase(st.node)!);
         const prepareRefusal = parsed.ok ? parsed.statements.map((st) => this.prepareRefusals.inspect(st.node)).find((r) => r !== null) : undefined;
         const sequences = parsed.ok && statementClass.kind === 'write' ? sequencesAdvanced(parsed.statements.map((st) => st.node), this.catalog) : [];
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences };
+        const kinds = parsed.ok ? parsed.statements.map((st) => commandKind(st.node)) : [];
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences, kinds };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }

@@ -12,6 +12,8 @@ import { type BackendNode, describeNode } from '../cluster/backend-node';
 import { type ClusterState } from '../cluster/cluster-state';
 import { type StatementGate } from '../cluster/statement-gate';
 import { type NodeOperations } from '../admin/node-commands';
+import { type SessionSummary } from '../admin/show-commands';
+import { type RunningStatement, type StatementRegistry } from '../cluster/statement-activity';
 import { type ConnectionPool } from '../cluster/connection-pool';
 import { type HealthCheckStats } from '../cluster/health-check';
 import { type ClientSink } from '../executor/client-sink';
@@ -46,6 +48,8 @@ export interface ServedSession {
   close(reason: string, logIt?: boolean): void;
   /** Holds nothing on the nodes now: outside a transaction, no statement under way (see StatementGate). */
   readonly quiescent: boolean;
+  /** What SHOW pool_processes and pool_pools show of it. */
+  summary(): SessionSummary;
 }
 
 /** What sessions share: set up once by the server. */
@@ -66,6 +70,10 @@ export interface SessionContext {
   readonly healthCheckStats: readonly HealthCheckStats[];
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
+  /** The statements running in every session, and each node's counters (SHOW parapool_queries, pool_backend_stats). */
+  readonly statements: StatementRegistry;
+  /** Every registered session, for SHOW pool_processes and pool_pools. */
+  sessions(): SessionSummary[];
   register(session: ServedSession): boolean;
   unregister(session: ServedSession): void;
 }
@@ -96,6 +104,23 @@ export abstract class SessionState implements ClientSink {
   get quiescent(): boolean {
     return this.phase !== 'ready' || this.atGate || (!this.stepping && this.status === 'I' && this.dispatch === null);
   }
+  readonly startedAt = new Date();
+  /** The client statement under way, as SHOW parapool_queries lists it. */
+  protected running: RunningStatement | null = null;
+  protected idleSince = new Date();
+
+  summary(): SessionSummary {
+    return {
+      processId: this.processId,
+      startedAt: this.startedAt,
+      database: this.parameters.get('database') ?? '',
+      username: this.parameters.get('user') ?? '',
+      status: this.phase !== 'ready' ? 'Connecting' : this.running || this.stepping ? 'Execute command' : this.status === 'I' ? 'Idle' : 'Idle in transaction',
+      idleSince: this.idleSince,
+      connections: this.connectionsInNodeOrder().map((c) => ({ nodeId: c.node.id, backendPid: c.processId, connectedAt: c.connectedAt, acquiredAt: c.acquiredAt, releasedAt: c.releasedAt, uses: c.uses })),
+    };
+  }
+
   protected passwordWaiter: ((body: Buffer) => void) | null = null;
   protected parameters = new Map<string, string>();
   protected readonly connections = new Map<number, BackendConnection>();

@@ -13,6 +13,7 @@ import type { Client } from 'pg';
 import { loadParser } from '../../src/planner/sql-parser';
 import { expandPlaceholders } from '../../src/cluster/failover-command';
 import type { BackendNode } from '../../src/cluster/backend-node';
+import { emptyBackendStats } from '../../src/cluster/statement-activity';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 
 let cluster: TestCluster;
@@ -99,7 +100,7 @@ async function attach(id: number): Promise<string> {
 }
 
 test('placeholders expand as pgpool-II expands them, %% to one %, unknown ones kept', () => {
-  const a: BackendNode = { id: 1, host: 'h1', port: 5433, weight: 1, dataDirectory: '/d1', status: 'down', statusChangedAt: new Date(), downReason: null, selectCount: 0 };
+  const a: BackendNode = { id: 1, host: 'h1', port: 5433, weight: 1, dataDirectory: '/d1', status: 'down', statusChangedAt: new Date(), downReason: null, selectCount: 0, stats: emptyBackendStats() };
   const b: BackendNode = { ...a, id: 0, host: 'h0', port: 5432, dataDirectory: '/d0', status: 'up' };
   assert.equal(expandPlaceholders(`x ${placeholders} %z %`, { node: a, oldMain: b, newMain: b }), 'x 1 h1 5433 /d1 0 h0 0 0 5432 /d0 h0 5432 % %z %');
   assert.equal(expandPlaceholders('%d %m %H %M %P %N %S', { node: b, oldMain: b, newMain: null }), '0 -1  0 0 h0 5432');
