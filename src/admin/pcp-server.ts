@@ -1,5 +1,6 @@
 // pgpool-II's PCP protocol on pcp_port, so that pgpool's own clients (pcp_node_count, pcp_node_info,
-// pcp_attach_node, pcp_detach_node, pcp_recovery_node) drive parapool unchanged. A PCP packet is framed as a
+// pcp_attach_node, pcp_detach_node, pcp_recovery_node, pcp_pool_status, pcp_proc_count, pcp_proc_info,
+// pcp_health_check_stats) drive parapool unchanged. A PCP packet is framed as a
 // PostgreSQL message (a type byte, then a 32-bit length counting itself); bodies are NUL-terminated strings.
 // Authentication is pgpool's md5: the client asks for a 4-byte salt ('M'), then sends its user name and
 // md5(md5(md5(password) + user) + salt) ('R'), checked against the pcp.conf file (user:md5(password) lines),
@@ -15,6 +16,8 @@ import { PgError, SqlState } from '../protocol/errors';
 import { FrameReader, type Frame } from '../protocol/frame-reader';
 import { serverMessages } from '../protocol/server-messages';
 import { changeNode, type NodeCommandName, type NodeOperations } from './node-commands';
+import { configurationItems } from '../config/config';
+import { healthCheckStats, poolPools, poolProcesses, type AdminContext } from './show-commands';
 
 export interface PcpServerOptions {
   readonly addresses: readonly string[];
@@ -23,6 +26,8 @@ export interface PcpServerOptions {
   readonly usersFile: string;
   readonly cluster: ClusterState;
   readonly operations: NodeOperations;
+  /** What the SHOW commands read: PCP's reports are the same tables. */
+  readonly admin: AdminContext;
 }
 
 /** pgpool refuses larger packets too: a PCP request is a few short strings. */
@@ -212,6 +217,37 @@ export class PcpServer {
         const progress = (message: string) => socket.write(packet('N', Buffer.from(`SNOTICE\0M${message}\0\0`)));
         await changeNode({ name, nodeId, via: `pcp_${name === 'recover_node' ? 'recovery' : name.replace('_node', '')}_node` }, this.options.operations, progress);
         socket.write(packet(type === 'C' || type === 'O' ? 'c' : 'd', 'CommandComplete'));
+        return;
+      }
+      case 'N': {
+        // pcp_proc_count: the "processes" are client sessions, by the process id each was given.
+        const pids = poolProcesses(this.options.admin).rows.map((row) => row[0]!);
+        socket.write(packet('n', 'CommandComplete', String(pids.length), ...pids));
+        return;
+      }
+      case 'P': {
+        // pcp_proc_info: pool_pools' rows (pgpool's POOL_REPORT_POOLS, field for field), of one session or all.
+        const pid = args[0] ?? '0';
+        const rows = poolPools(this.options.admin).rows.filter((row) => pid === '0' || row[0] === pid);
+        if (pid !== '0' && rows.length === 0) throw new PgError({ code: SqlState.invalidParameterValue, message: 'informing process info failed', detail: `invalid process ID : ${pid}` });
+        socket.write(packet('p', 'ArraySize', String(rows.length)));
+        for (const row of rows) socket.write(packet('p', 'ProcessInfo', ...row.map((v) => v ?? '')));
+        socket.write(packet('p', 'CommandComplete'));
+        return;
+      }
+      case 'B': {
+        // pcp_pool_status: SHOW pool_status. Its array size, unlike every other, is a binary integer.
+        const items = configurationItems(this.options.admin.config);
+        const size = Buffer.alloc(4);
+        size.writeInt32BE(items.length);
+        socket.write(packet('b', 'ArraySize', size));
+        for (const item of items) socket.write(packet('b', 'ProcessConfig', item.item, item.value, item.description));
+        socket.write(packet('b', 'CommandComplete'));
+        return;
+      }
+      case 'H': {
+        const row = healthCheckStats(this.options.admin).rows[this.nodeId(args[0])];
+        socket.write(packet('h', 'CommandComplete', ...row.map((v) => v ?? '')));
         return;
       }
       default:

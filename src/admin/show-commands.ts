@@ -53,6 +53,20 @@ export interface AdminAsker {
   queryNode(nodeId: number, sql: string): Promise<(string | null)[][]> | null;
 }
 
+/** A SHOW command's answer as data: what the SQL reply and PCP both send. */
+export interface AdminTable {
+  readonly columns: string[];
+  readonly rows: (string | null)[][];
+}
+
+function tableOf(columns: string[], rows: (string | null)[][]): AdminTable {
+  return { columns, rows };
+}
+
+function frames(answer: AdminTable): Buffer[] {
+  return table(answer.columns, answer.rows);
+}
+
 function table(columns: string[], rows: (string | null)[][], tag = `SELECT ${rows.length}`): Buffer[] {
   return [serverMessages.textRowDescription(columns), ...rows.map((row) => serverMessages.dataRow(row)), serverMessages.commandComplete(tag)];
 }
@@ -70,13 +84,13 @@ export async function answerAdminCommand(command: string, context: AdminContext,
     case 'pool_nodes':
       return poolNodes(context);
     case 'pool_health_check_stats':
-      return healthCheckStats(context);
+      return frames(healthCheckStats(context));
     case 'pool_version':
       return table(['pool_version'], [[`${parapoolVersion} (parapool)`]]);
     case 'pool_processes':
-      return poolProcesses(context);
+      return frames(poolProcesses(context));
     case 'pool_pools':
-      return poolPools(context);
+      return frames(poolPools(context));
     case 'pool_status':
       return table(['item', 'value', 'description'], configurationItems(context.config).map((i) => [i.item, i.value, i.description]));
     case 'pool_backend_stats':
@@ -129,8 +143,8 @@ function poolNodes(context: AdminContext): Buffer[] {
 }
 
 /** One row per client session (parapool's counterpart of a pgpool child serving a client). */
-function poolProcesses(context: AdminContext): Buffer[] {
-  return table(
+export function poolProcesses(context: AdminContext): AdminTable {
+  return tableOf(
     ['pool_pid', 'start_time', 'client_connection_count', 'database', 'username', 'backend_connection_time', 'pool_counter', 'status'],
     context.sessions().map((session) => {
       const first = session.connections[0];
@@ -143,7 +157,7 @@ function poolProcesses(context: AdminContext): Buffer[] {
  * One row per node connection of each session (pool_id 0: a session holds one connection per node), then one per
  * idle connection kept in the pool (pool_pid 0, 'Wait for connection'), numbered within its user and database.
  */
-function poolPools(context: AdminContext): Buffer[] {
+export function poolPools(context: AdminContext): AdminTable {
   const now = Date.now();
   const rows: (string | null)[][] = [];
   for (const session of context.sessions()) {
@@ -164,7 +178,7 @@ function poolPools(context: AdminContext): Buffer[] {
       ]);
     });
   }
-  return table(
+  return tableOf(
     [
       'pool_pid', 'start_time', 'client_connection_count', 'pool_id', 'backend_id', 'database', 'username', 'backend_connection_time',
       'client_connection_time', 'client_disconnection_time', 'client_idle_duration', 'majorversion', 'minorversion', 'pool_counter',
@@ -185,8 +199,8 @@ function backendStats(context: AdminContext): Buffer[] {
 }
 
 /** pgpool-II's columns; durations in milliseconds, averages over the rounds that ran (skipped ones apart). */
-function healthCheckStats(context: AdminContext): Buffer[] {
-  return table(
+export function healthCheckStats(context: AdminContext): AdminTable {
+  return tableOf(
     [
       'node_id', 'hostname', 'port', 'status', 'role', 'last_status_change', 'total_count', 'success_count', 'fail_count',
       'skip_count', 'retry_count', 'average_retry_count', 'max_retry_count', 'max_duration', 'min_duration', 'average_duration',

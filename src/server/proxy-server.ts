@@ -116,7 +116,7 @@ export class ProxyServer {
     this.scheduleRecovery();
     this.healthChecker.start();
     if (this.config.pcpConfFile) {
-      this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations() });
+      this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations(), admin: this.context });
       await this.pcp.start();
     }
   }

@@ -112,3 +112,21 @@ test('wrong credentials are refused; malformed packets get an error and a closed
   assert.deepEqual(await rowsOf(client, 'select 1'), [['1']]);
   await client.end();
 });
+
+test('pcp_proc_count, pcp_proc_info, pcp_pool_status and pcp_health_check_stats report sessions, settings and checks', async () => {
+  const session = await cluster.connect();
+  await session.query('select 1');
+  const pids = (await pcp('pcp_proc_count', [])).out.split(/\s+/);
+  assert.ok(pids.length >= 1 && pids.every((pid) => /^\d+$/.test(pid)), pids.join(' '));
+  const info = await pcp('pcp_proc_info', ['-P', pids[0]]);
+  const lines = info.out.split('\n');
+  assert.equal(lines.length, 2, `one line per node connection of the session: ${info.out}`);
+  for (const line of lines) assert.match(line, new RegExp(`^postgres postgres .* ${pids[0]} [01] Idle$`));
+  assert.match((await pcp('pcp_proc_info', ['-P', '999999999'])).out, /invalid process ID : 999999999/);
+  const status = (await pcp('pcp_pool_status', [])).out;
+  assert.match(status, /name : pcp_port\nvalue: 0\ndesc : port of the PCP server/);
+  assert.match(status, /name : backend_port1\nvalue: \d+/);
+  const stats = (await pcp('pcp_health_check_stats', ['-n', '1', '-v'])).out;
+  assert.match(stats, /Node Id\s+: 1\nHost Name\s+: 127\.0\.0\.1\nPort\s+: \d+\nStatus\s+: up\nRole\s+: replica/);
+  await session.end();
+});
