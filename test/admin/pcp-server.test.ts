@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { recoveryScripts } from '../../src/cluster/sandbox';
 import { rowsOf, startTestCluster, type TestCluster } from '../support/test-cluster';
 
 let cluster: TestCluster;
@@ -31,6 +32,8 @@ before(async () => {
     configure: (config) => {
       config.pcpPort = 0;
       config.pcpConfFile = usersFile;
+      config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
+      config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');
     },
   });
 });
@@ -81,8 +84,19 @@ test('pcp_detach_node and pcp_attach_node take a node out of service and back', 
   assert.deepEqual(await statuses(), ['up', 'up']);
 });
 
-test('pcp_recovery_node of a node in service is refused with the reason', async () => {
+test('pcp_recovery_node recovers a detached node online; a node in service is refused with the reason', async () => {
   assert.match((await pcp('pcp_recovery_node', ['-n', '1'])).out, /^ERROR: .*node 1 .* is in service\nDETAIL:  Only a detached node is recovered/);
+  const client = await cluster.connect();
+  await client.query('create table recovered (id serial primary key, n int)');
+  await pcp('pcp_detach_node', ['-n', '1']);
+  await client.query('insert into recovered (n) select g from generate_series(1, 100) g'); // node 1 misses these
+  assert.deepEqual(await pcp('pcp_recovery_node', ['-n', '1']), { code: 0, out: 'pcp_recovery_node -- Command Successful' });
+  assert.deepEqual(await statuses(), ['up', 'up']);
+  await client.query('insert into recovered (n) values (101)');
+  await client.end();
+  const sums = await cluster.onEachNode('select count(*), sum(id), sum(n) from recovered');
+  assert.deepEqual(sums[1], sums[0]);
+  assert.deepEqual(sums[0], [['101', '5151', '5151']]);
 });
 
 test('wrong credentials are refused; malformed packets get an error and a closed connection; the proxy serves on', async () => {
