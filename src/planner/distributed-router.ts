@@ -49,7 +49,14 @@ function refused(table: string, what: string, hint = 'pin the distribution key w
 }
 
 export function routeDistributed(node: Node, catalog: Catalog): DistributedRoute {
-  const command = parseRuleCommand(node);
+  let command: RuleCommand | null;
+  try {
+    command = parseRuleCommand(node);
+  } catch (error) {
+    // A bad call (an unknown parameter, a non-constant argument) is the statement's error, not the session's.
+    if (error instanceof PgError) return { kind: 'refused', error };
+    throw error;
+  }
   if (command) return { kind: 'rule-command', command };
   if (!catalog.hasDistributedTables) return { kind: 'none' };
   if (nodeTag(node) !== 'DropStmt') {

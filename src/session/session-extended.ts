@@ -25,6 +25,17 @@ import { serverMessages } from '../protocol/server-messages';
 import { pinnedStatement, readClass, rejectionMarker, droppedDatabase, rollbackText, statementSql, writesDistributedRows } from './session-statements';
 import { SessionDistributed } from './session-distributed';
 import { sequencesAdvanced } from '../planner/sequence-use';
+import { functionName, walkAst } from '../planner/ast-walk';
+import type { Node } from '@pgsql/types';
+
+/** A SELECT of parapool.distribute_table() and friends (their names are the rule commands' and node commands'). */
+function callsParapoolFunction(node: Node): boolean {
+  let found = false;
+  walkAst(node, (tag, body) => {
+    if (tag === 'FuncCall' && functionName(body).startsWith('parapool.')) found = true;
+  });
+  return found;
+}
 
 export abstract class SessionExtended extends SessionDistributed {
   // ---- extended query protocol -----------------------------------------------------------------------------
@@ -51,7 +62,16 @@ export abstract class SessionExtended extends SessionDistributed {
         }
         const changesDefinitions = parsed.ok && parsed.statements.some((st) => mayChangeDefinitions(st.node));
         this.sessionCatalog?.beforeStatement(message.sql, false);
-        const route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
+        let route = parsed.ok && parsed.statements.length === 1 && this.catalog ? routeDistributed(parsed.statements[0].node, this.catalog) : undefined;
+        if (!route && parsed.ok && parsed.statements.some((st) => callsParapoolFunction(st.node))) {
+          // Before the database has rules there is no catalog to route by: the call must still not reach a node.
+          route = { kind: 'refused', error: new PgError({ code: SqlState.featureNotSupported, message: 'parapool functions must be called with the simple query protocol', hint: 'send it as a simple query (psql, or preferQueryMode=simple in JDBC)' }) };
+        }
+        // Refused whatever its parameters: at Parse already, before a node parses what it cannot know.
+        if (route?.kind === 'refused') rejection ??= route.error;
+        if (route?.kind === 'rule-command') {
+          rejection ??= new PgError({ code: SqlState.featureNotSupported, message: `parapool.${route.command.name} must be called with the simple query protocol`, hint: 'send it as a simple query (psql, or preferQueryMode=simple in JDBC)' });
+        }
         if (parsed.ok && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
         if (parsed.ok) this.noteNodeBoundState(parsed.statements);
         const only = parsed.ok && parsed.statements.length === 1 ? parsed.statements[0].node : undefined;
@@ -110,7 +130,7 @@ export abstract class SessionExtended extends SessionDistributed {
 
   /** Sends the batched extended-protocol messages, ending with `terminator` (Flush or Sync). */
   protected async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
-    const messages = this.pending;
+    let messages = this.pending;
     this.pending = [];
     if (!this.dispatch) {
       // After a Flush the batch goes on: the nodes, their transaction failed, skip to its Sync on their own.
@@ -133,7 +153,11 @@ export abstract class SessionExtended extends SessionDistributed {
       if (await this.extendedReads.isBatch(messages)) return this.extendedReads.run(messages);
       // JDBC with autocommit off sends BEGIN in the same batch as the transaction's first statement.
       const begin = this.extendedReads.transactionStartPrefix(messages);
-      if (begin > 0 && (await this.extendedReads.isBatch(messages.slice(begin)))) {
+      const rest = messages.slice(begin);
+      const multiNodeRead = begin > 0 && (await this.extendedReads.isBatch(rest));
+      // So does a statement on a distributed table, which runs on its key's nodes only: BEGIN goes to every node first.
+      const routed = begin > 0 && rest.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(rest, i, m.statementName!)?.route);
+      if (multiNodeRead || routed) {
         const dispatch = this.openDispatch(this.targets(true), true, true);
         dispatch.send(this.buildSends(messages.slice(0, begin), dispatch.connections, terminator, true));
         const result = await this.finishDispatch(dispatch, 'BEGIN', false);
@@ -141,7 +165,8 @@ export abstract class SessionExtended extends SessionDistributed {
           this.write(serverMessages.readyForQuery(this.status));
           return;
         }
-        return this.extendedReads.run(messages.slice(begin));
+        if (multiNodeRead) return this.extendedReads.run(rest);
+        messages = rest;
       }
     }
     if (isSync && !this.dispatch && this.status === 'T' && this.isCommitBatch(messages)) {
