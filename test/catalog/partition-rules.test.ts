@@ -421,21 +421,32 @@ test('a user without rights on the tables still reads the rules and is routed', 
   client = await cluster.connect();
 });
 
-test('extended protocol: a distributed statement cannot share a batch with statements for every node', async () => {
+test('extended protocol: BEGIN may share a distributed statement\'s batch; another statement for every node may not', async () => {
   const { RawClient, errorFields } = await import('../support/raw-client');
   const { serialize } = await import('pg-protocol');
+  await client.query('create table if not exists batch_notes (n int)');
   const raw = await RawClient.ready(cluster.proxy.port);
+  // As JDBC sends a transaction's first statement with autocommit off: BEGIN runs on every node, then the insert.
   raw.send([
     serialize.parse({ text: 'begin' }), serialize.bind({}), serialize.execute({}),
     serialize.parse({ name: 'ins', text: 'insert into orders values ($1, 1, 1)' }), serialize.bind({ statement: 'ins', values: ['9001'] }), serialize.execute({}),
     serialize.sync(),
   ]);
-  const replies = await raw.readUntil('Z');
+  let replies = await raw.readUntil('Z');
+  assert.equal(replies.find((m) => m.type === 'E'), undefined);
+  assert.equal(replies.filter((m) => m.type === 'C').length, 2);
+  raw.send([
+    serialize.parse({ text: 'insert into batch_notes values (1)' }), serialize.bind({}), serialize.execute({}),
+    serialize.bind({ statement: 'ins', values: ['9002'] }), serialize.execute({}),
+    serialize.sync(),
+  ]);
+  replies = await raw.readUntil('Z');
   assert.equal(errorFields(replies.find((m) => m.type === 'E')!).C, '0A000');
   raw.send(serialize.query('rollback'));
   await raw.readUntil('Z');
   raw.end();
-  assert.deepEqual(await rowsOf(client, 'select count(*) from orders where o_orderkey = 9001'), [['0']]);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from orders where o_orderkey in (9001, 9002)'), [['0']]);
+  assert.deepEqual(await rowsOf(client, 'select count(*) from batch_notes'), [['0']]);
   const nodes = (await client.query('show pool_nodes')).rows;
   assert.ok(nodes.every((n: { status: string }) => n.status === 'up'));
 });
