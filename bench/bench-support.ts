@@ -610,3 +610,39 @@ export function publish(docs: string, sectionHeading: string, text: string): voi
     say(`wrote the results to ${docs}`);
   }
 }
+
+/** What a program run by runProgram printed and how it ended. */
+export interface ProgramResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/** Runs a program in its own process group (killed with it on a timeout or when the bench stops), collecting its output. */
+export function runProgram(program: string, args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = {}): Promise<ProgramResult> {
+  if (isFinishing()) return Promise.reject(new StepError('stopping'));
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(program, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGPASSWORD: '', PGOPTIONS: '', ...env } });
+    track(child);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup(child, 'SIGKILL');
+    }, timeoutMs);
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      untrack(child);
+      reject(error);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      untrack(child);
+      resolveRun({ code, stdout, stderr, timedOut });
+    });
+  });
+}

@@ -11,7 +11,7 @@
 // commits it saw are known one by one, and tags the pgbench_history row of each transaction with its slot, its run
 // and its transaction number, so that each acknowledged commit can be looked up by name on each node.
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -20,9 +20,9 @@ import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-inst
 import { recoveryScripts } from '../src/cluster/sandbox';
 import { processTree } from '../test/support/node-faults';
 import {
-  busiestOthers, cpuCount, ticksPerSecond, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, killGroup, machineFacts,
+  busiestOthers, cpuCount, ticksPerSecond, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, machineFacts,
   machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, say, sleep, sourceRevision, startNodes, startParapool,
-  startServer, StepError, stopNodes, tail, throwIfFinishing, track, untrack, waitReady, type CommonOptions, type Server,
+  runProgram, startServer, StepError, stopNodes, tail, throwIfFinishing, waitReady, type CommonOptions, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Faults: a node killed and recovered under pgbench';
@@ -99,39 +99,6 @@ END;
 // ---------------------------------------------------------------------------------------------------------------
 // Child programs
 
-interface ProgramResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-function runProgram(program: string, args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = {}): Promise<ProgramResult> {
-  if (isFinishing()) return Promise.reject(new StepError('stopping'));
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(program, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGPASSWORD: '', PGOPTIONS: '', ...env } });
-    track(child);
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGroup(child, 'SIGKILL');
-    }, timeoutMs);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      untrack(child);
-      reject(error);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      untrack(child);
-      resolveRun({ code, stdout, stderr, timedOut });
-    });
-  });
-}
 
 function chownToPostgres(path: string): void {
   const user = postgresOsUser();

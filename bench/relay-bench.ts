@@ -2,15 +2,15 @@
 // through PgBouncer and through pgpool-II, all in one run on one machine, so that the ratios to direct compare
 // like with like. It prints the table and writes it into docs/benchmarks.md (bench/run.sh installs the peers).
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort } from '../src/cluster/local-postgres';
 import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-install';
 import {
-  busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, killGroup,
+  busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption,
   logNote, machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, startNodes, startParapool,
-  startServer, StepError, say, throwIfFinishing, track, untrack, waitReady, type CommonOptions, type MachineFacts, type Server,
+  runProgram, startServer, StepError, say, throwIfFinishing, waitReady, type CommonOptions, type MachineFacts, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Relay: pgbench -S through the proxy';
@@ -73,30 +73,7 @@ interface PgbenchResult {
 }
 
 function runPgbench(pgbench: string, args: string[], timeoutMs: number): Promise<PgbenchResult> {
-  if (isFinishing()) return Promise.reject(new StepError('stopping'));
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(pgbench, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGPASSWORD: '', PGOPTIONS: '' } });
-    track(child);
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGroup(child, 'SIGKILL');
-    }, timeoutMs);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      untrack(child);
-      reject(error);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      untrack(child);
-      resolveRun({ code, stdout, stderr, timedOut });
-    });
-  });
+  return runProgram(pgbench, args, timeoutMs);
 }
 
 interface Measurement {
