@@ -21,6 +21,8 @@ export interface SandboxOptions {
   readonly fast?: boolean;
   /** Serve PCP on this port (0: one the system chooses), with user postgres / password postgres. */
   readonly pcpPort?: number;
+  /** Serve Prometheus metrics on this port of 127.0.0.1 (0: one the system chooses). */
+  readonly metricsPort?: number;
   /** Start with every node in service, forgetting the pgpool_status of the last run (-D). */
   readonly discardStatus?: boolean;
   /** Adjusts the generated configuration before it is written. */
@@ -68,6 +70,10 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     if (!existsSync(usersFile)) writeFileSync(usersFile, `postgres:${createHash('md5').update('postgres').digest('hex')}\n`, { mode: 0o600 });
     config.pcpConfFile = usersFile;
     config.pcpPort = options.pcpPort;
+  }
+  if (options.metricsPort !== undefined) {
+    config.metricsListenAddresses = ['127.0.0.1'];
+    config.metricsPort = options.metricsPort;
   }
   config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
   config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');

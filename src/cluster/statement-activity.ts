@@ -82,6 +82,7 @@ export class FragmentActivity {
 /** One client statement (a simple Query, or an extended-protocol batch up to its Sync) while it runs. */
 export class RunningStatement {
   readonly startedAt = new Date();
+  readonly startedAtNs = process.hrtime.bigint();
   readonly fragments: FragmentActivity[] = [];
   /** The plan kind running now (nested plans of tier 3 set their own and restore this one). */
   plan = 'replicated';
@@ -112,6 +113,12 @@ export class RunningStatement {
 /** Every session's running statement, by the session's process id. */
 export class StatementRegistry {
   private readonly running = new Map<number, RunningStatement>();
+  /** Told of every statement as it ends (the metrics' histograms); called synchronously, so it must be cheap. */
+  private readonly endListeners: ((statement: RunningStatement) => void)[] = [];
+
+  onEnd(listener: (statement: RunningStatement) => void): void {
+    this.endListeners.push(listener);
+  }
 
   start(statement: RunningStatement): void {
     this.running.set(statement.processId, statement);
@@ -125,6 +132,7 @@ export class StatementRegistry {
       if (!stats) continue;
       for (const kind of statement.kinds) stats[kind]++;
     }
+    for (const listener of this.endListeners) listener(statement);
   }
 
   list(): RunningStatement[] {

@@ -97,6 +97,9 @@ export interface ProxyConfig {
   /** Start with every node up, ignoring pgpool_status (pgpool's -D; a command-line flag, not a file key). */
   discardStatus: boolean;
   logMinMessages: LogLevel;
+  /** Prometheus metrics over HTTP (GET /metrics): where they are served; no address: not served. */
+  metricsListenAddresses: string[];
+  metricsPort: number;
   logConnections: boolean;
   logDisconnections: boolean;
   logStatement: boolean;
@@ -141,6 +144,8 @@ export function defaultConfig(): ProxyConfig {
     logdir: '/tmp',
     discardStatus: false,
     logMinMessages: 'info',
+    metricsListenAddresses: [],
+    metricsPort: 9930,
     logConnections: false,
     logDisconnections: false,
     logStatement: false,
@@ -166,6 +171,11 @@ function parseInteger(value: string, fail: (message: string) => never, min: numb
 
 function parseList(value: string): string[] {
   return value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+}
+
+/** A listen_addresses-style list: '*' is every IPv4 address, 'localhost' the loopback one. */
+function listenAddresses(value: string): string[] {
+  return parseList(value).map((a) => (a === '*' ? '0.0.0.0' : a === 'localhost' ? '127.0.0.1' : a));
 }
 
 const settings: Record<string, Setter> = {
@@ -250,7 +260,7 @@ const settings: Record<string, Setter> = {
     c.recoveryUser = v;
   },
   pcp_listen_addresses: (c, v) => {
-    c.pcpListenAddresses = parseList(v).map((a) => (a === '*' ? '0.0.0.0' : a === 'localhost' ? '127.0.0.1' : a));
+    c.pcpListenAddresses = listenAddresses(v);
   },
   pcp_port: (c, v, fail) => {
     c.pcpPort = parseInteger(v, fail, 0, 65535);
@@ -277,6 +287,12 @@ const settings: Record<string, Setter> = {
     const level = v.toLowerCase();
     if (!isLogLevel(level)) return fail(`invalid log level "${v}" (expected debug, info, warning, error or fatal)`);
     c.logMinMessages = level;
+  },
+  metrics_listen_addresses: (c, v) => {
+    c.metricsListenAddresses = listenAddresses(v);
+  },
+  metrics_port: (c, v, fail) => {
+    c.metricsPort = parseInteger(v, fail, 0, 65535);
   },
   log_connections: (c, v, fail) => {
     c.logConnections = parseBool(v, fail);
@@ -343,6 +359,8 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   client_idle_limit_in_recovery: [(c) => c.clientIdleLimitInRecovery, 'seconds online recovery waits for open transactions before ending them'],
   in_doubt_recovery_interval: [(c) => c.inDoubtRecoveryInterval, 'seconds between looks for in-doubt prepared transactions'],
   log_min_messages: [(c) => c.logMinMessages, 'least severe log level written'],
+  metrics_listen_addresses: [(c) => c.metricsListenAddresses.join(','), 'addresses Prometheus metrics are served on (GET /metrics); empty: not served'],
+  metrics_port: [(c) => c.metricsPort, 'port of the Prometheus metrics'],
   log_connections: [(c) => c.logConnections, 'log client connections'],
   log_disconnections: [(c) => c.logDisconnections, 'log client disconnections'],
   log_statement: [(c) => c.logStatement, 'log every client statement'],
@@ -530,6 +548,8 @@ export function configToText(config: ProxyConfig): string {
     `failback_command = ${quote(config.failbackCommand)}`,
     `logdir = ${quote(config.logdir)}`,
     `log_min_messages = ${quote(config.logMinMessages)}`,
+    `metrics_listen_addresses = ${quote(config.metricsListenAddresses.join(','))}`,
+    `metrics_port = ${config.metricsPort}`,
     `log_connections = ${quote(config.logConnections)}`,
     `log_disconnections = ${quote(config.logDisconnections)}`,
     `log_statement = ${quote(config.logStatement)}`,

@@ -16,6 +16,7 @@ import { PgError, SqlState } from '../protocol/errors';
 import type { TransactionStatus } from '../protocol/message-codes';
 import { collectReply, mergeReplies, type NodeReply } from './scatter-write';
 import { commitEverywhere } from './two-phase-commit';
+import type { FragmentActivity, RunningStatement } from '../cluster/statement-activity';
 
 /** What the session lends a distributed statement. */
 export interface SessionPort {
@@ -25,6 +26,19 @@ export interface SessionPort {
   /** Runs SQL on the main node, returning text rows (for key expressions and placement). */
   evaluate(sql: string): Promise<(string | null)[][]>;
   write(bytes: Buffer): boolean;
+  /** The client statement this runs for, whose fragments SHOW parapool_queries and the metrics see. */
+  readonly activity?: RunningStatement;
+}
+
+/** Fragments of a statement the executor runs itself, under the plan kind they belong to. */
+function fragmentsOf(port: SessionPort, plan: string, nodes: readonly number[], step: string): (FragmentActivity | undefined)[] {
+  const activity = port.activity;
+  if (!activity) return nodes.map(() => undefined);
+  const outer = activity.plan;
+  activity.plan = plan;
+  const fragments = nodes.map((node) => activity.fragment(node, step));
+  activity.plan = outer;
+  return fragments;
 }
 
 export type DistributedOutcome =
@@ -155,7 +169,11 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
   const connections = Array.from({ length: rule.nodeCount }, (_, node) => port.connectionFor(node));
   const reader = connections[0];
   const own = port.status === 'I';
+  // The rows pass through the proxy on their way to their nodes: the intermediate tier's shape.
+  const [source] = fragmentsOf(port, 'gather', [reader.node.id], 'source');
+  const inserts = fragmentsOf(port, 'gather', connections.map((c) => c.node.id), 'insert');
   const fail = async (frame: Buffer | null, error?: unknown): Promise<DistributedOutcome> => {
+    for (const fragment of [source, ...inserts]) fragment?.finish(true);
     if (own) await Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined)));
     if (error) throw error;
     port.write(frame!);
@@ -168,6 +186,7 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
     for (;;) {
       const { rows } = await reader.query(`FETCH ${fetchSize} FROM parapool_insert_source`);
       if (rows.length === 0) break;
+      if (source) source.rows += rows.length;
       if (rows[0].length <= keyIndex) throw new PgError({ code: '42601', message: `INSERT has more target columns than expressions: the SELECT gives no value for key "${rule.keyColumn}"` });
       const nodes = await nodesForKeys(rule, rows.map((r) => r[keyIndex]), (sql) => port.evaluate(sql));
       const batch = await Promise.all(
@@ -186,6 +205,7 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
       }
     }
     await reader.query('CLOSE parapool_insert_source');
+    source?.finish();
   } catch (error) {
     return fail(null, error);
   }
@@ -199,6 +219,7 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
     errorCode: null,
   }));
   if (own) await commitEverywhere(connections);
+  for (const fragment of inserts) fragment?.finish();
   for (const frame of mergeReplies(merged)) port.write(frame);
   return { kind: 'answered', status: own ? 'I' : 'T', wroteOn: own ? [] : connections.map((c) => c.node.id) };
 }
@@ -210,7 +231,22 @@ async function insertSelect(route: Extract<DistributedRoute, { kind: 'insert-sel
 async function scatter(parts: { connection: BackendConnection; sql: string }[], port: SessionPort, order?: number[]): Promise<DistributedOutcome> {
   const own = port.status === 'I';
   if (own) await beginEverywhere(parts.map((p) => p.connection));
-  const outcomes = await Promise.allSettled(parts.map((p) => collectReply(p.connection, p.sql)));
+  // Each part runs on the node its rows belong to: the router's tier, on several nodes at once.
+  const fragments = fragmentsOf(port, 'router', parts.map((p) => p.connection.node.id), 'write');
+  const outcomes = await Promise.allSettled(
+    parts.map((p, i) =>
+      collectReply(p.connection, p.sql).then(
+        (reply) => {
+          fragments[i]?.finish(reply.error !== null);
+          return reply;
+        },
+        (error: unknown) => {
+          fragments[i]?.finish(true);
+          throw error;
+        },
+      ),
+    ),
+  );
   const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
   if (lost) {
     if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));

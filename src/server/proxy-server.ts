@@ -22,6 +22,7 @@ import { StatementGate } from '../cluster/statement-gate';
 import { StatementRegistry } from '../cluster/statement-activity';
 import { recoverNode } from '../cluster/online-recovery';
 import { PcpServer } from '../admin/pcp-server';
+import { ProxyMetrics } from '../admin/metrics';
 import type { NodeOperations } from '../admin/node-commands';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
@@ -44,6 +45,8 @@ export class ProxyServer {
   /** pgpool-II's admin protocol, when pcp_conf_file names its users. */
   pcp: PcpServer | null = null;
   readonly statements = new StatementRegistry();
+  /** Prometheus metrics, when metrics_listen_addresses names where to serve them. */
+  readonly metrics: ProxyMetrics | null;
   private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
 
   constructor(readonly config: ProxyConfig) {
@@ -68,6 +71,7 @@ export class ProxyServer {
       healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       statements: this.statements,
+      clientErrors: config.metricsListenAddresses.length > 0 ? (error) => this.metrics?.clientError(error) : null,
       sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {
         const session = sessions.get(processId);
@@ -82,6 +86,7 @@ export class ProxyServer {
         if (sessions.get(session.processId) === session) sessions.delete(session.processId);
       },
     };
+    this.metrics = config.metricsListenAddresses.length > 0 ? new ProxyMetrics(this.context) : null;
   }
 
   /** Loads the parser, checks that every node answers, and listens. Resolves once clients can connect. */
@@ -119,6 +124,7 @@ export class ProxyServer {
       this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations(), admin: this.context });
       await this.pcp.start();
     }
+    await this.metrics?.listen(this.config.metricsListenAddresses, this.config.metricsPort);
   }
 
   /**
@@ -278,6 +284,7 @@ export class ProxyServer {
     this.cluster.off('attach', this.recordStatus);
     const checks = this.healthChecker.stop();
     await this.pcp?.stop();
+    await this.metrics?.stop();
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();

@@ -409,6 +409,8 @@ export class ClientSession extends SessionStartup {
     else log(pgError.code === SqlState.protocolViolation ? 'warning' : 'info', 'session_error', { session: this.id, code: pgError.code, message: pgError.message });
     const fatal = pgError.severity === 'FATAL' ? pgError : new PgError({ severity: 'FATAL', code: pgError.code, message: pgError.message, detail: pgError.detail, hint: pgError.hint });
     const frame = error instanceof BackendStartupError && error.frame ? error.frame : serverMessages.errorResponse(fatal);
+    // The session's last message leaves outside write(): the scanner is told of it here.
+    this.errorScanner?.observe(frame);
     this.socket.end(frame);
     this.close(pgError.message);
   }

@@ -141,7 +141,7 @@ export abstract class SessionDistributed extends SessionDispatch {
         return this.runDistributedRead(explainedStatement(statement.sql, route.statement), undefined, { analyze: route.analyze });
       }
       default: {
-        const port: SessionPort = { ...this.port, status: this.status };
+        const port: SessionPort = { ...this.port, status: this.status, activity: this.running ?? undefined };
         let outcome;
         try {
           outcome = await runDistributedStatement(route, statement, port);
@@ -401,7 +401,9 @@ export abstract class SessionDistributed extends SessionDispatch {
   protected async copyIntoDistributed(route: Extract<DistributedRoute, { kind: 'copy-in' }>, statement: { node: Node; sql: string }): Promise<void> {
     const { rule } = route;
     const connections = Array.from({ length: rule.nodeCount }, (_, node) => this.port.connectionFor(node));
-    for (const connection of connections) this.running?.nodes.add(connection.node.id);
+    // Each row goes to its key's node: the router's tier, one fragment per node for the whole COPY.
+    if (this.running) this.running.plan = 'router';
+    const fragments = connections.map((connection) => this.running?.fragment(connection.node.id, 'copy'));
     const copy = (statement.node as { CopyStmt: { options?: unknown[] } }).CopyStmt;
     const format = copyFormatFromOptions(copy.options);
     const port: SessionPort = { ...this.port, status: this.status };
@@ -430,6 +432,11 @@ export abstract class SessionDistributed extends SessionDispatch {
     this.pump();
     const { replies, failure, failed } = await router.finish();
     this.copyRouter = null;
+    for (const [node, fragment] of fragments.entries()) {
+      if (!fragment) continue;
+      fragment.rows = Number(replies[node]?.tag?.split(' ').pop() ?? '0') || 0;
+      fragment.finish(Boolean(failure || failed));
+    }
     if (failure || failed) {
       await rollback();
       this.write(failure ? serverMessages.errorResponse(failure) : failed!.error!);

@@ -6,6 +6,7 @@
 // session-extended (extended-protocol batching), session-startup (start-up and authentication) and
 // client-session (the message loop and the simple-query path).
 
+import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
 import { type BackendNode, describeNode } from '../cluster/backend-node';
@@ -72,6 +73,8 @@ export interface SessionContext {
   cancel(processId: number, secretKey: number): void;
   /** The statements running in every session, and each node's counters (SHOW parapool_queries, pool_backend_stats). */
   readonly statements: StatementRegistry;
+  /** Told of every ErrorResponse a session sends its client (the metrics); null when nothing listens. */
+  readonly clientErrors: ((error: ObservedError) => void) | null;
   /** Every registered session, for SHOW pool_processes and pool_pools. */
   sessions(): SessionSummary[];
   register(session: ServedSession): boolean;
@@ -161,7 +164,11 @@ export abstract class SessionState implements ClientSink {
     this.secretKey = (Math.random() * 0x7fffffff) | 0;
     this.reader = new FrameReader(context.config.clientMaxMessageSize, `client session ${this.id}`);
     this.output = new CoalescingWriter(socket);
+    this.errorScanner = context.clientErrors ? new ErrorResponseScanner(context.clientErrors) : null;
   }
+
+  /** Finds the ErrorResponses among the bytes written to the client, when the metrics count them. */
+  protected readonly errorScanner: ErrorResponseScanner | null;
 
   get remote(): string {
     return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
@@ -171,6 +178,7 @@ export abstract class SessionState implements ClientSink {
 
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
+    this.errorScanner?.observe(bytes);
     // A reply and the ReadyForQuery written once every node is done leave in one system call.
     return this.output.write(bytes);
   }
