@@ -9,6 +9,7 @@ import type { ClusterState } from '../cluster/cluster-state';
 import { functionName } from '../planner/ast-walk';
 import { PgError, SqlState } from '../protocol/errors';
 import { serverMessages } from '../protocol/server-messages';
+import { log } from '../log';
 
 export type NodeCommandName = 'attach_node' | 'detach_node' | 'recover_node';
 
@@ -78,7 +79,11 @@ export async function changeNode(command: NodeCommand, operations: NodeOperation
     await operations.attach(node.id);
     return true;
   }
-  await operations.recover(node.id, progress);
+  // The asker hears each step as a NOTICE; the log keeps them for whoever looks later.
+  await operations.recover(node.id, (message) => {
+    log('info', 'recovery_progress', { node: node.id, via: command.via ?? 'parapool.recover_node', message });
+    progress(message);
+  });
   return true;
 }
 

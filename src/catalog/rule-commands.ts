@@ -199,6 +199,8 @@ async function distributeTable(args: ReadonlyMap<string, string | null>, context
     const placement = placementSql(rule, quoteIdent(keyColumn));
     if (nodeIndex === 0) await checkExistingKeys(connection, table, rule, placement);
     const before = Number((await connection.query(`SELECT count(*) FROM ${qualifiedName(table)}`)).rows[0][0]);
+    // One DELETE per node, which reports nothing until it ends: its start is the progress there is to give.
+    context.progress(`${describeNode(connection.node)} holds ${before} rows of ${table.name}; removing those of other nodes`);
     const deleted = await connection.query(`DELETE FROM ${qualifiedName(table)} WHERE (${placement}) IS DISTINCT FROM ${nodeIndex}`);
     const removed = Number(deleted.tags[0]?.split(' ')[1] ?? 0);
     context.progress(`${describeNode(connection.node)} keeps ${before - removed} of ${before} rows of ${table.name}`);
@@ -365,7 +367,9 @@ async function undistributeTable(args: ReadonlyMap<string, string | null>, conte
     // Each node sends only the rows it owns, so rows it receives from the others are never sent on again.
     for (const [index, source] of context.connections.entries()) {
       const targets = context.connections.filter((c) => c !== source);
-      const rows = await copyBetweenNodes(source, `COPY (SELECT * FROM ${qualifiedName(table)} WHERE (${placement}) = ${index}) TO STDOUT`, targets, `COPY ${qualifiedName(table)} FROM STDIN`);
+      const rows = await copyBetweenNodes(source, `COPY (SELECT * FROM ${qualifiedName(table)} WHERE (${placement}) = ${index}) TO STDOUT`, targets, `COPY ${qualifiedName(table)} FROM STDIN`, (sent) =>
+        context.progress(`${describeNode(source.node)} has sent ${sent} of its rows of ${table.name} to the other nodes so far`),
+      );
       context.progress(`${describeNode(source.node)} sent its ${rows} rows of ${table.name} to the other nodes`);
     }
     for (const connection of context.connections) await connection.query(`DELETE FROM parapool.partition_rules WHERE table_schema = ${quoteLiteral(table.schema)} AND table_name = ${quoteLiteral(table.name)}`);

@@ -21,8 +21,14 @@ async function exchange(connection: BackendConnection, sql: string, onFrame: (co
   return tag;
 }
 
-/** Copies rows from `source` (a COPY ... TO STDOUT) into every target (a COPY ... FROM STDIN); returns the row count. */
-export async function copyBetweenNodes(source: BackendConnection, copyOut: string, targets: readonly BackendConnection[], copyIn: string): Promise<number> {
+/** How often a long copy reports how far it got: a row count, so the same copy reports the same lines. */
+export const copyProgressRows = 100_000;
+
+/**
+ * Copies rows from `source` (a COPY ... TO STDOUT) into every target (a COPY ... FROM STDIN); returns the row count.
+ * `progress` hears the rows sent so far each `copyProgressRows` rows (PostgreSQL sends one CopyData per row).
+ */
+export async function copyBetweenNodes(source: BackendConnection, copyOut: string, targets: readonly BackendConnection[], copyIn: string, progress?: (rowsSent: number) => void): Promise<number> {
   let ready = 0;
   let startSource!: () => void;
   const allReady = new Promise<void>((r) => (startSource = r));
@@ -38,8 +44,10 @@ export async function copyBetweenNodes(source: BackendConnection, copyOut: strin
   let waiting = false;
   let tag: string;
   try {
+    let sent = 0;
     tag = await exchange(source, copyOut, (code, raw) => {
       if (code !== BackendCode.copyData) return;
+      if (++sent % copyProgressRows === 0) progress?.(sent);
       let full = false;
       for (const target of targets) if (!target.write(raw)) full = true;
       if (full && !waiting) {

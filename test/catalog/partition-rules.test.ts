@@ -239,6 +239,32 @@ test('undistribute_table gathers the rows back onto every node', async () => {
   assert.deepEqual(await rowsOf(client, 'select count(*) from by_function'), [['30']]);
 });
 
+test('distribute_table and undistribute_table report their progress as NOTICEs, node by node', async () => {
+  await client.query('create table big_moves (id int, pad text)');
+  await client.query("insert into big_moves select g, 'x' from generate_series(1, 360000) g");
+  const notices: string[] = [];
+  const listener = (notice: { message?: string }) => notices.push(notice.message ?? '');
+  client.on('notice', listener);
+  try {
+    await client.query("select parapool.distribute_table('big_moves', 'id')");
+    for (let node = 0; node < 3; node++) {
+      assert.ok(notices.some((m) => new RegExp(`^node ${node}\\b.* holds 360000 rows of big_moves; removing those of other nodes$`).test(m)), `node ${node} said it starts:\n${notices.join('\n')}`);
+      assert.ok(notices.some((m) => new RegExp(`^node ${node}\\b.* keeps \\d+ of 360000 rows of big_moves$`).test(m)), `node ${node} said how many rows it kept`);
+    }
+    notices.length = 0;
+    // About 120,000 rows per node: each reports once along the way (every 100,000 rows) and once at the end.
+    await client.query("select parapool.undistribute_table('big_moves')");
+    for (let node = 0; node < 3; node++) {
+      assert.ok(notices.some((m) => new RegExp(`^node ${node}\\b.* has sent 100000 of its rows of big_moves to the other nodes so far$`).test(m)), `node ${node} reported along the way:\n${notices.join('\n')}`);
+      assert.ok(notices.some((m) => new RegExp(`^node ${node}\\b.* sent its \\d+ rows of big_moves to the other nodes$`).test(m)), `node ${node} reported its end`);
+    }
+  } finally {
+    client.off('notice', listener);
+  }
+  assert.deepEqual(await cluster.onEachNode('select count(*) from big_moves'), [[['360000']], [['360000']], [['360000']]]);
+  await client.query('drop table big_moves');
+});
+
 test('DROP TABLE of a distributed table forgets its rule', async () => {
   await client.query('drop table events');
   assert.deepEqual(await cluster.onEachNode("select count(*) from parapool.partition_rules where table_name = 'events'"), [[['0']], [['0']], [['0']]]);
