@@ -120,3 +120,53 @@ export async function collectBatch(connection: BackendConnection, frames: readon
   });
   return reply;
 }
+
+/** A node's replies to its part of a split batch, grouped by the client message each answers. */
+export interface SplitBatchReply {
+  /** For each client message sent to the node, in order: its reply frames (notices included). */
+  readonly replies: Buffer[][];
+  /** The position (among the node's messages) of the one that failed; the node skipped the rest. */
+  failedAt: number | null;
+}
+
+/**
+ * Sends a node its part of an extended-protocol batch whose executions go to different nodes, and groups the
+ * replies by message, so that the client's replies can be put back in the order it sent its messages. A message
+ * is answered once its last reply arrives: ParseComplete, BindComplete, CloseComplete, RowDescription or NoData
+ * (Describe), CommandComplete, EmptyQueryResponse or PortalSuspended (Execute).
+ */
+export async function collectSplitBatch(connection: BackendConnection, frames: readonly Buffer[], injected: readonly boolean[], messages: number): Promise<SplitBatchReply> {
+  const reply: SplitBatchReply = { replies: Array.from({ length: messages }, () => []), failedAt: null };
+  const queue = [...injected];
+  let at = 0;
+  const add = (raw: Buffer, ends: boolean): void => {
+    if (at < messages) reply.replies[at].push(raw);
+    if (ends) at++;
+  };
+  await connection.exchange(frames, (frame) => {
+    switch (frame.code) {
+      case BackendCode.parseComplete:
+      case BackendCode.closeComplete:
+        if (queue.shift() === true) return;
+        return add(frame.raw, true);
+      case BackendCode.bindComplete:
+      case BackendCode.rowDescription:
+      case BackendCode.noData:
+      case BackendCode.commandComplete:
+      case BackendCode.emptyQueryResponse:
+      case BackendCode.portalSuspended:
+        return add(frame.raw, true);
+      case BackendCode.errorResponse:
+        if (reply.failedAt === null) reply.failedAt = Math.min(at, messages - 1);
+        queue.length = 0;
+        return add(Buffer.from(frame.raw), true);
+      case BackendCode.copyInResponse:
+        connection.writeMany([serialize.copyFail('COPY through the extended protocol is not supported'), serialize.sync()]);
+        return;
+      default:
+        // DataRow, ParameterDescription, notices: part of the message being answered.
+        return add(frame.raw, false);
+    }
+  });
+  return reply;
+}

@@ -8,7 +8,7 @@ import { checkDeterminism } from '../planner/nondeterminism';
 import { parseSql } from '../planner/sql-parser';
 import { commandKind, createsTemporaryObject, mayChangeDefinitions, type StatementClass } from '../planner/statement-classifier';
 import { beginEverywhere, keyPosition, nodesOfKeys, type SessionPort } from '../executor/distributed-statement';
-import { collectBatch, sumTags, type BatchReply } from '../executor/scatter-write';
+import { collectBatch, collectSplitBatch, type SplitBatchReply, sumTags, type BatchReply } from '../executor/scatter-write';
 import { keyValueOf } from '../planner/key-values';
 import { commitEverywhere } from '../executor/two-phase-commit';
 import { routeDistributed, type DistributedRoute } from '../planner/distributed-router';
@@ -202,6 +202,10 @@ export abstract class SessionExtended extends SessionDistributed {
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
     this.settingsEpoch++;
+    if (isSync && dispatch === null) {
+      const split = await this.splitBatchPlan(messages);
+      if (split) return this.runSplitBatch(messages, split, terminator);
+    }
     const routed = await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
     if (Array.isArray(routed)) return this.scatterExtended(messages, routed, terminator);
     if (!dispatch) {
@@ -236,52 +240,8 @@ export abstract class SessionExtended extends SessionDistributed {
         }
         continue;
       }
-      const code = message.frame.code;
-      for (const send of sends) {
-        const frames = send.frames as Buffer[];
-        const injected = send.injected as boolean[];
-        const prepared = send.connection.preparedStatements;
-        if (message.pinnedParse) {
-          frames.push(message.pinnedParse, renameBindStatement(message.frame.payload, ''));
-          injected.push(true);
-          prepared.set('', pinnedStatement);
-        } else if (code === FrontendCode.parse) {
-          const statement = message.statement!;
-          const existing = statement.name === '' ? undefined : this.statements.get(statement.name);
-          if (existing) {
-            // PostgreSQL refuses a second Parse of a live name (42P05): make every node hold it, so all refuse.
-            this.ensurePrepared(existing, send);
-          } else if (statement.name !== '' && prepared.has(statement.name)) {
-            frames.push(serialize.close({ type: 'S', name: statement.name })); // left over on this node
-            injected.push(true);
-          }
-          frames.push(message.frame.raw);
-          injected.push(false);
-          if (!existing) prepared.set(statement.name, statement);
-        } else if (message.statementName !== undefined && code !== FrontendCode.close) {
-          const statement = this.statements.get(message.statementName);
-          if (statement) this.ensurePrepared(statement, send);
-          frames.push(message.frame.raw);
-        } else {
-          frames.push(message.frame.raw);
-          if (code === FrontendCode.close) {
-            injected.push(false);
-            if (message.statementName !== undefined) prepared.delete(message.statementName);
-          }
-        }
-      }
-      if (code === FrontendCode.parse) {
-        const name = message.statement!.name;
-        if (name === '' || !this.statements.has(name)) this.statements.set(name, message.statement!);
-      }
-      else if (code === FrontendCode.bind) {
-        this.portals.set(message.portal!, message.statementClass);
-        this.heldPortals.close(message.portal!);
-      }
-      else if (code === FrontendCode.close) {
-        if (message.statementName !== undefined) this.statements.delete(message.statementName);
-        else this.portals.delete(message.portal!);
-      }
+      for (const send of sends) this.addMessageFrames(message, send);
+      this.noteSent(message);
     }
     for (const send of sends) {
       (send.frames as Buffer[]).push(terminator.raw);
@@ -289,6 +249,57 @@ export abstract class SessionExtended extends SessionDistributed {
     }
     this.rejections.push(...rejections);
     return sends;
+  }
+
+  /** Adds to `send` the frames that carry the client's message to that node, re-creating statements it lacks. */
+  protected addMessageFrames(message: PendingMessage, send: NodeSend): void {
+    const code = message.frame.code;
+    const frames = send.frames as Buffer[];
+    const injected = send.injected as boolean[];
+    const prepared = send.connection.preparedStatements;
+    if (message.pinnedParse) {
+      frames.push(message.pinnedParse, renameBindStatement(message.frame.payload, ''));
+      injected.push(true);
+      prepared.set('', pinnedStatement);
+    } else if (code === FrontendCode.parse) {
+      const statement = message.statement!;
+      const existing = statement.name === '' ? undefined : this.statements.get(statement.name);
+      if (existing) {
+        // PostgreSQL refuses a second Parse of a live name (42P05): make every node hold it, so all refuse.
+        this.ensurePrepared(existing, send);
+      } else if (statement.name !== '' && prepared.has(statement.name)) {
+        frames.push(serialize.close({ type: 'S', name: statement.name })); // left over on this node
+        injected.push(true);
+      }
+      frames.push(message.frame.raw);
+      injected.push(false);
+      if (!existing) prepared.set(statement.name, statement);
+    } else if (message.statementName !== undefined && code !== FrontendCode.close) {
+      const statement = this.statements.get(message.statementName);
+      if (statement) this.ensurePrepared(statement, send);
+      frames.push(message.frame.raw);
+    } else {
+      frames.push(message.frame.raw);
+      if (code === FrontendCode.close) {
+        injected.push(false);
+        if (message.statementName !== undefined) prepared.delete(message.statementName);
+      }
+    }
+  }
+
+  /** Updates the session's view of its statements and portals once a message is on its way to the nodes. */
+  protected noteSent(message: PendingMessage): void {
+    const code = message.frame.code;
+    if (code === FrontendCode.parse) {
+      const name = message.statement!.name;
+      if (name === '' || !this.statements.has(name)) this.statements.set(name, message.statement!);
+    } else if (code === FrontendCode.bind) {
+      this.portals.set(message.portal!, message.statementClass);
+      this.heldPortals.close(message.portal!);
+    } else if (code === FrontendCode.close) {
+      if (message.statementName !== undefined) this.statements.delete(message.statementName);
+      else this.portals.delete(message.portal!);
+    }
   }
 
   /** Adds to `send` what re-creates the client's statement on that node when the node lacks this version of it. */
@@ -406,6 +417,123 @@ export abstract class SessionExtended extends SessionDistributed {
     const after = leader.frames.slice(leader.frames.findIndex((f) => f[0] === BackendCode.commandComplete) + 1);
     for (const frame of after) this.write(frame);
     this.status = own ? 'I' : 'T';
+    if (this.status === 'I') this.portals.clear();
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /**
+   * For a batch of several executions on distributed tables, each on one node but not all on the same one (a JDBC
+   * executeBatch of inserts, say): the node of each Bind and of each message on its portal; null when the batch
+   * is not of that shape. Parses, and Describes and Closes of statements, go to every node of the batch.
+   */
+  protected async splitBatchPlan(messages: readonly PendingMessage[]): Promise<Map<number, number> | null> {
+    let routedBinds = 0;
+    for (const [index, message] of messages.entries()) {
+      if (message.rejection || message.pinnedParse) return null;
+      if (message.frame.code !== FrontendCode.bind) continue;
+      const statement = this.statementBefore(messages, index, message.statementName!);
+      // A sequence a node advances on its own would number rows apart from the other nodes' (the insert lock's case).
+      if (!statement?.route || (statement.sequences?.length ?? 0) > 0) return null;
+      routedBinds++;
+    }
+    if (routedBinds < 2) return null;
+    const assignments = new Map<number, number>();
+    const portalNodes = new Map<string, number>();
+    for (const [index, message] of messages.entries()) {
+      if (message.frame.code === FrontendCode.bind) {
+        const statement = this.statementBefore(messages, index, message.statementName!)!;
+        let nodes: number[];
+        try {
+          nodes = await this.nodesForBind(statement.route!, message.bind!, statement);
+        } catch (error) {
+          if (error instanceof PgError && error.severity === 'ERROR') return null; // the routing path reports it
+          throw error;
+        }
+        if (nodes.length !== 1 || !this.connections.has(nodes[0])) return null;
+        assignments.set(index, nodes[0]);
+        portalNodes.set(message.portal!, nodes[0]);
+      } else if (message.portal !== undefined && message.statementName === undefined) {
+        const node = portalNodes.get(message.portal);
+        if (node === undefined) return null; // a portal of an earlier batch, on whatever node it was bound
+        assignments.set(index, node);
+      }
+    }
+    return new Set(assignments.values()).size > 1 ? assignments : null;
+  }
+
+  /**
+   * Runs a batch whose executions go to different nodes: each node gets its own executions (and every Parse),
+   * all in one transaction, as the batch is one implicit transaction on one server; the client gets the replies
+   * in the order it sent its messages, up to the first error, after which the server would have skipped the rest.
+   * Outside a transaction block the nodes commit together; on an error they all roll back. The replies wait until
+   * every node answered, so a batch's RETURNING rows are held in memory.
+   */
+  protected async runSplitBatch(messages: readonly PendingMessage[], assignments: ReadonlyMap<number, number>, terminator: Frame): Promise<void> {
+    const nodeIds = [...new Set(assignments.values())].sort((a, b) => a - b);
+    const connections = nodeIds.map((id) => this.port.connectionFor(id));
+    const own = this.status === 'I';
+    if (own) await beginEverywhere(connections);
+    const sends: NodeSend[] = connections.map((connection) => ({ connection, frames: [], injected: [], syncs: 1 }));
+    const sent: number[][] = connections.map(() => []);
+    for (const [index, message] of messages.entries()) {
+      const node = assignments.get(index);
+      for (const [k, send] of sends.entries()) {
+        if (node !== undefined && nodeIds[k] !== node) continue;
+        this.addMessageFrames(message, send);
+        sent[k].push(index);
+      }
+      this.noteSent(message);
+    }
+    for (const send of sends) (send.frames as Buffer[]).push(terminator.raw);
+    if (this.running) this.running.plan = 'router';
+    const fragments = nodeIds.map((id) => this.running?.fragment(id, 'batch'));
+    const outcomes = await Promise.allSettled(
+      sends.map((send, k) =>
+        collectSplitBatch(send.connection, send.frames, send.injected, sent[k].length).then(
+          (reply) => {
+            fragments[k]?.finish(reply.failedAt !== null);
+            return reply;
+          },
+          (error: unknown) => {
+            fragments[k]?.finish(true);
+            throw error;
+          },
+        ),
+      ),
+    );
+    const rollback = () => (own ? Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined))) : Promise.resolve());
+    const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (lost) {
+      await rollback();
+      throw new PgError({ code: SqlState.connectionFailure, message: `lost a node during the batch: ${(lost.reason as Error).message}` });
+    }
+    const replies = outcomes.map((o) => (o as PromiseFulfilledResult<SplitBatchReply>).value);
+    // Each message's replies come from its node; a message every node ran answers with the first node's.
+    const replyOf = new Map<number, Buffer[]>();
+    let failure: { index: number; frames: Buffer[] } | null = null;
+    for (const [k, reply] of replies.entries()) {
+      for (const [position, index] of sent[k].entries()) {
+        if (!replyOf.has(index)) replyOf.set(index, reply.replies[position]);
+      }
+      if (reply.failedAt !== null) {
+        const index = sent[k][reply.failedAt];
+        if (failure === null || index < failure.index) failure = { index, frames: reply.replies[reply.failedAt] };
+      }
+    }
+    // Nothing reaches the client before the outcome is known: a commit that fails must not follow CommandCompletes.
+    const answered = failure?.index ?? messages.length;
+    if (failure) {
+      await rollback();
+      for (let index = 0; index < answered; index++) for (const frame of replyOf.get(index) ?? []) this.write(frame);
+      for (const frame of failure.frames) this.write(frame);
+      this.status = own ? 'I' : 'E';
+      await this.reconcileTransactions();
+    } else {
+      if (own) await commitEverywhere(connections);
+      else for (const [index, node] of assignments) if (messages[index].frame.code === FrontendCode.bind && messages[index].statementClass.kind === 'write') this.writtenNodes.add(node);
+      for (let index = 0; index < answered; index++) for (const frame of replyOf.get(index) ?? []) this.write(frame);
+      this.status = own ? 'I' : 'T';
+    }
     if (this.status === 'I') this.portals.clear();
     this.write(serverMessages.readyForQuery(this.status));
   }

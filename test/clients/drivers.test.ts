@@ -51,5 +51,7 @@ test('JDBC sees through the proxy what it sees on one PostgreSQL server', async 
   const expected = await run('java', ['-cp', `${workDir}:${jdbcJar}`, 'JdbcClient', String(cluster.reference!.port), '0']);
   const actual = await run('java', ['-cp', `${workDir}:${jdbcJar}`, 'JdbcClient', String(cluster.proxy.port), '1']);
   assert.match(expected, /fetched 990 /);
+  assert.match(expected, /^distributed batch 300 300$/m);
+  assert.match(expected, /^duplicate batch refused 23505$/m);
   assert.equal(actual, expected);
 });

@@ -237,3 +237,32 @@ test('cursors through the extended protocol, as psycopg\'s server-side cursors u
     [serialize.query('commit')],
   ], 'DECLARE, FETCH, MOVE, CLOSE');
 });
+
+test('a batch whose executions go to different nodes (JDBC executeBatch) answers as one server, commits together and rolls back together', async () => {
+  const insert = 'insert into typed (id, k, n) values ($1, $2, $3)';
+  const executions = (statement: string, ids: number[], values: (id: number) => string[], describe = false) =>
+    ids.flatMap((id) => [serialize.bind({ statement, values: values(id) }), ...(describe ? [serialize.describe({ type: 'P' })] : []), serialize.execute({})]);
+  const ids = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
+  await sameReplies([
+    // Autocommit: one implicit transaction over the nodes, committed at Sync.
+    [serialize.parse({ name: 'ins', text: insert }), serialize.describe({ type: 'S', name: 'ins' }), ...executions('ins', ids(7001, 20), (id) => [String(id), 'batch', '1.5'], true), serialize.sync()],
+    [serialize.query("select count(*), sum(id), sum(n) from typed where k = 'batch'")],
+    // A duplicate key in the middle: the server answers up to the error, and no row of the batch stays.
+    [...executions('ins', [7101, 7102, 7001, 7103, 7104], (id) => [String(id), 'batch', '2.5']), serialize.sync()],
+    [serialize.query('select count(*) from typed where id between 7100 and 7200')],
+    // In a transaction block, with RETURNING rows from every node, in the client's order.
+    [serialize.query('begin')],
+    [serialize.parse({ name: 'bump', text: 'update typed set n = n + $2 where id = $1 returning id, n' }), ...executions('bump', [7010, 7001, 7015, 7002, 7020], (id) => [String(id), '0.25'], true), serialize.sync()],
+    [serialize.query('commit')],
+    [serialize.query("select sum(n) from typed where k = 'batch'")],
+    // An error inside a transaction block fails the transaction on every node.
+    [serialize.query('begin')],
+    [...executions('ins', [7201, 7202, 7005], (id) => [String(id), 'batch', '3.5']), serialize.sync()],
+    [serialize.query('select 1')],
+    [serialize.query('rollback')],
+    [serialize.query("select count(*) from typed where k = 'batch'")],
+    [serialize.close({ type: 'S', name: 'ins' }), serialize.close({ type: 'S', name: 'bump' }), serialize.sync()],
+    [serialize.query("delete from typed where k = 'batch'")],
+  ], 'batches over several nodes');
+  assert.deepEqual(await cluster.onEachNode('select count(*) from pg_prepared_xacts'), cluster.nodes.map(() => [['0']]));
+});

@@ -1,5 +1,6 @@
 // A JDBC application's habits against one database: PreparedStatement executions into a distributed table inside
-// a transaction, batches into a replicated one, a read with setFetchSize (a portal fetched in chunks, inside a
+// a transaction, batches into a replicated one and into the distributed one (autocommit and in a transaction,
+// one failing on a duplicate key), a read with setFetchSize (a portal fetched in chunks, inside a
 // transaction), many types read back, a rolled back update. Prints what it saw, one line per fact, so that two servers' transcripts compare as text.
 // Usage: java JdbcClient PORT DISTRIBUTE (DISTRIBUTE is 1 through the proxy, 0 on a plain server).
 import java.math.BigDecimal;
@@ -81,6 +82,46 @@ public class JdbcClient {
       try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("select count(*), sum(id), sum(item) from jdbc_log")) {
         rs.next();
         System.out.println("log " + rs.getLong(1) + " " + rs.getLong(2) + " " + rs.getLong(3));
+      }
+      conn.commit();
+      // Batches into the distributed table, autocommit on: one Sync holds rows of every node.
+      conn.setAutoCommit(true);
+      try (PreparedStatement ps = conn.prepareStatement("insert into jdbc_items (id, name, amount) values (?, ?, ?)")) {
+        for (int i = 2001; i <= 2300; i++) {
+          ps.setLong(1, i);
+          ps.setString(2, "batched " + i);
+          ps.setBigDecimal(3, new BigDecimal(i + ".50"));
+          ps.addBatch();
+        }
+        int[] counts = ps.executeBatch();
+        System.out.println("distributed batch " + counts.length + " " + java.util.Arrays.stream(counts).sum());
+        // A duplicate key in the batch: it fails, and none of its rows stays.
+        for (int i : new int[] {2401, 2402, 2001, 2403}) {
+          ps.setLong(1, i);
+          ps.setString(2, "duplicate " + i);
+          ps.setBigDecimal(3, BigDecimal.ONE);
+          ps.addBatch();
+        }
+        try {
+          ps.executeBatch();
+          System.out.println("duplicate batch accepted");
+        } catch (BatchUpdateException e) {
+          System.out.println("duplicate batch refused " + e.getSQLState());
+        }
+      }
+      // And in a transaction: updates of rows on every node, committed together.
+      conn.setAutoCommit(false);
+      try (PreparedStatement ps = conn.prepareStatement("update jdbc_items set amount = amount + 1 where id = ?")) {
+        for (int i = 2001; i <= 2300; i += 7) {
+          ps.setLong(1, i);
+          ps.addBatch();
+        }
+        System.out.println("update batch " + java.util.Arrays.stream(ps.executeBatch()).sum());
+      }
+      conn.commit();
+      try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("select count(*), sum(amount) from jdbc_items where id > 2000")) {
+        rs.next();
+        System.out.println("batched " + rs.getLong(1) + " " + rs.getBigDecimal(2));
       }
       conn.commit();
     }
