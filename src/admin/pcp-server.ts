@@ -8,7 +8,6 @@
 // unauthenticated packet ends that connection only.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { ClusterState } from '../cluster/cluster-state';
 import { log } from '../log';
@@ -17,6 +16,7 @@ import { FrameReader, type Frame } from '../protocol/frame-reader';
 import { serverMessages } from '../protocol/server-messages';
 import { changeNode, type NodeCommandName, type NodeOperations } from './node-commands';
 import { configurationItems } from '../config/config';
+import { readPcpUsers } from './pcp-users';
 import { healthCheckStats, poolPools, poolProcesses, type AdminContext } from './show-commands';
 
 export interface PcpServerOptions {
@@ -46,17 +46,6 @@ function packet(type: string, ...fields: (string | Buffer)[]): Buffer {
 
 function fields(frame: Frame): string[] {
   return frame.payload.toString('utf8').split('\0').slice(0, -1);
-}
-
-/** The md5 of each user's password in pcp.conf; a line that is not `user:md5` is skipped, as pgpool skips it. */
-function readUsers(path: string): Map<string, string> {
-  const users = new Map<string, string>();
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const colon = line.indexOf(':');
-    if (colon > 0) users.set(line.slice(0, colon), line.slice(colon + 1).trim());
-  }
-  return users;
 }
 
 /** RAND_MAX of the C library pgpool's clients are built with. */
@@ -157,7 +146,7 @@ export class PcpServer {
   private authenticates(name: string, answer: string, salt: Buffer): boolean {
     let stored: string | undefined;
     try {
-      stored = readUsers(this.options.usersFile).get(name);
+      stored = readPcpUsers(this.options.usersFile).get(name);
     } catch (error) {
       log('error', 'pcp_users_file_unreadable', { path: this.options.usersFile, error: (error as Error).message });
       return false;

@@ -82,7 +82,7 @@ function time(date: Date | null): string {
 export async function answerAdminCommand(command: string, context: AdminContext, asker: AdminAsker): Promise<Buffer[]> {
   switch (command) {
     case 'pool_nodes':
-      return poolNodes(context);
+      return frames(poolNodes(context));
     case 'pool_health_check_stats':
       return frames(healthCheckStats(context));
     case 'pool_version':
@@ -96,18 +96,22 @@ export async function answerAdminCommand(command: string, context: AdminContext,
     case 'pool_backend_stats':
       return backendStats(context);
     case 'pool_cache':
-      // No query cache: pgpool-II's columns with the cache empty, as pgpool answers with memory_cache_enabled off.
-      return table(
-        ['num_cache_hits', 'num_selects', 'cache_hit_ratio', 'num_hash_entries', 'used_hash_entries', 'num_cache_entries', 'used_cache_entries_size', 'free_cache_entries_size', 'fragment_cache_entries_size'],
-        [['0', '0', '0.00', '0', '0', '0', '0', '0', '0']],
-      );
+      return frames(queryCache());
     case 'parapool_rules':
-      return rules(asker);
+      return frames(await partitionRules(asker));
     case 'parapool_queries':
-      return queries(context);
+      return frames(runningQueries(context));
     default:
       throw new Error(`no answer for SHOW ${command}`);
   }
+}
+
+/** No query cache yet: pgpool-II's columns with the cache empty, as pgpool answers with memory_cache_enabled off. */
+export function queryCache(): AdminTable {
+  return tableOf(
+    ['num_cache_hits', 'num_selects', 'cache_hit_ratio', 'num_hash_entries', 'used_hash_entries', 'num_cache_entries', 'used_cache_entries_size', 'free_cache_entries_size', 'fragment_cache_entries_size'],
+    [['0', '0', '0.00', '0', '0', '0', '0', '0', '0']],
+  );
 }
 
 function roleOf(context: AdminContext, nodeId: number): string {
@@ -119,8 +123,8 @@ function roleOf(context: AdminContext, nodeId: number): string {
  * PostgreSQL server of its own: there is no streaming replication to report, and the proxy's view of a node is
  * its PostgreSQL's (pg_status, pg_role as status and role).
  */
-function poolNodes(context: AdminContext): Buffer[] {
-  return table(
+export function poolNodes(context: AdminContext): AdminTable {
+  return tableOf(
     ['node_id', 'hostname', 'port', 'status', 'pg_status', 'lb_weight', 'role', 'pg_role', 'select_cnt', 'load_balance_node', 'replication_delay', 'replication_state', 'replication_sync_state', 'last_status_change', 'status_reason'],
     context.cluster.nodes.map((node) => [
       String(node.id),
@@ -236,11 +240,12 @@ export function healthCheckStats(context: AdminContext): AdminTable {
 }
 
 /**
- * The partition rules of the session's database, with the rows each node holds of each distributed table:
- * count(*) of every such table in one statement per node, on the session's own connections (inside its
- * transaction, if one is open, so its own writes count). A node the session has no connection to shows no count.
+ * The partition rules of the asker's database, with the rows each node holds of each distributed table:
+ * count(*) of every such table in one statement per node, on the asker's connections (a session's own, inside its
+ * transaction if one is open, so its own writes count; or the web admin page's). A node the asker has no
+ * connection to shows no count.
  */
-async function rules(asker: AdminAsker): Promise<Buffer[]> {
+export async function partitionRules(asker: AdminAsker): Promise<AdminTable> {
   const rules = (asker.catalog?.all() ?? []).sort((a, b) => qualifiedName(a.table).localeCompare(qualifiedName(b.table)));
   const distributed = rules.filter((rule) => rule.kind === 'distributed');
   const nodeCount = Math.max(0, ...distributed.map((rule) => rule.nodeCount));
@@ -253,7 +258,7 @@ async function rules(asker: AdminAsker): Promise<Buffer[]> {
     });
     counts.push(...(await Promise.all(nodes)));
   }
-  return table(
+  return tableOf(
     ['table_name', 'distribution', 'method', 'key_column', 'colocation_group', 'node_count', 'rows_per_node', 'total_rows'],
     rules.map((rule) => {
       if (rule.kind === 'replicated') return [qualifiedName(rule.table), 'replicated', '', '', '', String(rule.nodeCount), '', ''];
@@ -278,7 +283,7 @@ async function rules(asker: AdminAsker): Promise<Buffer[]> {
  * replicated; step fragment, final (the finishing node's statement), worker (run in a worker thread, whose rows
  * show once it is done), read or write (a relayed statement's part on one node).
  */
-function queries(context: AdminContext): Buffer[] {
+export function runningQueries(context: AdminContext): AdminTable {
   const now = Date.now();
   const rows: (string | null)[][] = [];
   for (const statement of context.statements.list()) {
@@ -288,5 +293,5 @@ function queries(context: AdminContext): Buffer[] {
       rows.push([...head, String(fragment.nodeId), tierOf(fragment.plan), fragment.plan, fragment.step, fragment.state, fragment.elapsedMs.toFixed(3), String(fragment.rows)]);
     }
   }
-  return table(['pool_pid', 'query_start', 'query_elapsed_ms', 'query', 'node_id', 'tier', 'plan', 'step', 'state', 'elapsed_ms', 'rows'], rows);
+  return tableOf(['pool_pid', 'query_start', 'query_elapsed_ms', 'query', 'node_id', 'tier', 'plan', 'step', 'state', 'elapsed_ms', 'rows'], rows);
 }

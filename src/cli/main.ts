@@ -19,11 +19,11 @@ usage:
   parapool start -f parapool.conf [-D]
       run the proxy with a pgpool.conf-style configuration file; -D (--discard-status) starts with every node
       in service, ignoring the node states logdir/pgpool_status kept from the last run
-  parapool sandbox [--nodes N] [--port P] [--pcp-port Q] [--metrics-port M] [--dir D] [-D]
+  parapool sandbox [--nodes N] [--port P] [--pcp-port Q] [--metrics-port M] [--web-port W] [--dir D] [-D]
       create (first time) and start N local PostgreSQL nodes under D, write D/parapool.conf and run the proxy
-      on port P, PCP on port Q and Prometheus metrics on http://127.0.0.1:M/metrics (defaults: 4 nodes, port
-      9999, PCP 9898 with user postgres, password postgres, metrics 9930, directory .sandbox); Ctrl-C stops
-      everything it started
+      on port P, PCP on port Q, Prometheus metrics on http://127.0.0.1:M/metrics and the web admin page on port
+      W (defaults: 4 nodes, port 9999, PCP 9898 and the web page 9980, both with user postgres, password
+      postgres; metrics 9930; --web-port 0: no page; directory .sandbox); Ctrl-C stops everything it started
   parapool attach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
   parapool detach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
   parapool recover-node N [-f parapool.conf] [--host H] [--port P] [-U user]
@@ -122,12 +122,14 @@ async function main(args: string[]): Promise<void> {
       discardStatus: flag(rest, ['-D', '--discard-status']),
       pcpPort: positiveInteger(option(rest, ['--pcp-port'], '9898'), '--pcp-port'),
       metricsPort: positiveInteger(option(rest, ['--metrics-port'], '9930'), '--metrics-port'),
+      webPort: positiveInteger(option(rest, ['--web-port'], '9980'), '--web-port'),
     });
     process.stdout.write(
       `parapool sandbox: ${sandbox.nodes.length} nodes (ports ${sandbox.nodes.map((n) => n.port).join(', ')}), proxy on port ${sandbox.proxy.port}\n` +
         `  connect: psql -h 127.0.0.1 -p ${sandbox.proxy.port} -U postgres postgres\n` +
         (sandbox.proxy.pcp ? `  PCP:     pcp_node_info -h 127.0.0.1 -p ${sandbox.proxy.pcp.port} -U postgres -n 0 (password postgres)\n` : '') +
         (sandbox.proxy.metrics ? `  metrics: http://127.0.0.1:${sandbox.proxy.metrics.port}/metrics\n` : '') +
+        (sandbox.proxy.web ? `  admin:   http://127.0.0.1:${sandbox.proxy.web.port}/ (user postgres, password postgres)\n` : '') +
         `  config:  ${sandbox.configPath}\n  Ctrl-C stops the proxy and the nodes\n`,
     );
     stopOnSignals(() => sandbox.stop());

@@ -23,6 +23,8 @@ export interface SandboxOptions {
   readonly pcpPort?: number;
   /** Serve Prometheus metrics on this port of 127.0.0.1 (0: one the system chooses). */
   readonly metricsPort?: number;
+  /** Serve the web admin page on this port (0 or absent: no page), with PCP's user postgres / password postgres. */
+  readonly webPort?: number;
   /** Start with every node in service, forgetting the pgpool_status of the last run (-D). */
   readonly discardStatus?: boolean;
   /** Adjusts the generated configuration before it is written. */
@@ -64,12 +66,15 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const config = defaultConfig();
   config.port = options.port;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
-  if (options.pcpPort !== undefined) {
-    // PCP for pgpool's clients; the sandbox's one user is postgres, password postgres (loopback only).
+  const webPort = options.webPort ?? 0;
+  if (options.pcpPort !== undefined || webPort !== 0) {
+    // PCP for pgpool's clients and the web admin page share one user: postgres, password postgres (loopback only).
     const usersFile = join(dir, 'pcp.conf');
     if (!existsSync(usersFile)) writeFileSync(usersFile, `postgres:${createHash('md5').update('postgres').digest('hex')}\n`, { mode: 0o600 });
     config.pcpConfFile = usersFile;
-    config.pcpPort = options.pcpPort;
+    // A users file serves PCP too: on a port of the system's choosing when none was asked for.
+    config.pcpPort = options.pcpPort ?? 0;
+    config.webAdminPort = webPort;
   }
   if (options.metricsPort !== undefined) {
     config.metricsListenAddresses = ['127.0.0.1'];

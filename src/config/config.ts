@@ -76,6 +76,9 @@ export interface ProxyConfig {
   pcpListenAddresses: string[];
   pcpPort: number;
   pcpConfFile: string | null;
+  /** The web admin page: its port (0: no page) and addresses; its users are pcp_conf_file's. */
+  webAdminPort: number;
+  webAdminListenAddresses: string[];
   /** Online recovery's commands (see cluster/online-recovery.ts); empty: no online recovery / no second stage. */
   recovery1stStageCommand: string;
   recovery2ndStageCommand: string;
@@ -133,6 +136,8 @@ export function defaultConfig(): ProxyConfig {
     pcpListenAddresses: ['127.0.0.1'],
     pcpPort: 9898,
     pcpConfFile: null,
+    webAdminPort: 0,
+    webAdminListenAddresses: ['127.0.0.1'],
     recovery1stStageCommand: '',
     recovery2ndStageCommand: '',
     recoveryTimeout: 90,
@@ -268,6 +273,12 @@ const settings: Record<string, Setter> = {
   pcp_conf_file: (c, v, _fail, baseDir) => {
     c.pcpConfFile = v === '' ? null : resolve(baseDir, v);
   },
+  web_admin_listen_addresses: (c, v) => {
+    c.webAdminListenAddresses = listenAddresses(v);
+  },
+  web_admin_port: (c, v, fail) => {
+    c.webAdminPort = parseInteger(v, fail, 0, 65535);
+  },
   recovery_1st_stage_command: (c, v) => {
     c.recovery1stStageCommand = v;
   },
@@ -356,6 +367,8 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   pcp_listen_addresses: [(c) => c.pcpListenAddresses.join(','), 'addresses the PCP server listens on'],
   pcp_port: [(c) => c.pcpPort, 'port of the PCP server'],
   pcp_conf_file: [(c) => c.pcpConfFile ?? '', 'users of the PCP server (user:md5 lines); empty: no PCP server'],
+  web_admin_listen_addresses: [(c) => c.webAdminListenAddresses.join(','), 'addresses the web admin page listens on'],
+  web_admin_port: [(c) => c.webAdminPort, 'port of the web admin page (0: no page); its users are those of pcp_conf_file'],
   client_idle_limit_in_recovery: [(c) => c.clientIdleLimitInRecovery, 'seconds online recovery waits for open transactions before ending them'],
   in_doubt_recovery_interval: [(c) => c.inDoubtRecoveryInterval, 'seconds between looks for in-doubt prepared transactions'],
   log_min_messages: [(c) => c.logMinMessages, 'least severe log level written'],
@@ -471,6 +484,9 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
     return { id, host: b.host!, port: b.port ?? 5432, weight: b.weight ?? 1, dataDirectory: b.dataDirectory ?? null };
   });
   if (config.backends.length === 0) throw confError(fileName, 1, 'no backend is configured (set backend_hostname0)');
+  if (config.webAdminPort !== 0 && config.pcpConfFile === null) {
+    throw confError(fileName, seen.get('web_admin_port')!, 'web_admin_port is set but pcp_conf_file is not: the web admin page logs in with the users of pcp.conf');
+  }
   for (const [id, line] of perNodeLines) {
     if (id >= config.backends.length) throw confError(fileName, line, `a health_check parameter names backend ${id}, which is not configured`);
   }
@@ -539,6 +555,8 @@ export function configToText(config: ProxyConfig): string {
     `pcp_listen_addresses = ${quote(config.pcpListenAddresses.join(','))}`,
     `pcp_port = ${config.pcpPort}`,
     `pcp_conf_file = ${quote(config.pcpConfFile ?? '')}`,
+    `web_admin_listen_addresses = ${quote(config.webAdminListenAddresses.join(','))}`,
+    `web_admin_port = ${config.webAdminPort}`,
     `recovery_1st_stage_command = ${quote(config.recovery1stStageCommand)}`,
     `recovery_2nd_stage_command = ${quote(config.recovery2ndStageCommand)}`,
     `recovery_timeout = ${config.recoveryTimeout}`,

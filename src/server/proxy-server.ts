@@ -23,6 +23,9 @@ import { StatementRegistry } from '../cluster/statement-activity';
 import { recoverNode } from '../cluster/online-recovery';
 import { PcpServer } from '../admin/pcp-server';
 import { ProxyMetrics } from '../admin/metrics';
+import { checkWebAdminUsers, WebAdminServer } from '../admin/web-admin-server';
+import { partitionRules, type AdminTable } from '../admin/show-commands';
+import { BackendConnection } from '../backend/backend-connection';
 import type { NodeOperations } from '../admin/node-commands';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
@@ -44,6 +47,8 @@ export class ProxyServer {
   readonly gate = new StatementGate();
   /** pgpool-II's admin protocol, when pcp_conf_file names its users. */
   pcp: PcpServer | null = null;
+  /** The web admin page, when web_admin_port is set. */
+  web: WebAdminServer | null = null;
   readonly statements = new StatementRegistry();
   /** Prometheus metrics, when metrics_listen_addresses names where to serve them. */
   readonly metrics: ProxyMetrics | null;
@@ -92,6 +97,7 @@ export class ProxyServer {
   /** Loads the parser, checks that every node answers, and listens. Resolves once clients can connect. */
   async start(): Promise<void> {
     installProcessGuard();
+    if (this.config.webAdminPort !== 0) checkWebAdminUsers(this.config.pcpConfFile);
     await loadParser();
     this.applyRecordedStatus();
     this.failoverCommands.start();
@@ -125,6 +131,40 @@ export class ProxyServer {
       await this.pcp.start();
     }
     await this.metrics?.listen(this.config.metricsListenAddresses, this.config.metricsPort);
+    if (this.config.webAdminPort !== 0) {
+      this.web = new WebAdminServer({
+        addresses: this.config.webAdminListenAddresses,
+        port: this.config.webAdminPort,
+        usersFile: this.config.pcpConfFile!,
+        operations: this.nodeOperations(),
+        admin: this.context,
+        recoveryConfigured: this.config.recovery1stStageCommand !== '',
+        partitionRules: (database) => this.partitionRulesOf(database),
+      });
+      await this.web.start();
+    }
+  }
+
+  /**
+   * SHOW parapool_rules' table for a database, for the web admin page: it has no session, so the rows are counted
+   * on connections of the proxy's own (as recovery_user) to the nodes in service, closed afterwards.
+   */
+  private async partitionRulesOf(database: string): Promise<AdminTable> {
+    const parameters = new Map([['user', this.config.recoveryUser], ['database', database], ['application_name', 'parapool admin']]);
+    const secret = this.context.passwords?.get(this.config.recoveryUser) ?? null;
+    const opened = await Promise.allSettled(
+      this.cluster.upNodes().map((node) => BackendConnection.connect({ node, parameters, secret, connectTimeoutMs: this.config.connectTimeout * 1000 }, 'admin')),
+    );
+    const connections = opened.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    try {
+      const refused = opened.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (refused) throw refused.reason;
+      const catalog = this.catalogs.current(database) ?? (await this.catalogs.forDatabase(database, connections));
+      const byNode = new Map(connections.map((connection) => [connection.node.id, connection]));
+      return await partitionRules({ catalog, queryNode: (nodeId, sql) => byNode.get(nodeId)?.query(sql).then((result) => result.rows) ?? null });
+    } finally {
+      for (const connection of connections) connection.destroy();
+    }
   }
 
   /**
@@ -285,6 +325,7 @@ export class ProxyServer {
     const checks = this.healthChecker.stop();
     await this.pcp?.stop();
     await this.metrics?.stop();
+    await this.web?.stop();
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();

@@ -75,7 +75,8 @@ function psql(port: number, sql: string): Promise<Finished> {
 test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => {
   const dir = tempDir();
   const port = await freePort();
-  const sandbox = launch(process.execPath, [mainJs, 'sandbox', '--nodes', '2', '--port', String(port), '--pcp-port', '0', '--metrics-port', '0', '--dir', dir], 180_000);
+  const webPort = await freePort();
+  const sandbox = launch(process.execPath, [mainJs, 'sandbox', '--nodes', '2', '--port', String(port), '--pcp-port', '0', '--metrics-port', '0', '--web-port', String(webPort), '--dir', dir], 180_000);
 
   await new Promise<void>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`no "proxy on port" line within 120 s\n${sandbox.output()}`)), 120_000);
@@ -95,6 +96,9 @@ test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => 
   const metricsUrl = /metrics: (http:\S+)/.exec(sandbox.output())?.[1];
   assert.ok(metricsUrl, `the banner names the metrics endpoint\n${sandbox.output()}`);
   assert.match(await (await fetch(metricsUrl)).text(), /^parapool_node_up\{node="1",[^}]*\} 1$/m);
+  assert.match(sandbox.output(), new RegExp(`admin: +http://127\\.0\\.0\\.1:${webPort}/ \\(user postgres, password postgres\\)`));
+  const login = await fetch(`http://127.0.0.1:${webPort}/login`, { method: 'POST', body: new URLSearchParams({ user: 'postgres', password: 'postgres' }), redirect: 'manual' });
+  assert.equal(login.status, 303, 'the sandbox\'s user logs in to the web admin page');
 
   const one = await psql(port, 'select 1 as one');
   assert.equal(one.code, 0, one.stderr);

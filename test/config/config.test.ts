@@ -86,3 +86,17 @@ test('health checks, failover and failback commands and logdir take pgpool-II na
   failsWith(`${base}health_check_interval = 1\n`, /unrecognized configuration parameter "health_check_interval"/);
   failsWith(`${base}logdir = ''\n`, /empty directory/);
 });
+
+test('the web admin page is off by default, listens where web_admin_* say, and needs pcp_conf_file for its users', () => {
+  const defaults = configFromText(base, 'parapool.conf', '/etc/parapool');
+  assert.equal(defaults.webAdminPort, 0);
+  assert.deepEqual(defaults.webAdminListenAddresses, ['127.0.0.1']);
+  const config = configFromText(`${base}pcp_conf_file = 'pcp.conf'\nweb_admin_port = 9980\nweb_admin_listen_addresses = 'localhost,*'\n`, 'parapool.conf', '/etc/parapool');
+  assert.equal(config.webAdminPort, 9980);
+  assert.deepEqual(config.webAdminListenAddresses, ['127.0.0.1', '0.0.0.0']);
+  assert.equal(config.pcpConfFile, '/etc/parapool/pcp.conf');
+  assert.deepEqual(configFromText(configToText(config), 'x'), config);
+  failsWith(`${base}web_admin_port = 9980\n`, /web_admin_port is set but pcp_conf_file is not.*line 3/);
+  failsWith(`${base}web_admin_port = 70000\n`, /outside the valid range.*line 3/);
+  assert.doesNotThrow(() => configFromText(`${base}web_admin_port = 0\n`, 'parapool.conf'));
+});
