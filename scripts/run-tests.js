@@ -24,5 +24,8 @@ if (files.length === 0) {
   console.error('no test files matched');
   process.exit(1);
 }
-const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...files], { stdio: 'inherit' });
+// Every statement the proxy relays by a remembered shape is parsed anyway and checked against it
+// (src/session/relay-profiles.ts), so that the whole suite runs with the shape cache on and verified.
+const env = { ...process.env, PARAPOOL_VERIFY_RELAY_PROFILES: process.env.PARAPOOL_VERIFY_RELAY_PROFILES ?? '1' };
+const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...files], { stdio: 'inherit', env });
 process.exit(result.status ?? 1);

@@ -18,6 +18,11 @@ export class PrepareRefusals {
   /** What the open transaction did that PREPARE TRANSACTION refuses, or null. */
   reason: string | null = null;
 
+  /** Whether inspect's answers depend on this session: it knows temporary objects a statement might name. */
+  get knowsTemporaryNames(): boolean {
+    return this.temporaryNames.size > 0;
+  }
+
   /** What in `node` PREPARE TRANSACTION would refuse, or null; learns the temporary objects it creates. */
   inspect(node: Node): string | null {
     const tag = nodeTag(node);

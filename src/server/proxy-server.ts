@@ -23,6 +23,7 @@ import { StatementRegistry } from '../cluster/statement-activity';
 import { recoverNode } from '../cluster/online-recovery';
 import { PcpServer } from '../admin/pcp-server';
 import { ProxyMetrics } from '../admin/metrics';
+import { RelayProfiles } from '../session/relay-profiles';
 import { checkWebAdminUsers, WebAdminServer } from '../admin/web-admin-server';
 import { partitionRules, type AdminTable } from '../admin/show-commands';
 import { BackendConnection } from '../backend/backend-connection';
@@ -76,6 +77,7 @@ export class ProxyServer {
       healthCheckStats: this.healthChecker.stats,
       chooseReadNode: () => chooseWeighted(this.cluster.nodes),
       statements: this.statements,
+      relayProfiles: new RelayProfiles(),
       clientErrors: config.metricsListenAddresses.length > 0 ? (error) => this.metrics?.clientError(error) : null,
       sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {

@@ -16,8 +16,10 @@ import type { Node } from '@pgsql/types';
 import { type Socket } from 'node:net';
 import { log } from '../log';
 import { checkDeterminism } from '../planner/nondeterminism';
-import { nodeTag, parseSql, type ParsedStatement } from '../planner/sql-parser';
-import { commandKind, createsTemporaryObject, mayChangeDefinitions } from '../planner/statement-classifier';
+import { nodeTag, parseSql, type ParsedStatement, type ParseOutcome } from '../planner/sql-parser';
+import { commandKind, createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState, type StatementClass } from '../planner/statement-classifier';
+import { blankNumericLiterals, statementShape } from '../planner/numeric-literals';
+import { verifyRelayProfiles, type RelayProfile } from './relay-profiles';
 import { sequencesAdvanced } from '../planner/sequence-use';
 import { RunningStatement, type CommandKind } from '../cluster/statement-activity';
 import { answerAdminCommand } from '../admin/show-commands';
@@ -34,6 +36,14 @@ import { type SessionContext } from './session-state';
 import { readClass, droppedDatabase, isRollback, writesDistributedRows, isCommit, statementSql } from './session-statements';
 import { type PendingMessage } from './pending-message';
 import { SessionStartup } from './session-startup';
+
+
+/**
+ * Statements whose relay decision a profile may keep (relay-profiles.ts): reads and writes of rows, SET and SHOW,
+ * calls. Transaction control, cursors and prepared statements (which the proxy may hold), COPY, and DDL are parsed
+ * every time.
+ */
+const relayShapes = new Set(['SelectStmt', 'InsertStmt', 'UpdateStmt', 'DeleteStmt', 'VariableSetStmt', 'VariableShowStmt', 'CallStmt']);
 
 export type { ServedSession, SessionContext } from './session-state';
 export { rejectionMarker } from './session-statements';
@@ -250,8 +260,40 @@ export class ClientSession extends SessionStartup {
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
     this.heldPortals.close('');
+    const profiles = this.context.relayProfiles;
+    const key = profiles && !this.madeTemporaryObjects && !this.prepareRefusals.knowsTemporaryNames ? blankNumericLiterals(sql) : null;
+    const profile = key === null ? null : profiles!.get(key, this.catalog);
+    if (profile) return this.relayByProfile(frame, sql, profile);
     const parsed = parseSql(sql);
     if (!(await this.restoreBeforeStatement(() => parsed.ok && parsed.statements.length === 1 && isRollback(parsed.statements[0].node)))) return;
+    await this.simpleQueryParsed(frame, sql, parsed, key);
+  }
+
+  /**
+   * A statement of a shape relayed before (see relay-profiles.ts): what the parse decided then holds now, unless the
+   * catalog changed meanwhile (another session's rule change), which sends it down the parsing path.
+   */
+  protected async relayByProfile(frame: Frame, sql: string, profile: RelayProfile): Promise<void> {
+    if (!(await this.restoreBeforeStatement(() => false))) return;
+    this.sessionCatalog?.beforeStatement(sql, false);
+    if (this.catalog !== profile.catalog) return this.simpleQueryParsed(frame, sql, parseSql(sql), null);
+    if (verifyRelayProfiles) {
+      const parsed = parseSql(sql);
+      if (!parsed.ok || statementShape(parsed.statements) !== profile.shape) throw new Error(`relay profile of another shape used for: ${sql}`);
+    }
+    for (const connection of this.connections.values()) connection.preparedStatements.delete('');
+    if (this.running) this.running.kinds = profile.kinds;
+    if (this.status === 'I') {
+      this.transactionWrote = this.wroteDistributedRows = false;
+      this.prepareRefusals.endTransaction();
+    }
+    if (profile.writesData) this.transactionWrote = true;
+    if (this.nodeBoundState === null) this.nodeBoundState = profile.nodeBoundState;
+    this.prepareRefusals.reason ??= profile.prepareRefusal;
+    return this.runOnNodes([frame.raw], profile.statementClass, sql);
+  }
+
+  protected async simpleQueryParsed(frame: Frame, sql: string, parsed: ParseOutcome, key: string | null): Promise<void> {
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     if (parsed.ok) for (const statement of parsed.statements) await this.releaseDatabase(droppedDatabase(statement.node));
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
@@ -265,7 +307,26 @@ export class ClientSession extends SessionStartup {
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     this.noteNodeBoundState(parsed.statements);
     for (const statement of parsed.statements) this.prepareRefusals.note(statement.node);
-    await this.simpleQueryOnNodes(frame, sql, parsed.statements);
+    await this.simpleQueryOnNodes(frame, sql, parsed.statements, key);
+  }
+
+  /** Remembers what was decided about statements relayed as they came, when nothing of it can depend on a number. */
+  protected rememberRelay(key: string | null, statements: readonly ParsedStatement[], statementClass: StatementClass): void {
+    if (key === null || !this.context.relayProfiles || this.madeTemporaryObjects || this.prepareRefusals.knowsTemporaryNames) return;
+    for (const statement of statements) {
+      const node = statement.node;
+      if (!relayShapes.has(nodeTag(node)) || mayChangeDefinitions(node) || createsTemporaryObject(node) || droppedDatabase(node) !== null) return;
+    }
+    const firstNodeBound = statements.map((st) => nodeBoundSessionState(st.node)).find((state) => state !== null) ?? null;
+    this.context.relayProfiles.set(key, {
+      catalog: this.catalog,
+      statementClass,
+      kinds: statements.map((st) => commandKind(st.node)),
+      writesData: statements.some((st) => this.writesData(st.node)),
+      nodeBoundState: firstNodeBound,
+      prepareRefusal: statements.map((st) => this.prepareRefusals.inspect(st.node)).find((reason) => reason !== null) ?? null,
+      shape: verifyRelayProfiles ? statementShape(statements) : undefined,
+    });
   }
 
   /**
@@ -287,7 +348,7 @@ export class ClientSession extends SessionStartup {
     return null;
   }
 
-  protected async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[]): Promise<void> {
+  protected async simpleQueryOnNodes(frame: Frame, sql: string, statements: ParsedStatement[], key: string | null = null): Promise<void> {
     const parsed = { statements };
     let nodeCommand: NodeCommand | null = null;
     try {
@@ -335,7 +396,10 @@ export class ClientSession extends SessionStartup {
     }
     const isWrite = classes.some((c) => c.kind === 'write');
     const statementClass = isWrite ? classes.find((c) => c.kind === 'write')! : classes[0] ?? readClass;
-    if (!isWrite) return this.runOnNodes([frame.raw], statementClass, sql);
+    if (!isWrite) {
+      this.rememberRelay(key, statements, statementClass);
+      return this.runOnNodes([frame.raw], statementClass, sql);
+    }
     let rewritten = false;
     const texts: string[] = [];
     for (const statement of parsed.statements) {
@@ -361,8 +425,10 @@ export class ClientSession extends SessionStartup {
     }
     const bytes = rewritten ? serialize.query(texts.join(';\n')) : frame.raw;
     const copyIn = parsed.statements.some((s) => nodeTag(s.node) === 'CopyStmt');
-    const notLocked = await this.lockSequences(sequencesAdvanced(statements.map((s) => s.node), this.catalog), this.connections.size);
+    const sequences = sequencesAdvanced(statements.map((s) => s.node), this.catalog);
+    const notLocked = await this.lockSequences(sequences, this.connections.size);
     if (notLocked) return this.refuse(notLocked);
+    if (!rewritten && !copyIn && sequences.length === 0) this.rememberRelay(key, statements, statementClass);
     return this.runOnNodes([bytes], statementClass, sql, undefined, copyIn);
   }
 

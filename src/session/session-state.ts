@@ -6,6 +6,7 @@
 // session-extended (extended-protocol batching), session-startup (start-up and authentication) and
 // client-session (the message loop and the simple-query path).
 
+import type { RelayProfiles } from './relay-profiles';
 import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
@@ -73,6 +74,8 @@ export interface SessionContext {
   cancel(processId: number, secretKey: number): void;
   /** The statements running in every session, and each node's counters (SHOW parapool_queries, pool_backend_stats). */
   readonly statements: StatementRegistry;
+  /** What the simple-query path decided about shapes of statements it relayed (relay-profiles.ts); null: parse every time. */
+  readonly relayProfiles: RelayProfiles | null;
   /** Told of every ErrorResponse a session sends its client (the metrics); null when nothing listens. */
   readonly clientErrors: ((error: ObservedError) => void) | null;
   /** Every registered session, for SHOW pool_processes and pool_pools. */
