@@ -291,6 +291,7 @@ export class BackendConnection {
 
   write(bytes: Buffer): boolean {
     if (this.closed) return false;
+    this.coalescing.flush();
     return this.socket.write(bytes);
   }
 
@@ -304,6 +305,7 @@ export class BackendConnection {
 
   writeMany(chunks: Buffer[]): void {
     if (this.closed || chunks.length === 0) return;
+    this.coalescing.flush();
     if (chunks.length === 1) {
       this.socket.write(chunks[0]);
       return;
@@ -349,6 +351,7 @@ export class BackendConnection {
   terminate(): void {
     if (this.closed) return;
     this.closedByProxy = true;
+    this.coalescing.flush();
     this.socket.end(terminateFrame, () => this.onClosed(null));
   }
 

@@ -477,6 +477,7 @@ export class ClientSession extends SessionStartup {
     const frame = error instanceof BackendStartupError && error.frame ? error.frame : serverMessages.errorResponse(fatal);
     // The session's last message leaves outside write(): the scanner is told of it here.
     this.errorScanner?.observe(frame);
+    this.output.flush();
     this.socket.end(frame);
     this.close(pgError.message);
   }
@@ -493,6 +494,7 @@ export class ClientSession extends SessionStartup {
     this.heldPortals.closeAll();
     for (const cancel of this.cancelHooks) cancel();
     this.releaseInsertLock();
+    this.output.flush();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;
     for (const connection of this.connections.values()) {

@@ -22,7 +22,7 @@ export abstract class SessionStartup extends SessionExtended {
       case StartupCode.sslRequest:
       case StartupCode.gssEncRequest:
         if (packet.body.length !== 0) throw protocolViolation('invalid length of startup packet');
-        this.socket.write(serverMessages.sslRefused);
+        this.writeDirect(serverMessages.sslRefused);
         if (rest.length > 0) this.readStartup();
         return;
       case StartupCode.cancelRequest: {
@@ -42,7 +42,7 @@ export abstract class SessionStartup extends SessionExtended {
         if (!this.parameters.has('database')) this.parameters.set('database', this.parameters.get('user')!);
         const unsupported = [...this.parameters.keys()].filter((k) => k.startsWith('_pq_.'));
         for (const key of unsupported) this.parameters.delete(key);
-        if (minor > 0 || unsupported.length > 0) this.socket.write(negotiateProtocolVersion(unsupported));
+        if (minor > 0 || unsupported.length > 0) this.writeDirect(negotiateProtocolVersion(unsupported));
         if (this.parameters.get('replication') && this.parameters.get('replication') !== 'false') {
           throw new PgError({ severity: 'FATAL', code: SqlState.featureNotSupported, message: 'replication connections through parapool are not supported' });
         }
@@ -72,7 +72,7 @@ export abstract class SessionStartup extends SessionExtended {
         throw new PgError({ severity: 'FATAL', code: SqlState.tooManyConnections, message: 'sorry, too many clients already', detail: `num_init_children is ${this.context.config.numInitChildren}` });
       }
       await authenticateClient(this.context.config.clientAuthentication, user, this.context.passwords, {
-        send: (bytes) => this.socket.write(bytes),
+        send: (bytes) => this.writeDirect(bytes),
         nextPasswordMessage: () => new Promise((resolvePromise) => (this.passwordWaiter = resolvePromise)),
       });
       await this.connectNodes();
@@ -86,9 +86,9 @@ export abstract class SessionStartup extends SessionExtended {
       });
       if (/search_path/i.test(this.parameters.get('options') ?? '')) await this.sessionCatalog.resolveSearchPath();
       const main = this.mainConnection();
-      for (const [name, value] of main.parameters) this.socket.write(serverMessages.parameterStatus(name, value));
-      this.socket.write(serverMessages.backendKeyData(this.processId, this.secretKey));
-      this.socket.write(serverMessages.readyForQuery('I'));
+      for (const [name, value] of main.parameters) this.write(serverMessages.parameterStatus(name, value));
+      this.write(serverMessages.backendKeyData(this.processId, this.secretKey));
+      this.write(serverMessages.readyForQuery('I'));
       this.phase = 'ready';
       if (this.startupTimer) clearTimeout(this.startupTimer);
       if (this.context.config.logConnections) {

@@ -186,6 +186,12 @@ export abstract class SessionState implements ClientSink {
     return this.output.write(bytes);
   }
 
+  /** Writes now, after what is queued: for the start-up exchange, which must not wait for the next turn. */
+  protected writeDirect(bytes: Buffer): boolean {
+    this.output.flush();
+    return this.socket.write(bytes);
+  }
+
   onceDrained(callback: () => void): void {
     if (this.closed || !this.socket.writableNeedDrain) callback();
     else this.socket.once('drain', callback);
