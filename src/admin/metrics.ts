@@ -82,8 +82,7 @@ export class ProxyMetrics {
       registers,
       collect() {
         this.reset();
-        const main = cluster.mainNode();
-        for (const node of cluster.nodes) this.set({ ...nodeLabels(node), role: node === main ? 'main' : 'replica' }, node.status === 'up' ? 1 : 0);
+        for (const node of cluster.nodes) this.set({ ...nodeLabels(node), role: cluster.roleName(node) }, node.status === 'up' ? 1 : 0);
       },
     });
     // Counters SHOW keeps anyway, read at scrape time (a counter set to the running total each time).

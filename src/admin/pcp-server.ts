@@ -53,9 +53,11 @@ const randMax = 2147483647;
 
 /** pgpool's pool_backend_status: 2 up, 3 down. */
 const backendStatus = { up: '2', down: '3' } as const;
-/** pgpool's SERVER_ROLE in replication mode: 0 main, 1 replica. */
+/** pgpool's SERVER_ROLE: 0 main, 1 replica (replication mode); 2 primary, 3 standby (streaming replication). */
 const roleMain = '0';
 const roleReplica = '1';
+const rolePrimary = '2';
+const roleStandby = '3';
 
 export class PcpServer {
   private readonly servers: Server[] = [];
@@ -185,11 +187,11 @@ export class PcpServer {
             node.status,
             // pgpool keeps weights scaled by RAND_MAX, and its client divides by it again.
             ((node.weight / totalWeight) * randMax).toFixed(6),
-            node === main ? roleMain : roleReplica,
-            node === main ? 'main' : 'replica',
-            '0', // standby delay: no streaming standbys in this mode
-            '', // replication state
-            '', // replication sync state
+            cluster.streaming ? (node === main ? rolePrimary : roleStandby) : node === main ? roleMain : roleReplica,
+            cluster.roleName(node),
+            String(node.replication.delayBytes ?? 0), // standby delay, bytes
+            node.replication.state,
+            node.replication.syncState,
             String(Math.floor(node.statusChangedAt.getTime() / 1000)),
           ),
         );

@@ -115,13 +115,15 @@ export function queryCache(): AdminTable {
 }
 
 function roleOf(context: AdminContext, nodeId: number): string {
-  return context.cluster.mainNode()?.id === nodeId ? 'main' : 'replica';
+  return context.cluster.roleName(context.cluster.nodes[nodeId]);
 }
 
 /**
- * pgpool-II 4.3's columns, then status_reason (parapool's: why a node is down). Every node is a replicated
- * PostgreSQL server of its own: there is no streaming replication to report, and the proxy's view of a node is
- * its PostgreSQL's (pg_status, pg_role as status and role).
+ * pgpool-II 4.3's columns, then status_reason (parapool's: why a node is down). In native replication every
+ * node is a PostgreSQL server of its own, with no replication to report. In streaming replication role and
+ * pg_role are what pg_is_in_recovery() last said, and replication_delay (bytes of WAL behind the primary),
+ * replication_state and replication_sync_state (pg_stat_replication on the primary) come from the last
+ * replication check (sr_check_period); the primary's are empty, as in pgpool.
  */
 export function poolNodes(context: AdminContext): AdminTable {
   return tableOf(
@@ -137,9 +139,9 @@ export function poolNodes(context: AdminContext): AdminTable {
       roleOf(context, node.id),
       String(node.selectCount),
       node.weight > 0 && node.status === 'up' ? 'true' : 'false',
-      '0',
-      '',
-      '',
+      String(node.replication.delayBytes ?? 0),
+      node.replication.state,
+      node.replication.syncState,
       time(node.statusChangedAt),
       node.downReason ?? '',
     ]),

@@ -19,8 +19,9 @@ usage:
   parapool start -f parapool.conf [-D]
       run the proxy with a pgpool.conf-style configuration file; -D (--discard-status) starts with every node
       in service, ignoring the node states logdir/pgpool_status kept from the last run
-  parapool sandbox [--nodes N] [--port P] [--pcp-port Q] [--metrics-port M] [--web-port W] [--dir D] [-D]
-      create (first time) and start N local PostgreSQL nodes under D, write D/parapool.conf and run the proxy
+  parapool sandbox [--nodes N | --replicas R] [--port P] [--pcp-port Q] [--metrics-port M] [--web-port W] [--dir D] [-D]
+      create (first time) and start N local PostgreSQL nodes under D (with --replicas: a primary and R
+      streaming standbys, backend_clustering_mode = streaming_replication), write D/parapool.conf and run the proxy
       on port P, PCP on port Q, Prometheus metrics on http://127.0.0.1:M/metrics and the web admin page on port
       W (defaults: 4 nodes, port 9999, PCP 9898 and the web page 9980, both with user postgres, password
       postgres; metrics 9930; --web-port 0: no page; directory .sandbox); Ctrl-C stops everything it started
@@ -115,8 +116,11 @@ async function main(args: string[]): Promise<void> {
     return;
   }
   if (command === 'sandbox') {
+    const replicas = positiveInteger(option(rest, ['--replicas', '-r'], '0'), '--replicas');
+    if (replicas > 0 && flag(rest, ['--nodes', '-n'])) throw new Error('--nodes and --replicas exclude each other: --replicas R makes a primary and R standbys');
     const sandbox = await startSandbox({
       nodes: positiveInteger(option(rest, ['--nodes', '-n'], '4'), '--nodes'),
+      replicas,
       port: positiveInteger(option(rest, ['--port', '-p'], '9999'), '--port'),
       dir: option(rest, ['--dir', '-d'], '.sandbox'),
       discardStatus: flag(rest, ['-D', '--discard-status']),
@@ -125,7 +129,7 @@ async function main(args: string[]): Promise<void> {
       webPort: positiveInteger(option(rest, ['--web-port'], '9980'), '--web-port'),
     });
     process.stdout.write(
-      `parapool sandbox: ${sandbox.nodes.length} nodes (ports ${sandbox.nodes.map((n) => n.port).join(', ')}), proxy on port ${sandbox.proxy.port}\n` +
+      `parapool sandbox: ${sandbox.nodes.length} nodes (ports ${sandbox.nodes.map((n) => n.port).join(', ')})${replicas > 0 ? `, node 0 the primary and ${replicas} streaming standby(s)` : ''}, proxy on port ${sandbox.proxy.port}\n` +
         `  connect: psql -h 127.0.0.1 -p ${sandbox.proxy.port} -U postgres postgres\n` +
         (sandbox.proxy.pcp ? `  PCP:     pcp_node_info -h 127.0.0.1 -p ${sandbox.proxy.pcp.port} -U postgres -n 0 (password postgres)\n` : '') +
         (sandbox.proxy.metrics ? `  metrics: http://127.0.0.1:${sandbox.proxy.metrics.port}/metrics\n` : '') +

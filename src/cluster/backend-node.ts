@@ -1,10 +1,28 @@
-// A node of the cluster as the proxy sees it: where it is, how much read load it takes, and whether it is in
-// service. A node is one PostgreSQL server today; "node" and "server" stay apart so that a node can later be
-// a primary with standbys.
+// A node of the cluster as the proxy sees it: where it is, how much read load it takes, whether it is in
+// service, and in streaming-replication mode its role and how far behind the primary it replays.
 
+import type { BackendFlags } from '../config/config';
 import type { BackendStats } from './statement-activity';
 
 export type NodeStatus = 'up' | 'down';
+
+/**
+ * In streaming-replication mode, what the node answered pg_is_in_recovery() last (primary: false); 'unknown'
+ * before it was asked. In native replication every node is a server of its own: 'unknown' throughout.
+ */
+export type NodeRole = 'primary' | 'standby' | 'unknown';
+
+/** What the streaming-replication check last found of a standby (see cluster/replication-check.ts). */
+export interface ReplicationStatus {
+  /** Bytes of WAL between the primary's current position and the standby's replay position; null: not measured. */
+  delayBytes: number | null;
+  /** Milliseconds since the last transaction the standby replayed committed on the primary, while it lags; null: not measured. */
+  delayMs: number | null;
+  /** pg_stat_replication.state on the primary for the standby's application_name ('' when not streaming). */
+  state: string;
+  /** pg_stat_replication.sync_state ('' when not streaming). */
+  syncState: string;
+}
 
 export interface NodeAddress {
   readonly id: number;
@@ -17,7 +35,12 @@ export interface NodeAddress {
 export interface BackendNode extends NodeAddress {
   readonly weight: number;
   readonly dataDirectory: string | null;
+  readonly flags: BackendFlags;
+  /** backend_application_nameN ('' when not set). */
+  readonly applicationName: string;
   status: NodeStatus;
+  role: NodeRole;
+  readonly replication: ReplicationStatus;
   statusChangedAt: Date;
   /** Why the node was taken out of service, for SHOW pool_nodes and the log. */
   downReason: string | null;
@@ -29,4 +52,8 @@ export interface BackendNode extends NodeAddress {
 
 export function describeNode(node: NodeAddress): string {
   return `node ${node.id} (${node.host}:${node.port})`;
+}
+
+export function emptyReplicationStatus(): ReplicationStatus {
+  return { delayBytes: null, delayMs: null, state: '', syncState: '' };
 }

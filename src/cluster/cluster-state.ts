@@ -1,11 +1,12 @@
-// The proxy's view of its nodes: which are in service, which one answers for the cluster (the main node:
-// the lowest-numbered node in service, as in pgpool-II), and the detach events sessions react to.
+// The proxy's view of its nodes: which are in service, which one answers for the cluster (the main node: in
+// native replication the lowest-numbered node in service, as in pgpool-II; in streaming replication the primary),
+// and the detach events sessions react to.
 
 import { emptyBackendStats } from './statement-activity';
 import { EventEmitter } from 'node:events';
-import type { BackendConfig } from '../config/config';
+import { defaultBackendFlags, type BackendConfig, type ClusteringMode } from '../config/config';
 import { log } from '../log';
-import { describeNode, type BackendNode } from './backend-node';
+import { describeNode, emptyReplicationStatus, type BackendNode, type NodeRole } from './backend-node';
 import { probeNode } from './node-probe';
 
 /** How a lost connection is checked against the node before the node is taken out of service. */
@@ -27,8 +28,12 @@ export class ClusterState extends EventEmitter {
 
   private readonly probing = new Map<number, Promise<boolean>>();
 
-  constructor(backends: readonly BackendConfig[], private readonly lossProbe: LossProbe = { user: 'postgres', timeoutMs: 10_000 }) {
+  /** Whether the nodes are a primary and its streaming standbys (backend_clustering_mode = streaming_replication). */
+  readonly streaming: boolean;
+
+  constructor(backends: readonly BackendConfig[], private readonly lossProbe: LossProbe = { user: 'postgres', timeoutMs: 10_000 }, mode: ClusteringMode = 'native_replication') {
     super();
+    this.streaming = mode === 'streaming_replication';
     this.setMaxListeners(0); // every session listens for detaches
     this.nodes = backends.map((b) => ({
       id: b.id,
@@ -36,7 +41,11 @@ export class ClusterState extends EventEmitter {
       port: b.port,
       weight: b.weight,
       dataDirectory: b.dataDirectory,
+      flags: b.flags ?? defaultBackendFlags,
+      applicationName: b.applicationName ?? '',
       status: 'up',
+      role: 'unknown',
+      replication: emptyReplicationStatus(),
       statusChangedAt: new Date(),
       downReason: null,
       selectCount: 0,
@@ -48,9 +57,47 @@ export class ClusterState extends EventEmitter {
     return this.nodes.filter((n) => n.status === 'up');
   }
 
-  /** The node whose answers are relayed for writes; null when no node is in service. */
+  /**
+   * The node whose answers are relayed for writes; null when no node is in service. In streaming replication
+   * the primary, and null while no primary is in service (between a primary's detach and a promotion).
+   */
   mainNode(): BackendNode | null {
+    if (this.streaming) return this.nodes.find((n) => n.status === 'up' && n.role === 'primary') ?? null;
     return this.nodes.find((n) => n.status === 'up') ?? null;
+  }
+
+  /** The node that is to answer for the cluster after a change: the main node, or while there is no primary the standby in service with the lowest id (pgpool's "new main node", %m). */
+  private nextMain(): BackendNode | null {
+    return this.mainNode() ?? (this.streaming ? this.upNodes()[0] ?? null : null);
+  }
+
+  /**
+   * Records what a node answered pg_is_in_recovery(); a node found primary makes every other node a standby
+   * (one primary at a time: the one promoted last).
+   */
+  setRole(nodeId: number, role: NodeRole): void {
+    const node = this.nodes[nodeId];
+    if (!node) return;
+    if (role === 'primary') {
+      for (const other of this.nodes) if (other !== node) other.role = 'standby';
+    }
+    if (node.role !== role) log('info', 'node_role', { node: nodeId, address: `${node.host}:${node.port}`, role });
+    node.role = role;
+  }
+
+  /**
+   * A failure found by the proxy (a health check, a lost connection): the node is detached unless its
+   * backend_flag says DISALLOW_TO_FAILOVER, as in pgpool-II, where only the operator takes it out.
+   */
+  fail(nodeId: number, reason: string): boolean {
+    const node = this.nodes[nodeId];
+    if (!node || node.status === 'down') return true;
+    if (!node.flags.allowToFailover) {
+      log('warning', 'node_failure_kept', { node: nodeId, reason, flag: 'DISALLOW_TO_FAILOVER' });
+      return false;
+    }
+    this.detach(nodeId, reason);
+    return true;
   }
 
   /** Takes a node out of service; sessions drop their connections to it before their next statement. */
@@ -62,7 +109,7 @@ export class ClusterState extends EventEmitter {
     node.statusChangedAt = new Date();
     node.downReason = reason;
     log('error', 'node_detached', { node: nodeId, address: `${node.host}:${node.port}`, reason });
-    const change: NodeChange = { node, oldMain, newMain: this.mainNode() };
+    const change: NodeChange = { node, oldMain, newMain: this.nextMain() };
     this.emit('detach', node, change);
   }
 
@@ -81,8 +128,7 @@ export class ClusterState extends EventEmitter {
           log('warning', 'node_connection_lost', { node: nodeId, reason, probe: result.reason });
           return false;
         }
-        this.detach(nodeId, `${reason} (${result.reason})`);
-        return true;
+        return this.fail(nodeId, `${reason} (${result.reason})`);
       });
       this.probing.set(nodeId, probe);
     }
@@ -101,8 +147,14 @@ export class ClusterState extends EventEmitter {
     node.statusChangedAt = new Date();
     node.downReason = null;
     log('info', 'node_attached', { node: nodeId, address: `${node.host}:${node.port}` });
-    const change: NodeChange = { node, oldMain, newMain: this.mainNode() };
+    const change: NodeChange = { node, oldMain, newMain: this.nextMain() };
     this.emit('attach', node, change);
+  }
+
+  /** The role SHOW pool_nodes, PCP and the metrics report: primary or standby in streaming replication, else main or replica. */
+  roleName(node: BackendNode): 'primary' | 'standby' | 'main' | 'replica' {
+    if (this.streaming) return node.role === 'primary' ? 'primary' : 'standby';
+    return node === this.mainNode() ? 'main' : 'replica';
   }
 
   describe(nodeId: number): string {

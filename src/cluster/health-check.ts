@@ -139,7 +139,7 @@ export class HealthChecker {
     stats.failCount++;
     stats.lastFailedHealthCheck = new Date();
     const attempts = retries + 1;
-    this.options.cluster.detach(nodeId, `health check failed ${attempts} time${attempts === 1 ? '' : 's'} on ${describeNode(node)}: ${failure}`);
+    this.options.cluster.fail(nodeId, `health check failed ${attempts} time${attempts === 1 ? '' : 's'} on ${describeNode(node)}: ${failure}`);
   }
 
   /** Logs in once; returns null when the node answered start-up with ReadyForQuery, else why not. */

@@ -1,4 +1,5 @@
-// Picks the node a read goes to, in proportion to backend_weight among the nodes in service (pgpool-II's rule).
+// Picks the node a read goes to, in proportion to backend_weight among the nodes in service (pgpool-II's rule),
+// and says which standbys are too far behind their primary to take reads (delay_threshold).
 
 import type { BackendNode } from './backend-node';
 
@@ -12,4 +13,23 @@ export function chooseWeighted(nodes: readonly BackendNode[], random: () => numb
     if (point < 0) return node;
   }
   return candidates[candidates.length - 1];
+}
+
+/** delay_threshold (bytes of WAL) and delay_threshold_by_time (milliseconds); 0 turns a limit off. */
+export interface DelayLimits {
+  readonly bytes: number;
+  readonly ms: number;
+}
+
+/**
+ * Whether a node may take reads for the primary: a primary always; a standby unless the last replication check
+ * found it behind a limit. A standby not measured yet counts as within: with sr_check_period 0 there are no
+ * measurements, as in pgpool-II.
+ */
+export function withinDelay(node: BackendNode, limits: DelayLimits): boolean {
+  if (node.role !== 'standby') return true;
+  const { delayBytes, delayMs } = node.replication;
+  if (limits.bytes > 0 && delayBytes !== null && delayBytes > limits.bytes) return false;
+  if (limits.ms > 0 && delayMs !== null && delayMs > limits.ms) return false;
+  return true;
 }

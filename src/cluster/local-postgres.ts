@@ -107,6 +107,31 @@ export class LocalPostgres {
   }
 
   /**
+   * Creates the data directory, if it does not exist yet, as a copy of a running primary on this host
+   * (pg_basebackup -R): a streaming standby of it, once started.
+   */
+  async initStandby(primaryPort: number): Promise<void> {
+    if (existsSync(join(this.dataDir, 'PG_VERSION'))) return;
+    mkdirSync(this.dataDir, { recursive: true });
+    chmodSync(this.dataDir, 0o700);
+    chownToPostgres(this.dataDir);
+    const result = await runPostgresProgram(this.options.binDir, 'pg_basebackup', [
+      '-h', '127.0.0.1', '-p', String(primaryPort), '-U', 'postgres', '-D', this.dataDir,
+      '--write-recovery-conf', '--wal-method=stream', '--checkpoint=fast', '--no-sync',
+    ]);
+    if (result.code !== 0) {
+      rmSync(this.dataDir, { recursive: true, force: true });
+      throw new Error(`pg_basebackup of the primary on port ${primaryPort} into ${this.dataDir} failed: ${result.stderr || result.stdout}`);
+    }
+    rmSync(join(this.dataDir, 'server.log'), { force: true }); // the primary's
+  }
+
+  /** Whether the data directory is a standby's (standby.signal): it starts in recovery. */
+  get isStandby(): boolean {
+    return existsSync(join(this.dataDir, 'standby.signal'));
+  }
+
+  /**
    * Starts the server and waits until it accepts connections. A free port can be taken by another process between
    * the moment it was chosen and the server's bind: then the server moves to another free port (the port getter
    * says which), a few times before giving up.

@@ -7,6 +7,10 @@
 // Both commands get pgpool-II's arguments: the main node's data directory, the recovered node's host, its data
 // directory, the main node's port, the recovered node's id, its port, the main node's host. The proxy runs them
 // on its own host (pgpool runs them on the main node through its extension): a command for a remote node uses ssh.
+//
+// In streaming-replication mode the node comes back as a standby of the primary, as in pgpool-II: the first
+// stage makes it one (PARAPOOL_APPLICATION_NAME in its environment names the stream), nothing is held, no second
+// stage runs, and the node is attached once it accepts connections in recovery.
 
 import { log } from '../log';
 import { PgError, SqlState } from '../protocol/errors';
@@ -40,13 +44,17 @@ function recoveryError(message: string, detail?: string): PgError {
   return new PgError({ code: SqlState.objectNotInPrerequisiteState, message, detail, hint: 'the node stays detached; SHOW pool_nodes and the log say more' });
 }
 
-/** Whether the node accepts connections and is out of recovery (a standby not yet promoted is not ready). */
-async function servesAsPrimary(node: BackendNode, settings: RecoverySettings): Promise<string | null> {
+/**
+ * Whether the node accepts connections and is out of recovery (a standby not yet promoted is not ready), or with
+ * `asStandby` in recovery; null when it is, else why not.
+ */
+async function serves(node: BackendNode, settings: RecoverySettings, asStandby: boolean): Promise<string | null> {
   let connection: BackendConnection | null = null;
   try {
     const parameters = new Map([['user', settings.user], ['database', 'postgres'], ['application_name', 'parapool recovery']]);
     connection = await BackendConnection.connect({ node, parameters, secret: settings.secret, connectTimeoutMs: settings.connectTimeoutMs }, 'recovery');
     const result = await connection.query('SELECT pg_is_in_recovery()');
+    if (asStandby) return result.rows[0]?.[0] === 't' ? null : 'it is out of recovery, not a standby';
     return result.rows[0]?.[0] === 'f' ? null : 'it is still in recovery';
   } catch (error) {
     return (error as Error).message;
@@ -55,13 +63,13 @@ async function servesAsPrimary(node: BackendNode, settings: RecoverySettings): P
   }
 }
 
-async function runStage(stage: string, command: string, main: BackendNode, target: BackendNode, settings: RecoverySettings, progress: (message: string) => void): Promise<void> {
+async function runStage(stage: string, command: string, main: BackendNode, target: BackendNode, settings: RecoverySettings, progress: (message: string) => void, env: Record<string, string> = {}): Promise<void> {
   const args = [main.dataDirectory ?? '', target.host, target.dataDirectory ?? '', String(main.port), String(target.id), String(target.port), main.host];
   progress(`${stage} of the recovery of ${describeNode(target)}: ${command}`);
   const started = Date.now();
   const result = await runShellCommand(command, args, {
     timeoutMs: settings.timeoutSeconds * 1000,
-    env: { PGUSER: settings.user, PGCONNECT_TIMEOUT: String(Math.ceil(settings.connectTimeoutMs / 1000)) },
+    env: { PGUSER: settings.user, PGCONNECT_TIMEOUT: String(Math.ceil(settings.connectTimeoutMs / 1000)), ...env },
   });
   log(result.code === 0 ? 'info' : 'error', 'recovery_stage_done', { node: target.id, stage, command, exit: result.code, signal: result.signal, ms: Date.now() - started, output: result.output.slice(-2000) });
   if (result.code !== 0) {
@@ -90,7 +98,23 @@ export async function recoverNode(nodeId: number, host: RecoveryHost, settings: 
   let release: (() => void) | null = null;
   try {
     log('info', 'recovery_started', { node: nodeId, from: main.id });
-    await runStage('first stage', settings.firstStageCommand, main, target, settings, progress);
+    const streaming = host.cluster.streaming;
+    await runStage('first stage', settings.firstStageCommand, main, target, settings, progress, streaming ? { PARAPOOL_APPLICATION_NAME: target.applicationName || `node${target.id}` } : {});
+    if (streaming) {
+      progress(`waiting for ${describeNode(target)} to serve as a standby of ${describeNode(main)}`);
+      let why: string | null = 'not asked yet';
+      for (const deadline = Date.now() + settings.timeoutSeconds * 1000; Date.now() < deadline; await sleep(200)) {
+        why = await serves(target, settings, true);
+        if (why === null) break;
+      }
+      if (why !== null) throw recoveryError(`${describeNode(target)} does not serve as a standby after its recovery: ${why}`);
+      if (host.cluster.mainNode() !== main) throw recoveryError(`the primary changed during the recovery of ${describeNode(target)}`);
+      host.cluster.setRole(nodeId, 'standby');
+      host.cluster.attach(nodeId);
+      log('info', 'recovery_done', { node: nodeId, ms: Date.now() - started, role: 'standby' });
+      progress(`${describeNode(target)} is recovered and attached as a standby (${Date.now() - started} ms)`);
+      return;
+    }
     progress('holding new statements until no session holds anything on the nodes');
     release = await host.quiesce();
     const heldAt = Date.now();
@@ -99,7 +123,7 @@ export async function recoverNode(nodeId: number, host: RecoveryHost, settings: 
     progress(`waiting for ${describeNode(target)} to serve`);
     let why: string | null = 'not asked yet';
     for (const deadline = Date.now() + settings.timeoutSeconds * 1000; Date.now() < deadline; await sleep(200)) {
-      why = await servesAsPrimary(target, settings);
+      why = await serves(target, settings, false);
       if (why === null) break;
     }
     if (why !== null) throw recoveryError(`${describeNode(target)} does not serve after its recovery: ${why}`);

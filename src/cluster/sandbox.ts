@@ -9,12 +9,15 @@ import { log } from '../log';
 import { ProxyServer } from '../server/proxy-server';
 import { freePort, LocalPostgres } from './local-postgres';
 import { findPostgresBinDir } from './postgres-install';
+import { configureStreaming, startStreamingNodes } from './streaming-nodes';
 
 /** The default online-recovery scripts, for nodes on this host (scripts/recovery in the package). */
 export const recoveryScripts = resolve(__dirname, '../../../scripts/recovery');
 
 export interface SandboxOptions {
   readonly nodes: number;
+  /** Streaming replication: a primary and this many streaming standbys (instead of `nodes` replicated nodes). */
+  readonly replicas?: number;
   /** Proxy port; 0 lets the system choose. */
   readonly port: number;
   readonly dir: string;
@@ -62,10 +65,12 @@ export async function startNodes(count: number, dir: string, fast = false): Prom
 
 export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
   const dir = resolve(options.dir);
-  const nodes = await startNodes(options.nodes, dir, options.fast);
+  const streaming = options.replicas !== undefined && options.replicas > 0;
+  const nodes = streaming ? await startStreamingNodes(options.replicas!, dir, options.fast) : await startNodes(options.nodes, dir, options.fast);
   const config = defaultConfig();
   config.port = options.port;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  if (streaming) configureStreaming(config);
   const webPort = options.webPort ?? 0;
   if (options.pcpPort !== undefined || webPort !== 0) {
     // PCP for pgpool's clients and the web admin page share one user: postgres, password postgres (loopback only).
@@ -80,8 +85,9 @@ export async function startSandbox(options: SandboxOptions): Promise<Sandbox> {
     config.metricsListenAddresses = ['127.0.0.1'];
     config.metricsPort = options.metricsPort;
   }
-  config.recovery1stStageCommand = join(recoveryScripts, 'recovery_1st_stage');
-  config.recovery2ndStageCommand = join(recoveryScripts, 'recovery_2nd_stage');
+  // Streaming replication recovers a node as a standby of the primary: one stage, no promotion.
+  config.recovery1stStageCommand = join(recoveryScripts, streaming ? 'streaming_recovery_1st_stage' : 'recovery_1st_stage');
+  config.recovery2ndStageCommand = streaming ? '' : join(recoveryScripts, 'recovery_2nd_stage');
   // The sandbox's node states belong to its nodes: kept with them, not in a directory other proxies share.
   config.logdir = dir;
   options.configure?.(config);

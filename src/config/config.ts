@@ -13,7 +13,31 @@ export interface BackendConfig {
   readonly port: number;
   readonly weight: number;
   readonly dataDirectory: string | null;
+  /** backend_flagN: whether the proxy may take the node out of service on a failure, and whether it is always the primary. */
+  readonly flags?: BackendFlags;
+  /** backend_application_nameN: the name the node streams under as a standby (pg_stat_replication.application_name). */
+  readonly applicationName?: string;
 }
+
+/** pgpool-II's backend_flag values. */
+export interface BackendFlags {
+  /** ALLOW_TO_FAILOVER (the default) or DISALLOW_TO_FAILOVER: a failure (health check, lost connection) detaches the node. */
+  readonly allowToFailover: boolean;
+  /** ALWAYS_PRIMARY: the node is the primary whatever pg_is_in_recovery() says (a primary behind a fixed address). */
+  readonly alwaysPrimary: boolean;
+}
+
+export const defaultBackendFlags: BackendFlags = { allowToFailover: true, alwaysPrimary: false };
+
+/**
+ * native_replication: the proxy writes to every node itself (partition rules on top); streaming_replication:
+ * PostgreSQL's streaming replication copies the primary's writes to its standbys, and the proxy sends writes to
+ * the primary only.
+ */
+export type ClusteringMode = 'native_replication' | 'streaming_replication';
+
+/** pgpool-II's disable_load_balance_on_write: after a write, which reads stay on the primary. */
+export type LoadBalanceOnWrite = 'transaction' | 'trans_transaction' | 'always' | 'off';
 
 export type ClientAuthentication = 'trust' | 'md5' | 'scram-sha-256';
 
@@ -36,6 +60,7 @@ export interface HealthCheckConfig {
 }
 
 export interface ProxyConfig {
+  clusteringMode: ClusteringMode;
   listenAddresses: string[];
   port: number;
   backends: BackendConfig[];
@@ -107,10 +132,23 @@ export interface ProxyConfig {
   logDisconnections: boolean;
   logStatement: boolean;
   logPerNodeStatement: boolean;
+  /** Bytes of WAL a standby may be behind the primary and still take reads; 0: no limit. */
+  delayThreshold: number;
+  /** Milliseconds of replay a standby may be behind and still take reads; 0: no limit. */
+  delayThresholdByTime: number;
+  /** Seconds between the streaming-replication checks (replication delay and state); 0: off. */
+  srCheckPeriod: number;
+  /** '' takes recovery_user. */
+  srCheckUser: string;
+  /** '' takes the user's entry of pool_passwd (or no password). */
+  srCheckPassword: string;
+  srCheckDatabase: string;
+  disableLoadBalanceOnWrite: LoadBalanceOnWrite;
 }
 
 export function defaultConfig(): ProxyConfig {
   return {
+    clusteringMode: 'native_replication',
     listenAddresses: ['127.0.0.1'],
     port: 9999,
     backends: [],
@@ -155,6 +193,13 @@ export function defaultConfig(): ProxyConfig {
     logDisconnections: false,
     logStatement: false,
     logPerNodeStatement: false,
+    delayThreshold: 0,
+    delayThresholdByTime: 0,
+    srCheckPeriod: 10,
+    srCheckUser: '',
+    srCheckPassword: '',
+    srCheckDatabase: 'postgres',
+    disableLoadBalanceOnWrite: 'transaction',
   };
 }
 
@@ -205,12 +250,38 @@ const settings: Record<string, Setter> = {
   load_balance_mode: (c, v, fail) => {
     c.loadBalanceMode = parseBool(v, fail);
   },
-  backend_clustering_mode: (_c, v, fail) => {
-    // parapool replicates writes itself (pgpool-II's native replication), with partition rules on top. A
-    // pgpool-II configuration for another mode must not start as if it were this one.
-    if (v !== 'native_replication') {
-      fail(`backend_clustering_mode '${v}' is not supported: parapool runs native_replication (writes to every node, partition rules on top); streaming_replication, logical_replication, slony, snapshot_isolation and raw are not implemented`);
+  backend_clustering_mode: (c, v, fail) => {
+    // A pgpool-II configuration for a mode parapool does not run must not start as if it were another.
+    if (v !== 'native_replication' && v !== 'streaming_replication') {
+      fail(`backend_clustering_mode '${v}' is not supported: parapool runs native_replication (writes to every node, partition rules on top) and streaming_replication (writes to the primary, reads to its standbys); logical_replication, slony, snapshot_isolation and raw are not implemented`);
     }
+    c.clusteringMode = v as ClusteringMode;
+  },
+  delay_threshold: (c, v, fail) => {
+    c.delayThreshold = parseInteger(v, fail, 0, Number.MAX_SAFE_INTEGER);
+  },
+  delay_threshold_by_time: (c, v, fail) => {
+    c.delayThresholdByTime = parseInteger(v, fail, 0, 86_400_000);
+  },
+  sr_check_period: (c, v, fail) => {
+    c.srCheckPeriod = parseInteger(v, fail, 0, 86400);
+  },
+  sr_check_user: (c, v) => {
+    c.srCheckUser = v;
+  },
+  sr_check_password: (c, v) => {
+    c.srCheckPassword = v;
+  },
+  sr_check_database: (c, v, fail) => {
+    if (v === '') fail('empty database name');
+    c.srCheckDatabase = v;
+  },
+  disable_load_balance_on_write: (c, v, fail) => {
+    const value = v.toLowerCase();
+    if (value !== 'transaction' && value !== 'trans_transaction' && value !== 'always' && value !== 'off') {
+      return fail(`invalid value "${v}" (expected transaction, trans_transaction, always or off; dml_adaptive is not implemented)`);
+    }
+    c.disableLoadBalanceOnWrite = value;
   },
   insert_lock: (c, v, fail) => {
     c.insertLock = parseBool(v, fail);
@@ -363,7 +434,14 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   recovery_1st_stage_command: [(c) => c.recovery1stStageCommand, 'first stage of online recovery'],
   recovery_2nd_stage_command: [(c) => c.recovery2ndStageCommand, 'second stage of online recovery'],
   recovery_timeout: [(c) => c.recoveryTimeout, 'seconds each online recovery stage may take'],
-  backend_clustering_mode: [() => 'native_replication', 'the mode parapool runs: writes to every node, partition rules on top'],
+  backend_clustering_mode: [(c) => c.clusteringMode, 'native_replication: writes to every node, partition rules on top; streaming_replication: writes to the primary, reads to its standbys'],
+  delay_threshold: [(c) => c.delayThreshold, 'bytes of WAL a standby may lag and still take reads (0: no limit)'],
+  delay_threshold_by_time: [(c) => c.delayThresholdByTime, 'milliseconds of replay a standby may lag and still take reads (0: no limit)'],
+  sr_check_period: [(c) => c.srCheckPeriod, 'seconds between streaming-replication checks (0: off)'],
+  sr_check_user: [(c) => c.srCheckUser, 'user of streaming-replication checks and promotion'],
+  sr_check_password: [(c) => (c.srCheckPassword === '' ? '' : '********'), 'password of streaming-replication checks'],
+  sr_check_database: [(c) => c.srCheckDatabase, 'database of streaming-replication checks'],
+  disable_load_balance_on_write: [(c) => c.disableLoadBalanceOnWrite, 'after a write, which reads stay on the primary'],
   pcp_listen_addresses: [(c) => c.pcpListenAddresses.join(','), 'addresses the PCP server listens on'],
   pcp_port: [(c) => c.pcpPort, 'port of the PCP server'],
   pcp_conf_file: [(c) => c.pcpConfFile ?? '', 'users of the PCP server (user:md5 lines); empty: no PCP server'],
@@ -414,13 +492,34 @@ export function configurationItems(config: ProxyConfig): ConfigurationItem[] {
       { item: `backend_port${backend.id}`, value: String(backend.port), description: `port of node ${backend.id}` },
       { item: `backend_weight${backend.id}`, value: String(backend.weight), description: `load balance weight of node ${backend.id}` },
       { item: `backend_data_directory${backend.id}`, value: backend.dataDirectory ?? '', description: `data directory of node ${backend.id}` },
+      { item: `backend_flag${backend.id}`, value: flagsText(backend.flags ?? defaultBackendFlags), description: `failover flags of node ${backend.id}` },
+      { item: `backend_application_name${backend.id}`, value: backend.applicationName ?? '', description: `application name node ${backend.id} streams under as a standby` },
     );
     healthCheck(config.healthCheckPerNode[backend.id] ?? {}, String(backend.id), ` (node ${backend.id})`);
   }
   return items;
 }
 
-const backendKey = /^backend_(hostname|port|weight|data_directory)(\d+)$/;
+const backendKey = /^backend_(hostname|port|weight|data_directory|flag|application_name)(\d+)$/;
+
+/** backend_flagN's text: pgpool's names joined by '|'. */
+export function flagsText(flags: BackendFlags): string {
+  return [flags.allowToFailover ? 'ALLOW_TO_FAILOVER' : 'DISALLOW_TO_FAILOVER', ...(flags.alwaysPrimary ? ['ALWAYS_PRIMARY'] : [])].join('|');
+}
+
+function parseFlags(value: string, fail: (message: string) => never): BackendFlags {
+  let allowToFailover: boolean | null = null;
+  let alwaysPrimary = false;
+  for (const word of value.split('|').map((w) => w.trim().toUpperCase()).filter((w) => w !== '')) {
+    if (word === 'ALWAYS_PRIMARY') alwaysPrimary = true;
+    else if (word === 'ALLOW_TO_FAILOVER' || word === 'DISALLOW_TO_FAILOVER') {
+      const allow = word === 'ALLOW_TO_FAILOVER';
+      if (allowToFailover !== null && allowToFailover !== allow) fail('ALLOW_TO_FAILOVER and DISALLOW_TO_FAILOVER exclude each other');
+      allowToFailover = allow;
+    } else fail(`invalid flag "${word}" (expected ALLOW_TO_FAILOVER, DISALLOW_TO_FAILOVER or ALWAYS_PRIMARY, joined by |)`);
+  }
+  return { allowToFailover: allowToFailover ?? true, alwaysPrimary };
+}
 const healthCheckKey = /^health_check_(period|timeout|max_retries|retry_delay|user|password|database)(\d*)$/;
 
 const healthCheckFields: Record<string, (value: string, fail: (message: string) => never) => Partial<HealthCheckConfig>> = {
@@ -441,7 +540,7 @@ export function healthCheckFor(config: ProxyConfig, nodeId: number): HealthCheck
 /** Builds a config from pgpool.conf text; throws PgError F0000 naming the file and line on any problem. */
 export function configFromText(text: string, fileName: string, baseDir = '.'): ProxyConfig {
   const config = defaultConfig();
-  const backends = new Map<number, { host?: string; port?: number; weight?: number; dataDirectory?: string; line: number }>();
+  const backends = new Map<number, BackendEntry>();
   const seen = new Map<string, number>();
   const perNodeLines = new Map<number, number>();
   for (const entry of parseConfFile(text, fileName)) {
@@ -481,9 +580,11 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
   });
   config.backends = ids.map((id) => {
     const b = backends.get(id)!;
-    return { id, host: b.host!, port: b.port ?? 5432, weight: b.weight ?? 1, dataDirectory: b.dataDirectory ?? null };
+    return { id, host: b.host!, port: b.port ?? 5432, weight: b.weight ?? 1, dataDirectory: b.dataDirectory ?? null, flags: b.flags ?? defaultBackendFlags, applicationName: b.applicationName ?? '' };
   });
   if (config.backends.length === 0) throw confError(fileName, 1, 'no backend is configured (set backend_hostname0)');
+  const alwaysPrimary = config.backends.filter((b) => b.flags?.alwaysPrimary);
+  if (alwaysPrimary.length > 1) throw confError(fileName, backends.get(alwaysPrimary[1].id)!.line, `backends ${alwaysPrimary.map((b) => b.id).join(' and ')} are both flagged ALWAYS_PRIMARY: there is one primary`);
   if (config.webAdminPort !== 0 && config.pcpConfFile === null) {
     throw confError(fileName, seen.get('web_admin_port')!, 'web_admin_port is set but pcp_conf_file is not: the web admin page logs in with the users of pcp.conf');
   }
@@ -493,8 +594,18 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
   return config;
 }
 
+interface BackendEntry {
+  host?: string;
+  port?: number;
+  weight?: number;
+  dataDirectory?: string;
+  flags?: BackendFlags;
+  applicationName?: string;
+  line: number;
+}
+
 function applyBackendEntry(
-  backends: Map<number, { host?: string; port?: number; weight?: number; dataDirectory?: string; line: number }>,
+  backends: Map<number, BackendEntry>,
   field: string,
   id: number,
   entry: ConfEntry,
@@ -519,6 +630,12 @@ function applyBackendEntry(
     case 'data_directory':
       b.dataDirectory = entry.value;
       break;
+    case 'flag':
+      b.flags = parseFlags(entry.value, fail);
+      break;
+    case 'application_name':
+      b.applicationName = entry.value;
+      break;
   }
 }
 
@@ -531,6 +648,7 @@ export function configToText(config: ProxyConfig): string {
   const quote = (v: string | number | boolean) =>
     typeof v === 'string' ? `'${v.replace(/'/g, "''")}'` : typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v);
   const lines = [
+    `backend_clustering_mode = ${quote(config.clusteringMode)}`,
     `listen_addresses = ${quote(config.listenAddresses.join(','))}`,
     `port = ${config.port}`,
     `num_init_children = ${config.numInitChildren}`,
@@ -572,10 +690,19 @@ export function configToText(config: ProxyConfig): string {
     `log_disconnections = ${quote(config.logDisconnections)}`,
     `log_statement = ${quote(config.logStatement)}`,
     `log_per_node_statement = ${quote(config.logPerNodeStatement)}`,
+    `delay_threshold = ${config.delayThreshold}`,
+    `delay_threshold_by_time = ${config.delayThresholdByTime}`,
+    `sr_check_period = ${config.srCheckPeriod}`,
+    `sr_check_user = ${quote(config.srCheckUser)}`,
+    `sr_check_password = ${quote(config.srCheckPassword)}`,
+    `sr_check_database = ${quote(config.srCheckDatabase)}`,
+    `disable_load_balance_on_write = ${quote(config.disableLoadBalanceOnWrite)}`,
   ];
   for (const b of config.backends) {
     lines.push(`backend_hostname${b.id} = ${quote(b.host)}`, `backend_port${b.id} = ${b.port}`, `backend_weight${b.id} = ${b.weight}`);
     if (b.dataDirectory) lines.push(`backend_data_directory${b.id} = ${quote(b.dataDirectory)}`);
+    lines.push(`backend_flag${b.id} = ${quote(flagsText(b.flags ?? defaultBackendFlags))}`);
+    if (b.applicationName) lines.push(`backend_application_name${b.id} = ${quote(b.applicationName)}`);
     lines.push(...healthCheckLines(config.healthCheckPerNode[b.id] ?? {}, String(b.id), quote));
   }
   return lines.join('\n') + '\n';

@@ -7,7 +7,11 @@ import { nodeTag } from './sql-parser';
 
 export type StatementClass =
   | { kind: 'read'; reason: string }
-  | { kind: 'write'; reason: string }
+  /**
+   * everyServer: the statement changes only the session's state (BEGIN, COMMIT, SET, DISCARD, ...): in
+   * streaming replication it goes to every node the session reads from, where other writes go to the primary.
+   */
+  | { kind: 'write'; reason: string; everyServer?: true }
   /** Answered by the proxy itself (SHOW pool_nodes and friends). */
   | { kind: 'admin'; command: string };
 
@@ -82,6 +86,15 @@ export function classifyStatement(node: Node, functions: FunctionEffects): State
       }
       return { kind: 'read', reason: 'COPY TO reads a table' };
     }
+    case 'TransactionStmt': {
+      // Two-phase commit's statements act on the primary's prepared transactions, not on the session.
+      const kind = String(body.kind);
+      if (kind === 'TRANS_STMT_PREPARE' || kind === 'TRANS_STMT_COMMIT_PREPARED' || kind === 'TRANS_STMT_ROLLBACK_PREPARED') return { kind: 'write', reason: `${kind} runs on every node` };
+      return { kind: 'write', reason: 'transaction control runs on every node', everyServer: true };
+    }
+    case 'VariableSetStmt':
+    case 'DiscardStmt':
+      return { kind: 'write', reason: `${tag} changes the session on every node`, everyServer: true };
     default:
       return { kind: 'write', reason: `${tag} runs on every node` };
   }

@@ -13,7 +13,10 @@ import { ConnectionPool } from '../cluster/connection-pool';
 import { FailoverCommands } from '../cluster/failover-command';
 import { HealthChecker } from '../cluster/health-check';
 import { readNodeStatus, statusFilePath, writeNodeStatus } from '../cluster/node-status-file';
-import { chooseWeighted } from '../cluster/load-balancer';
+import { chooseWeighted, withinDelay } from '../cluster/load-balancer';
+import { ReplicationCheck, surveyRoles, type NodeLogin } from '../cluster/replication-check';
+import { StreamingFailover } from '../cluster/streaming-failover';
+import { parseStoredSecret } from '../protocol/password-file';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
@@ -54,14 +57,19 @@ export class ProxyServer {
   /** Prometheus metrics, when metrics_listen_addresses names where to serve them. */
   readonly metrics: ProxyMetrics | null;
   private readonly recordStatus = () => writeNodeStatus(this.config.logdir, this.cluster.nodes);
+  /** In streaming-replication mode: the replication check, and what promotes a standby when the primary goes. */
+  readonly replicationCheck: ReplicationCheck | null = null;
+  readonly failover: StreamingFailover | null = null;
+  private readonly replicationLogin: NodeLogin;
 
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
-    this.cluster = new ClusterState(config.backends, { user: config.recoveryUser, timeoutMs: config.connectTimeout * 1000 });
+    this.cluster = new ClusterState(config.backends, { user: config.recoveryUser, timeoutMs: config.connectTimeout * 1000 }, config.clusteringMode);
     this.pool = new ConnectionPool({ enabled: config.connectionCache, maxIdlePerKey: config.maxPool, resetQueries: config.resetQueryList });
     this.cluster.on('detach', (node: BackendNode) => this.pool.dropNode(node.id));
     const passwords: Map<string, StoredSecret> | null = config.poolPasswd ? loadPasswordFile(config.poolPasswd) : null;
     const sessions = this.sessions;
+    const delayLimits = { bytes: config.delayThreshold, ms: config.delayThresholdByTime };
     this.healthChecker = new HealthChecker({ cluster: this.cluster, settingsFor: (id) => healthCheckFor(config, id), defaultUser: config.recoveryUser, passwords });
     this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand);
     this.context = {
@@ -75,7 +83,7 @@ export class ProxyServer {
       gate: this.gate,
       nodeOperations: (caller) => this.nodeOperations(caller),
       healthCheckStats: this.healthChecker.stats,
-      chooseReadNode: () => chooseWeighted(this.cluster.nodes),
+      chooseReadNode: () => chooseWeighted(this.cluster.streaming ? this.cluster.nodes.filter((node) => withinDelay(node, delayLimits)) : this.cluster.nodes),
       statements: this.statements,
       relayProfiles: new RelayProfiles(),
       clientErrors: config.metricsListenAddresses.length > 0 ? (error) => this.metrics?.clientError(error) : null,
@@ -94,7 +102,56 @@ export class ProxyServer {
       },
     };
     this.metrics = config.metricsListenAddresses.length > 0 ? new ProxyMetrics(this.context) : null;
+    const srUser = config.srCheckUser || config.recoveryUser;
+    this.replicationLogin = {
+      user: srUser,
+      secret: config.srCheckPassword !== '' ? parseStoredSecret(config.srCheckPassword) : passwords?.get(srUser) ?? null,
+      database: config.srCheckDatabase,
+      connectTimeoutMs: config.connectTimeout * 1000,
+    };
+    if (this.cluster.streaming) {
+      this.replicationCheck = new ReplicationCheck(this.cluster, this.replicationLogin, config.srCheckPeriod);
+      this.failover = new StreamingFailover({
+        cluster: this.cluster,
+        gate: this.gate,
+        login: this.replicationLogin,
+        commandPromotes: config.failoverCommand !== '',
+        commandsIdle: () => this.failoverCommands.idle(),
+        timeoutMs: config.recoveryTimeout * 1000,
+      });
+    }
   }
+
+  /**
+   * Streaming replication: which node is the primary, asked of every node in service at start-up. Exactly one
+   * must be, or the proxy does not start: writes would have nowhere to go, or two places.
+   */
+  private async findPrimaryAtStartup(): Promise<void> {
+    const survey = await surveyRoles(this.cluster, this.replicationLogin);
+    for (const { node, error } of survey.unanswered) log('error', 'node_role_unknown', { node: node.id, error });
+    if (survey.primaries.length === 1) {
+      log('info', 'primary_found', { node: survey.primaries[0].id });
+      return;
+    }
+    const asked = this.cluster.upNodes().map((node) => `${describeNode(node)}: ${survey.unanswered.find((u) => u.node === node)?.error ?? (survey.primaries.includes(node) ? 'primary' : 'standby')}`).join('; ');
+    throw new PgError({
+      severity: 'FATAL',
+      code: SqlState.objectNotInPrerequisiteState,
+      message: survey.primaries.length === 0 ? 'no node in service is a primary (every node is in recovery or did not answer)' : `${survey.primaries.length} nodes are primaries: ${survey.primaries.map((n) => n.id).join(' and ')}`,
+      detail: `backend_clustering_mode is streaming_replication, which needs exactly one primary; pg_is_in_recovery() said: ${asked}`,
+      hint: 'promote one node, or make the others standbys of it',
+    });
+  }
+
+  /** A node attached in streaming-replication mode: its role is asked again; a second primary is refused. */
+  private readonly onAttachStreaming = (node: BackendNode) => {
+    void surveyRoles(this.cluster, this.replicationLogin).then((survey) => {
+      if (survey.primaries.length > 1 && survey.primaries.includes(node)) {
+        const other = survey.primaries.find((n) => n !== node)!;
+        this.cluster.detach(node.id, `${describeNode(node)} is a primary while ${describeNode(other)} is the primary`);
+      }
+    });
+  };
 
   /** Loads the parser, checks that every node answers, and listens. Resolves once clients can connect. */
   async start(): Promise<void> {
@@ -104,10 +161,12 @@ export class ProxyServer {
     this.applyRecordedStatus();
     this.failoverCommands.start();
     await Promise.all(this.cluster.upNodes().map((node) => this.checkNode(node)));
+    if (this.cluster.streaming) await this.findPrimaryAtStartup();
     this.recordStatus();
     this.cluster.on('detach', this.recordStatus);
     this.cluster.on('attach', this.recordStatus);
-    await recoverAtStartup(this.recoveryOptions(this.cluster.upNodes()));
+    // Streaming replication commits on the primary alone: there are no transactions of parapool's left prepared.
+    if (!this.cluster.streaming) await recoverAtStartup(this.recoveryOptions(this.cluster.upNodes()));
     for (const address of this.config.listenAddresses) {
       const server = createServer((socket) => this.accept(socket));
       await new Promise<void>((resolvePromise, reject) => {
@@ -126,8 +185,11 @@ export class ProxyServer {
       port: this.boundPort,
       nodes: this.cluster.nodes.map((n) => `${n.id}:${n.host}:${n.port}:${n.status}`).join(','),
     });
-    this.scheduleRecovery();
+    if (!this.cluster.streaming) this.scheduleRecovery();
     this.healthChecker.start();
+    this.failover?.start();
+    this.replicationCheck?.start();
+    if (this.cluster.streaming) this.cluster.on('attach', this.onAttachStreaming);
     if (this.config.pcpConfFile) {
       this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations(), admin: this.context });
       await this.pcp.start();
@@ -325,6 +387,10 @@ export class ProxyServer {
     this.cluster.off('detach', this.recordStatus);
     this.cluster.off('attach', this.recordStatus);
     const checks = this.healthChecker.stop();
+    this.cluster.off('attach', this.onAttachStreaming);
+    await this.replicationCheck?.stop();
+    // A failover under way ends on its own (it may be waiting for a node): the proxy does not wait for it.
+    void this.failover?.stop();
     await this.pcp?.stop();
     await this.metrics?.stop();
     await this.web?.stop();

@@ -15,7 +15,6 @@
 import type { Node } from '@pgsql/types';
 import { type Socket } from 'node:net';
 import { log } from '../log';
-import { checkDeterminism } from '../planner/nondeterminism';
 import { nodeTag, parseSql, type ParsedStatement, type ParseOutcome } from '../planner/sql-parser';
 import { commandKind, createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState, type StatementClass } from '../planner/statement-classifier';
 import { blankNumericLiterals, statementShape } from '../planner/numeric-literals';
@@ -337,7 +336,7 @@ export class ClientSession extends SessionStartup {
     for (const statement of statements) {
       const node = statement.node;
       if (this.classify(node).kind === 'admin' || isNodeCommand(node)) return 'the proxy answers it';
-      if (checkDeterminism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
+      if (this.determinism(node).kind !== 'deterministic') return 'it calls a function whose result differs per node';
       if (this.catalog && routeDistributed(node, this.catalog).kind !== 'none') return 'it names a distributed table or a parapool function';
       if (this.heldStatementKind(node)) return 'it names a cursor or prepared statement the proxy holds';
       if (isCommit(node) && this.status === 'T' && ((this.transactionWrote && this.writtenNodes.size > 1) || this.wroteDistributedRows)) return 'a COMMIT of writes on several nodes commits in two phases';
@@ -395,7 +394,8 @@ export class ClientSession extends SessionStartup {
       return;
     }
     const isWrite = classes.some((c) => c.kind === 'write');
-    const statementClass = isWrite ? classes.find((c) => c.kind === 'write')! : classes[0] ?? readClass;
+    // A write that changes data decides where a query with BEGIN or SET beside it goes (streaming: the primary).
+    const statementClass = isWrite ? classes.find((c) => c.kind === 'write' && !c.everyServer) ?? classes.find((c) => c.kind === 'write')! : classes[0] ?? readClass;
     if (!isWrite) {
       this.rememberRelay(key, statements, statementClass);
       return this.runOnNodes([frame.raw], statementClass, sql);
@@ -404,7 +404,7 @@ export class ClientSession extends SessionStartup {
     const texts: string[] = [];
     for (const statement of parsed.statements) {
       const prepared = (statement.node as { PrepareStmt?: { query: Node } }).PrepareStmt?.query;
-      if (prepared && (checkDeterminism(prepared).kind !== 'deterministic' || this.needsColumnDefaults(prepared))) {
+      if (prepared && (this.determinism(prepared).kind !== 'deterministic' || this.needsColumnDefaults(prepared))) {
         // Each node would evaluate the function or default itself at every EXECUTE.
         return this.refuse(new PgError({
           code: SqlState.featureNotSupported,
@@ -412,7 +412,7 @@ export class ClientSession extends SessionStartup {
           hint: 'prepare it through the extended protocol (the proxy evaluates such values at each execution), or pass the values as parameters',
         }));
       }
-      const check = checkDeterminism(statement.node);
+      const check = this.determinism(statement.node);
       if (check.kind === 'rejected') return this.refuse(check.error);
       if (check.kind === 'time' || this.needsColumnDefaults(statement.node)) {
         rewritten = true;

@@ -123,6 +123,7 @@ export abstract class SessionConnections extends SessionState {
         }
       }
     }
+    if (this.streaming && !(await this.afterFailover(goOn))) return false;
     if (this.lostConnections.size === 0 || this.closed) return true;
     const lost = [...this.lostConnections.entries()];
     const node = this.context.cluster.nodes[lost[0][0]];
@@ -152,6 +153,39 @@ export abstract class SessionConnections extends SessionState {
     })));
     this.write(serverMessages.readyForQuery(this.status));
     return false;
+  }
+
+  /**
+   * Streaming replication, before a statement: a transaction that was open on a primary since detached fails
+   * (its writes are gone with that node's session), and a statement outside a transaction waits while a
+   * failover is under way (the statement gate), so that it reaches the new primary. Returns false when the
+   * session answered the statement itself.
+   */
+  private async afterFailover(goOn: () => boolean): Promise<boolean> {
+    const lostPrimary = this.primaryLostInTransaction;
+    if (lostPrimary !== null) {
+      this.primaryLostInTransaction = null;
+      if (this.status === 'T') {
+        this.status = 'E';
+        await this.reconcileTransactions();
+        if (!goOn()) {
+          this.write(serverMessages.errorResponse(new PgError({
+            code: SqlState.connectionFailure,
+            message: `lost the primary, ${describeNode(this.context.cluster.nodes[lostPrimary])}, inside the transaction: it was detached`,
+            detail: 'The transaction\'s work on the primary is gone; a standby takes its place.',
+            hint: 'Roll back, then run the transaction again.',
+          })));
+          this.write(serverMessages.readyForQuery(this.status));
+          return false;
+        }
+      }
+    }
+    if (this.status === 'I' && this.context.gate.closed && !this.closed) {
+      this.atGate = true;
+      await this.context.gate.pass();
+      this.atGate = false;
+    }
+    return true;
   }
 
   /**
@@ -233,6 +267,7 @@ export abstract class SessionConnections extends SessionState {
   protected override dropNode(nodeId: number): void {
     const connection = this.connections.get(nodeId);
     if (!connection) return;
+    if (this.streaming && this.status !== 'I' && this.context.cluster.nodes[nodeId].role === 'primary') this.primaryLostInTransaction = nodeId;
     this.connections.delete(nodeId);
     if (this.readNodeId === nodeId) this.readNodeId = null;
     connection.destroy();

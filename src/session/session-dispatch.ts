@@ -6,7 +6,7 @@ import { type Node } from '@pgsql/types';
 import { describeNode } from '../cluster/backend-node';
 import { abortMarker, ReplicatedDispatch, type DispatchResult } from '../executor/replicated-dispatch';
 import { log } from '../log';
-import { pinTimeFunctions } from '../planner/nondeterminism';
+import { checkDeterminism, pinTimeFunctions, type DeterminismCheck } from '../planner/nondeterminism';
 import { mayNeedColumnDefaults, pinColumnDefaults } from '../planner/volatile-defaults';
 import { type StatementClass } from '../planner/statement-classifier';
 import { commitEverywhere } from '../executor/two-phase-commit';
@@ -40,7 +40,15 @@ export abstract class SessionDispatch extends SessionConnections {
 
   /** An INSERT into a table whose column defaults would give each node its own value (see volatile-defaults.ts). */
   protected needsColumnDefaults(node: Node): boolean {
-    return this.catalog !== null && mayNeedColumnDefaults(node, this.catalog);
+    return !this.streaming && this.catalog !== null && mayNeedColumnDefaults(node, this.catalog);
+  }
+
+  /**
+   * Whether a write computes the same values on every node it runs on (see nondeterminism.ts). In streaming
+   * replication a write runs on the primary alone and its standbys replay the values it computed.
+   */
+  protected determinism(node: Node): DeterminismCheck {
+    return this.streaming ? { kind: 'deterministic' } : checkDeterminism(node);
   }
 
   /** The insert locks the open exchange holds, released once every node has run it (see executor/insert-lock.ts). */
@@ -51,7 +59,7 @@ export abstract class SessionDispatch extends SessionConnections {
    * to be sent holds it until every node is done. Returns the error to refuse the statement with when not granted.
    */
   protected async lockSequences(sequences: readonly string[], nodes: number, exchangeOpen = false): Promise<PgError | null> {
-    if (sequences.length === 0 || nodes < 2 || !this.context.config.insertLock) return null;
+    if (sequences.length === 0 || nodes < 2 || !this.context.config.insertLock || this.streaming) return null;
     let release: () => void = () => undefined;
     let refusal: PgError | null = null;
     try {
@@ -169,7 +177,8 @@ export abstract class SessionDispatch extends SessionConnections {
     // it (nothing was relayed yet), it runs once more on a new connection.
     const retryable = retry && !isWrite && !copyIn && !rejection && !targets && this.status === 'I';
     // COPY FROM streams to every node at once: its data cannot wait for the leader to finish.
-    const dispatch = this.openDispatch(targets ?? this.targets(isWrite), isWrite, false, !copyIn, retryable);
+    const everyServer = statementClass.kind === 'write' && statementClass.everyServer === true;
+    const dispatch = this.openDispatch(targets ?? this.targets(isWrite, everyServer), isWrite, false, !copyIn, retryable);
     if (this.context.config.logPerNodeStatement) {
       for (const connection of dispatch.connections) log('info', 'node_statement', { session: this.id, node: connection.node.id, sql });
     }
@@ -229,7 +238,12 @@ export abstract class SessionDispatch extends SessionConnections {
       this.heldPortals.endTransaction(!result.leader.outcomes.some((o) => o === 'ROLLBACK' || o.startsWith('ERROR')));
       this.writtenNodes.clear();
     } else if (wasWrite) {
-      for (const connection of dispatch.connections) this.writtenNodes.add(connection.node.id);
+      // Streaming replication writes on the primary alone (the leader): its commit is never a two-phase one.
+      for (const connection of this.streaming ? [result.leader.connection] : dispatch.connections) this.writtenNodes.add(connection.node.id);
+    }
+    if (wasWrite && this.transactionWrote) {
+      this.sessionWrote = true;
+      if (this.status !== 'I' || result.status !== 'I') this.wroteInTransactionBlock = true;
     }
     await this.reconcileTransactions();
     // A connection that closed once the exchange was over is opened again before the next statement.
@@ -244,6 +258,15 @@ export abstract class SessionDispatch extends SessionConnections {
 
   protected compareOutcomes(result: DispatchResult, sql: string): void {
     const expected = result.leader.outcomes.join(', ');
+    if (this.streaming) {
+      // Standbys get only what changes the session (BEGIN, SET, ...), and refuse some of it (BEGIN READ WRITE,
+      // SERIALIZABLE): such a standby leaves the transaction (reconcileTransactions), reads go to the primary.
+      for (const other of result.others) {
+        if (other.lost || other.skipped || other.outcomes.join(', ') === expected) continue;
+        log('info', 'standby_answered_otherwise', { session: this.id, node: other.connection.node.id, answer: other.outcomes.join(', ').slice(0, 200), primary: expected.slice(0, 200) });
+      }
+      return;
+    }
     for (const other of result.others) {
       if (other.lost || other.skipped) continue;
       const actual = other.outcomes.join(', ');
@@ -258,8 +281,17 @@ export abstract class SessionDispatch extends SessionConnections {
 
   /** Makes every node's transaction state match what the client was told (aborted where the leader aborted). */
   protected override async reconcileTransactions(): Promise<void> {
+    const primary = this.streaming ? this.context.cluster.mainNode() : null;
     for (const connection of [...this.connections.values()]) {
       if (connection.txStatus === this.status) continue;
+      if (this.streaming && connection.node.id !== primary?.id) {
+        // A standby need not be in the session's transaction (a batch that began it with a write went to the
+        // primary alone): outside it, it takes no reads of the transaction. One in another state leaves it.
+        if (connection.txStatus === 'I') continue;
+        if (this.status === 'E' && connection.txStatus === 'T') await connection.query(abortMarker).catch(() => undefined);
+        else await connection.query('ROLLBACK').catch(() => undefined);
+        continue;
+      }
       if (this.status === 'E' && connection.txStatus === 'T') {
         await connection.query(abortMarker).catch(() => undefined);
       } else if (this.status === 'I') {

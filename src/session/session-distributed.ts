@@ -60,6 +60,13 @@ export abstract class SessionDistributed extends SessionDispatch {
       case 'refused':
         return this.refuse(route.error);
       case 'rule-command':
+        if (this.streaming) {
+          return this.refuse(new PgError({
+            code: SqlState.featureNotSupported,
+            message: `parapool.${route.command.name} is not available in streaming_replication mode: every node holds the primary's copy of every table`,
+            hint: 'distributed tables need backend_clustering_mode = native_replication',
+          }));
+        }
         return this.runRuleCommandStatement(route.command);
       case 'drop': {
         const forget = route.tables

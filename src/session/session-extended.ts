@@ -4,7 +4,6 @@
 
 import { type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
-import { checkDeterminism } from '../planner/nondeterminism';
 import { parseSql } from '../planner/sql-parser';
 import { commandKind, createsTemporaryObject, mayChangeDefinitions, type StatementClass } from '../planner/statement-classifier';
 import { beginEverywhere, keyPosition, nodesOfKeys, type SessionPort } from '../executor/distributed-statement';
@@ -50,11 +49,11 @@ export abstract class SessionExtended extends SessionDistributed {
         let timePinning: PreparedStatement['timePinning'];
         if (parsed.ok) {
           const classes = parsed.statements.map((s) => this.classify(s.node));
-          statementClass = classes.find((c) => c.kind === 'write') ?? classes[0] ?? readClass;
+          statementClass = classes.find((c) => c.kind === 'write' && !c.everyServer) ?? classes.find((c) => c.kind === 'write') ?? classes[0] ?? readClass;
           if (statementClass.kind === 'admin') statementClass = { kind: 'read', reason: 'SHOW' };
           if (statementClass.kind === 'write') {
             for (const statement of parsed.statements) {
-              const check = checkDeterminism(statement.node);
+              const check = this.determinism(statement.node);
               if (check.kind === 'rejected') rejection = check.error;
               else if (check.kind === 'time' || this.needsColumnDefaults(statement.node)) timePinning = { node: statement.node, parameterTypes: message.parameterTypes };
             }
@@ -158,7 +157,7 @@ export abstract class SessionExtended extends SessionDistributed {
       // So does a statement on a distributed table, which runs on its key's nodes only: BEGIN goes to every node first.
       const routed = begin > 0 && rest.some((m, i) => m.frame.code === FrontendCode.bind && this.statementBefore(rest, i, m.statementName!)?.route);
       if (multiNodeRead || routed) {
-        const dispatch = this.openDispatch(this.targets(true), true, true);
+        const dispatch = this.openDispatch(this.targets(true, true), true, true);
         dispatch.send(this.buildSends(messages.slice(0, begin), dispatch.connections, terminator, true));
         const result = await this.finishDispatch(dispatch, 'BEGIN', false);
         if (result.leader.lost || result.leader.outcomes.some((o) => o.startsWith('ERROR'))) {
@@ -209,7 +208,8 @@ export abstract class SessionExtended extends SessionDistributed {
     const routed = await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
     if (Array.isArray(routed)) return this.scatterExtended(messages, routed, terminator);
     if (!dispatch) {
-      const targets = routed ? [routed] : this.targets(isWrite);
+      const everyServer = [terminatorClass, ...messages.map((m) => m.statementClass)].every((c) => c.kind !== 'write' || c.everyServer === true);
+      const targets = routed ? [routed] : this.targets(isWrite, everyServer);
       dispatch = this.openDispatch(targets, isWrite, true);
     } else if (routed && (dispatch.connections.length !== 1 || dispatch.connections[0] !== routed)) {
       messages.splice(0, messages.length, { frame: terminator, statementClass: readClass, rejection: new PgError({ code: SqlState.featureNotSupported, message: 'a statement on a distributed table cannot follow other statements in the same extended-protocol batch after a Flush', hint: 'send Sync before it' }) });

@@ -22,6 +22,7 @@ import { type ClientSink } from '../executor/client-sink';
 import { ReplicatedDispatch, type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { type StatementClass } from '../planner/statement-classifier';
+import { withinDelay } from '../cluster/load-balancer';
 import { PrepareRefusals } from '../planner/prepare-refusals';
 import { type Catalog, type CatalogRegistry } from '../catalog/catalog';
 import { type SessionPort } from '../executor/distributed-statement';
@@ -237,6 +238,40 @@ export abstract class SessionState implements ClientSink {
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   protected transactionWrote = false;
 
+  /** Set once the session wrote (disable_load_balance_on_write = always). */
+  protected sessionWrote = false;
+  /** Set once the session wrote inside a transaction block (disable_load_balance_on_write = trans_transaction). */
+  protected wroteInTransactionBlock = false;
+  /**
+   * Streaming replication: the primary detached while this session's transaction was open on it. Its work there
+   * is gone, so the transaction fails at its next statement (see restoreBeforeStatement).
+   */
+  protected primaryLostInTransaction: number | null = null;
+
+  /** Streaming replication: writes go to the primary alone, the standbys get them by replication. */
+  protected get streaming(): boolean {
+    return this.context.cluster.streaming;
+  }
+
+  /**
+   * Streaming replication: whether reads must stay on the primary, which alone holds what the session wrote
+   * and not yet replayed everywhere (pgpool-II's disable_load_balance_on_write), or its temporary tables.
+   */
+  protected readsStayOnPrimary(): boolean {
+    if (this.madeTemporaryObjects) return true;
+    const inBlock = this.status !== 'I';
+    switch (this.context.config.disableLoadBalanceOnWrite) {
+      case 'off':
+        return false;
+      case 'transaction':
+        return inBlock && this.transactionWrote;
+      case 'trans_transaction':
+        return inBlock && (this.transactionWrote || this.wroteInTransactionBlock);
+      case 'always':
+        return this.sessionWrote || (inBlock && this.transactionWrote);
+    }
+  }
+
   /**
    * Set once the open transaction wrote rows of a distributed table: rows that only their node holds, so losing a
    * node it wrote on loses part of the transaction (a replicated write survives on the other nodes).
@@ -261,6 +296,21 @@ export abstract class SessionState implements ClientSink {
 
   // ---- running on nodes ------------------------------------------------------------------------------------
 
+  /** The primary's connection, for a statement that changes data in streaming replication; throws when there is none. */
+  protected primaryConnection(): BackendConnection {
+    const primary = this.context.cluster.mainNode();
+    const connection = primary && this.connections.get(primary.id);
+    if (!connection) {
+      throw new PgError({
+        severity: 'FATAL',
+        code: SqlState.connectionFailure,
+        message: primary ? `this session has no connection to the primary, ${describeNode(primary)}` : 'no primary node is in service',
+        hint: 'a failover may be under way: connect again; SHOW pool_nodes shows the nodes and their roles',
+      });
+    }
+    return connection;
+  }
+
   protected mainConnection(): BackendConnection {
     const main = this.context.cluster.mainNode();
     const connection = (main && this.connections.get(main.id)) ?? this.connections.values().next().value;
@@ -276,16 +326,30 @@ export abstract class SessionState implements ClientSink {
       const candidate = config.loadBalanceMode ? this.context.chooseReadNode() : this.context.cluster.mainNode();
       this.readNodeId = candidate && this.connections.has(candidate.id) ? candidate.id : this.mainConnection().node.id;
     }
-    return this.connections.get(this.readNodeId)!;
+    const connection = this.connections.get(this.readNodeId)!;
+    if (this.streaming) {
+      // Per statement, as pgpool-II decides: the read node may have fallen behind, or be outside this transaction.
+      const node = this.context.cluster.nodes[this.readNodeId];
+      const limits = { bytes: config.delayThreshold, ms: config.delayThresholdByTime };
+      if (node.role !== 'primary' && (this.readsStayOnPrimary() || connection.txStatus !== this.status || !withinDelay(node, limits))) {
+        return this.mainConnection();
+      }
+    }
+    return connection;
   }
 
-  /** The leader first: the main node for writes, the session's read node for reads. */
-  protected targets(isWrite: boolean): BackendConnection[] {
+  /**
+   * The leader first: the main node for writes, the session's read node for reads. In streaming replication a
+   * write goes to the primary alone, unless it changes only the session's state (`everyServer`: BEGIN, SET, ...),
+   * which every node the session reads from must share.
+   */
+  protected targets(isWrite: boolean, everyServer = false): BackendConnection[] {
     if (!isWrite) {
       const connection = this.readConnection();
       (this.context.cluster.nodes[connection.node.id] as BackendNode).selectCount++;
       return [connection];
     }
+    if (this.streaming && !everyServer) return [this.primaryConnection()];
     const leader = this.mainConnection();
     return [leader, ...[...this.connections.values()].filter((c) => c !== leader)];
   }

@@ -100,7 +100,7 @@ async function attach(id: number): Promise<string> {
 }
 
 test('placeholders expand as pgpool-II expands them, %% to one %, unknown ones kept', () => {
-  const a: BackendNode = { id: 1, host: 'h1', port: 5433, weight: 1, dataDirectory: '/d1', status: 'down', statusChangedAt: new Date(), downReason: null, selectCount: 0, stats: emptyBackendStats() };
+  const a: BackendNode = { id: 1, host: 'h1', port: 5433, weight: 1, dataDirectory: '/d1', flags: { allowToFailover: true, alwaysPrimary: false }, applicationName: '', role: 'unknown', replication: { delayBytes: null, delayMs: null, state: '', syncState: '' }, status: 'down', statusChangedAt: new Date(), downReason: null, selectCount: 0, stats: emptyBackendStats() };
   const b: BackendNode = { ...a, id: 0, host: 'h0', port: 5432, dataDirectory: '/d0', status: 'up' };
   assert.equal(expandPlaceholders(`x ${placeholders} %z %`, { node: a, oldMain: b, newMain: b }), 'x 1 h1 5433 /d1 0 h0 0 0 5432 /d0 h0 5432 % %z %');
   assert.equal(expandPlaceholders('%d %m %H %M %P %N %S', { node: b, oldMain: b, newMain: null }), '0 -1  0 0 h0 5432');

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configFromText, configToText, defaultConfig, healthCheckFor } from '../../src/config/config';
+import { configFromText, configToText, defaultBackendFlags, defaultConfig, healthCheckFor } from '../../src/config/config';
 import { PgError } from '../../src/protocol/errors';
 
 const base = `backend_hostname0 = '127.0.0.1'\nbackend_port0 = 5432\n`;
@@ -24,8 +24,8 @@ test('a pgpool.conf-style file loads with pgpool names and quoting', () => {
   assert.deepEqual(config.listenAddresses, ['0.0.0.0']);
   assert.equal(config.port, 9998);
   assert.deepEqual(config.backends, [
-    { id: 0, host: 'db0', port: 5433, weight: 2, dataDirectory: null },
-    { id: 1, host: 'db1', port: 5432, weight: 0.5, dataDirectory: "/data/it's" },
+    { id: 0, host: 'db0', port: 5433, weight: 2, dataDirectory: null, flags: defaultBackendFlags, applicationName: '' },
+    { id: 1, host: 'db1', port: 5432, weight: 0.5, dataDirectory: "/data/it's", flags: defaultBackendFlags, applicationName: '' },
   ]);
   assert.equal(config.loadBalanceMode, false);
   assert.equal(config.statementLevelLoadBalance, true);
@@ -36,10 +36,56 @@ test('a pgpool.conf-style file loads with pgpool names and quoting', () => {
 
 test('configToText writes what configFromText reads back', () => {
   const config = defaultConfig();
-  config.backends = [{ id: 0, host: 'h', port: 1, weight: 1, dataDirectory: '/d' }];
+  config.backends = [{ id: 0, host: 'h', port: 1, weight: 1, dataDirectory: '/d', flags: defaultBackendFlags, applicationName: '' }];
   config.writeFunctionList = ['nextval', 'f'];
   const again = configFromText(configToText(config), 'x');
   assert.deepEqual(again, config);
+  config.clusteringMode = 'streaming_replication';
+  config.backends = [
+    { id: 0, host: 'h', port: 1, weight: 0, dataDirectory: '/d0', flags: { allowToFailover: true, alwaysPrimary: true }, applicationName: 'server0' },
+    { id: 1, host: 'h', port: 2, weight: 1, dataDirectory: '/d1', flags: { allowToFailover: false, alwaysPrimary: false }, applicationName: 'server1' },
+  ];
+  Object.assign(config, { delayThreshold: 1048576, delayThresholdByTime: 500, srCheckPeriod: 1, srCheckUser: 'checker', srCheckPassword: 'secret', srCheckDatabase: 'template1', disableLoadBalanceOnWrite: 'always' });
+  assert.deepEqual(configFromText(configToText(config), 'x'), config);
+});
+
+test('streaming replication takes pgpool-II names and values', () => {
+  const config = configFromText(
+    `${base}backend_hostname1 = 'db1'
+backend_clustering_mode = 'streaming_replication'
+` +
+      `backend_flag0 = 'ALWAYS_PRIMARY|DISALLOW_TO_FAILOVER'
+backend_application_name1 = 'server1'
+` +
+      `delay_threshold = 10000000
+delay_threshold_by_time = 1000
+sr_check_period = 5
+sr_check_user = 'repl'
+` +
+      `sr_check_password = 'md5abc'
+sr_check_database = 'template1'
+disable_load_balance_on_write = 'trans_transaction'
+`,
+    'parapool.conf',
+  );
+  assert.equal(config.clusteringMode, 'streaming_replication');
+  assert.deepEqual(config.backends.map((b) => [b.flags, b.applicationName]), [[{ allowToFailover: false, alwaysPrimary: true }, ''], [defaultBackendFlags, 'server1']]);
+  assert.deepEqual(
+    [config.delayThreshold, config.delayThresholdByTime, config.srCheckPeriod, config.srCheckUser, config.srCheckPassword, config.srCheckDatabase, config.disableLoadBalanceOnWrite],
+    [10000000, 1000, 5, 'repl', 'md5abc', 'template1', 'trans_transaction'],
+  );
+  const defaults = defaultConfig();
+  assert.deepEqual([defaults.clusteringMode, defaults.delayThreshold, defaults.srCheckPeriod, defaults.disableLoadBalanceOnWrite], ['native_replication', 0, 10, 'transaction']);
+  failsWith(`${base}backend_flag0 = 'ALLOW_TO_FAILOVER|DISALLOW_TO_FAILOVER'
+`, /exclude each other.*line 3/);
+  failsWith(`${base}backend_flag0 = 'SOMETIMES'
+`, /invalid flag "SOMETIMES".*line 3/);
+  failsWith(`${base}disable_load_balance_on_write = 'dml_adaptive'
+`, /dml_adaptive is not implemented.*line 3/);
+  failsWith(`${base}backend_hostname1 = 'db1'
+backend_flag0 = ALWAYS_PRIMARY
+backend_flag1 = ALWAYS_PRIMARY
+`, /both flagged ALWAYS_PRIMARY/);
 });
 
 test('mistakes name the file and line', () => {
@@ -54,7 +100,7 @@ test('mistakes name the file and line', () => {
   failsWith(`${base}backend_hostname2 = 'x'\n`, /backend 2 is defined but backend 1 is not/);
   failsWith(`port = 1\n`, /no backend is configured/);
   failsWith(`${base}port = 1 2\n`, /syntax error.*line 3/);
-  failsWith(`${base}backend_clustering_mode = 'streaming_replication'\n`, /backend_clustering_mode 'streaming_replication' is not supported.*line 3/);
+  failsWith(`${base}backend_clustering_mode = 'raw'\n`, /backend_clustering_mode 'raw' is not supported.*line 3/);
   assert.doesNotThrow(() => configFromText(`${base}backend_clustering_mode = 'native_replication'\n`, 'parapool.conf'));
 });
 

@@ -8,11 +8,14 @@ import { Client, type ClientConfig } from 'pg';
 import { defaultConfig, type ProxyConfig } from '../../src/config/config';
 import { LocalPostgres } from '../../src/cluster/local-postgres';
 import { startNodes } from '../../src/cluster/sandbox';
+import { configureStreaming, startStreamingNodes } from '../../src/cluster/streaming-nodes';
 import { configureLog } from '../../src/log';
 import { ProxyServer } from '../../src/server/proxy-server';
 
 export interface TestClusterOptions {
   readonly nodes: number;
+  /** Streaming replication: node 0 the primary and `nodes - 1` streaming standbys, as `parapool sandbox --replicas` makes them. */
+  readonly streaming?: boolean;
   readonly reference?: boolean;
   readonly configure?: (config: ProxyConfig) => void;
   /** Leave the proxy unstarted (tests that start it themselves). */
@@ -43,12 +46,14 @@ configureLog({ minLevel: (process.env.PARAPOOL_TEST_LOG as 'debug' | undefined) 
 export async function startTestCluster(options: TestClusterOptions): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'parapool-test-'));
   const count = options.nodes + (options.reference ? 1 : 0);
-  const all = await startNodes(count, dir, true);
+  if (options.streaming && options.reference) throw new Error('a streaming test cluster has no reference node');
+  const all = options.streaming ? await startStreamingNodes(options.nodes - 1, dir, true) : await startNodes(count, dir, true);
   const nodes = all.slice(0, options.nodes);
   const reference = options.reference ? all[options.nodes] : null;
   const config = defaultConfig();
   config.port = 0;
   config.backends = nodes.map((node, id) => ({ id, host: '127.0.0.1', port: node.port, weight: 1, dataDirectory: node.dataDir }));
+  if (options.streaming) configureStreaming(config);
   config.logMinMessages = (process.env.PARAPOOL_TEST_LOG as 'debug' | undefined) ?? 'fatal';
   config.logdir = dir;
   // Each test expects a proxy it starts (or restarts) to begin with every node in service, whatever an earlier
