@@ -318,7 +318,7 @@ function reading(rows: Row[], targets: string[], options: Options, facts: Facts)
     'query far more than network latency, which over loopback is a few microseconds. pgbench -S is a one-row primary-key SELECT, the',
     'cheapest query there is, so per-query relay cost weighs as heavily here as it ever will; on a machine where the proxy has cores of',
     'its own, or across a real network, the gap to direct would be smaller. The processes also differ in kind: parapool relays in one',
-    'Node.js process and parses each statement to route it, PgBouncer is one single-threaded C process that only forwards messages, and',
+    'Node.js process and parses each new shape of statement to route it (texts that differ only in their numbers share one parse), PgBouncer is one single-threaded C process that only forwards messages, and',
     'pgpool-II runs one process per client session and also parses the SQL. Each row is one run of',
     `${options.duration} s after a ${options.warmup} s warm-up; on this 2-core machine the same row differed by up to about 15 % between`,
     'quiet runs, so only larger differences between rows mean much.',
