@@ -66,13 +66,7 @@ export class ExtendedDistributedReads {
   /** How many leading messages of a batch only execute BEGIN (or START TRANSACTION): 0 when none. */
   transactionStartPrefix(messages: readonly PendingMessage[]): number {
     const portals = new Set<string>();
-    const isBegin = (statement: PreparedStatement | undefined): boolean => {
-      if (!statement || statement.route) return false;
-      const parsed = parseSql(decodeParse(statement.parseFrame.subarray(5)).sql);
-      if (!parsed.ok || parsed.statements.length !== 1) return false;
-      const node = parsed.statements[0].node as { TransactionStmt?: { kind?: string } };
-      return node.TransactionStmt?.kind === 'TRANS_STMT_BEGIN' || node.TransactionStmt?.kind === 'TRANS_STMT_START';
-    };
+    const isBegin = (statement: PreparedStatement | undefined): boolean => statement?.beginsTransaction === true && !statement.route;
     let end = 0;
     for (const [index, message] of messages.entries()) {
       if (message.rejection) break;

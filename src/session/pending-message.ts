@@ -30,6 +30,8 @@ export interface PreparedStatement {
   readonly cursorCommand?: Node;
   /** What pool_backend_stats counts an execution as, one entry per SQL statement. */
   readonly kinds?: readonly CommandKind[];
+  /** BEGIN or START TRANSACTION alone (JDBC sends it in the batch of the transaction's first statement). */
+  readonly beginsTransaction?: boolean;
 }
 
 export interface PendingMessage {

@@ -80,7 +80,8 @@ export abstract class SessionExtended extends SessionDistributed {
         const prepareRefusal = parsed.ok ? parsed.statements.map((st) => this.prepareRefusals.inspect(st.node)).find((r) => r !== null) : undefined;
         const sequences = parsed.ok && statementClass.kind === 'write' ? sequencesAdvanced(parsed.statements.map((st) => st.node), this.catalog) : [];
         const kinds = parsed.ok ? parsed.statements.map((st) => commandKind(st.node)) : [];
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences, kinds };
+        const beginsTransaction = only !== undefined && ['TRANS_STMT_BEGIN', 'TRANS_STMT_START'].includes((only as { TransactionStmt?: { kind?: string } }).TransactionStmt?.kind ?? '');
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences, kinds, beginsTransaction };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
