@@ -11,13 +11,15 @@ import { PgError, SqlState } from '../protocol/errors';
 import { serverMessages } from '../protocol/server-messages';
 import { log } from '../log';
 
-export type NodeCommandName = 'attach_node' | 'detach_node' | 'recover_node';
+export type NodeCommandName = 'attach_node' | 'detach_node' | 'recover_node' | 'promote_node';
 
 /** What the commands do to the cluster; attach and recover hold new statements while they change it. */
 export interface NodeOperations {
   readonly cluster: ClusterState;
   attach(nodeId: number): Promise<void>;
   recover(nodeId: number, progress: (message: string) => void): Promise<void>;
+  /** Switchover in streaming-replication mode (absent in other modes): the standby becomes the primary. */
+  promote?(nodeId: number): Promise<void>;
 }
 
 export interface NodeCommand {
@@ -29,7 +31,7 @@ export interface NodeCommand {
 
 const booleanOid = 16;
 
-const commandNames = new Set<string>(['parapool.attach_node', 'parapool.detach_node', 'parapool.recover_node']);
+const commandNames = new Set<string>(['parapool.attach_node', 'parapool.detach_node', 'parapool.recover_node', 'parapool.promote_node']);
 
 /** Reads `SELECT parapool.attach_node(N)` (or detach_node, recover_node); null for any other statement; throws 22023 for a bad call. */
 export function parseNodeCommand(node: Node): NodeCommand | null {
@@ -77,6 +79,14 @@ export async function changeNode(command: NodeCommand, operations: NodeOperation
   if (command.name === 'attach_node') {
     if (node.status === 'up') return false;
     await operations.attach(node.id);
+    return true;
+  }
+  if (command.name === 'promote_node') {
+    if (!operations.promote) {
+      throw new PgError({ code: SqlState.featureNotSupported, message: 'promote_node needs backend_clustering_mode = streaming_replication', hint: 'in native replication every node is written: there is no primary to change' });
+    }
+    if (node.role === 'primary') return false;
+    await operations.promote(node.id);
     return true;
   }
   // The asker hears each step as a NOTICE; the log keeps them for whoever looks later.

@@ -201,9 +201,13 @@ export class PcpServer {
       case 'C':
       case 'D':
       case 'd':
-      case 'O': {
-        const name: NodeCommandName = type === 'C' ? 'attach_node' : type === 'O' ? 'recover_node' : 'detach_node';
-        const nodeId = this.nodeId(args[0]);
+      case 'O':
+      case 'J':
+      case 'j': {
+        // J and j: pcp_promote_node without and with -g; both switch over at once (-g's wait for every client to
+        // disconnect first is not done). Its node id comes padded with a space.
+        const name: NodeCommandName = type === 'C' ? 'attach_node' : type === 'O' ? 'recover_node' : type === 'J' || type === 'j' ? 'promote_node' : 'detach_node';
+        const nodeId = this.nodeId(args[0]?.trim());
         log('info', 'pcp_command', { user, command: name, node: nodeId });
         const progress = (message: string) => socket.write(packet('N', Buffer.from(`SNOTICE\0M${message}\0\0`)));
         await changeNode({ name, nodeId, via: `pcp_${name === 'recover_node' ? 'recovery' : name.replace('_node', '')}_node` }, this.options.operations, progress);

@@ -112,7 +112,7 @@ function tableHtml(table: AdminTable, options: { cellClass?: (column: string, va
   return `<table><thead><tr>${head}</tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 
-const actionLabels: Record<NodeCommandName, string> = { detach_node: 'Detach', attach_node: 'Attach', recover_node: 'Recover' };
+const actionLabels: Record<NodeCommandName, string> = { detach_node: 'Detach', attach_node: 'Attach', recover_node: 'Recover', promote_node: 'Promote' };
 
 /** The path a node button posts to: /nodes/1/detach. */
 export function actionPath(name: NodeCommandName, nodeId: string | number): string {
@@ -153,12 +153,15 @@ function refreshLinks(view: OverviewView): string {
 export function overviewPage(view: OverviewView): string {
   const nodeId = view.nodes.columns.indexOf('node_id');
   const status = view.nodes.columns.indexOf('status');
+  const role = view.nodes.columns.indexOf('role');
   const nodes = tableHtml(view.nodes, {
     cellClass: (column, value) => (column === 'status' || column === 'pg_status' ? `status-${value}` : null),
     extra: {
       title: 'actions',
       cell: (row) => {
         const id = row[nodeId] ?? '';
+        // A standby of streaming replication can be switched over to.
+        if (row[status] === 'up' && row[role] === 'standby') return actionForm('detach_node', id, view.csrfToken) + actionForm('promote_node', id, view.csrfToken);
         if (row[status] === 'up') return actionForm('detach_node', id, view.csrfToken);
         return actionForm('attach_node', id, view.csrfToken) + actionForm('recover_node', id, view.csrfToken, view.recoveryConfigured ? null : 'recovery_1st_stage_command is not set');
       },

@@ -51,7 +51,7 @@ const securityHeaders = {
   'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 };
 
-const actions: Record<string, NodeCommandName> = { detach: 'detach_node', attach: 'attach_node', recover: 'recover_node' };
+const actions: Record<string, NodeCommandName> = { detach: 'detach_node', attach: 'attach_node', recover: 'recover_node', promote: 'promote_node' };
 const actionPattern = /^\/nodes\/(\d{1,9})\/(detach|attach|recover)$/;
 
 const md5Hex = (text: string) => createHash('md5').update(text).digest('hex');
@@ -315,6 +315,7 @@ export class WebAdminServer {
 function resultText(name: NodeCommandName, nodeId: number, changed: boolean): string {
   if (name === 'detach_node') return changed ? `node ${nodeId} detached` : `node ${nodeId} was already out of service`;
   if (name === 'attach_node') return changed ? `node ${nodeId} attached` : `node ${nodeId} was already in service`;
+  if (name === 'promote_node') return changed ? `node ${nodeId} is the primary` : `node ${nodeId} was already the primary`;
   return `node ${nodeId} recovered and attached`;
 }
 

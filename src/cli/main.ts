@@ -28,8 +28,10 @@ usage:
   parapool attach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
   parapool detach-node N [-f parapool.conf] [--host H] [--port P] [-U user]
   parapool recover-node N [-f parapool.conf] [--host H] [--port P] [-U user]
+  parapool promote-node N [-f parapool.conf] [--host H] [--port P] [-U user]
       take node N into or out of service, or rebuild detached node N from the main node and attach it (online
-      recovery: recovery_1st_stage_command, then recovery_2nd_stage_command while new statements are held), on
+      recovery: recovery_1st_stage_command, then recovery_2nd_stage_command while new statements are held), or,
+      in streaming replication, switch over to standby N (the primary is detached, N promoted), on
       the running proxy (SELECT parapool.attach_node(N) and friends through its port: --port, else the
       configuration file's, else 9999); the user must be a superuser (default: $PGUSER, else postgres; a
       password comes from $PGPASSWORD)
@@ -139,7 +141,7 @@ async function main(args: string[]): Promise<void> {
     stopOnSignals(() => sandbox.stop());
     return;
   }
-  if (command === 'attach-node' || command === 'detach-node' || command === 'recover-node') return nodeCommand(command.replace('-', '_') as NodeCommandName, rest);
+  if (command === 'attach-node' || command === 'detach-node' || command === 'recover-node' || command === 'promote-node') return nodeCommand(command.replace('-', '_') as NodeCommandName, rest);
   throw new Error(`unknown command "${command}"\n\n${usage}`);
 }
 

@@ -6,6 +6,7 @@
 // detach of a standby changes nothing here: reads go to the other nodes.
 
 import { log } from '../log';
+import { PgError, SqlState } from '../protocol/errors';
 import { describeNode, type BackendNode } from './backend-node';
 import type { ClusterState } from './cluster-state';
 import { lsnBytes, queryNode, surveyRoles, type NodeLogin } from './replication-check';
@@ -52,7 +53,38 @@ export class StreamingFailover {
     this.tail = this.tail.then(() => this.failover(node)).catch((error) => log('error', 'failover_internal_error', { error: String(error) })).finally(release);
   };
 
+  /** The standby a switchover asked for, promoted first while it runs. */
+  private preferred: number | null = null;
+
   constructor(private readonly options: FailoverOptions) {}
+
+  /**
+   * Switchover (pcp_promote_node, parapool.promote_node): the primary is detached and this standby promoted in
+   * its place, the other standbys following it. The old primary goes on running, detached; online recovery
+   * rebuilds it as a standby. With failover_command set the command decides which node it promotes, so a
+   * switchover to a chosen node is refused.
+   */
+  async switchover(target: BackendNode): Promise<void> {
+    const { cluster } = this.options;
+    if (this.options.commandPromotes) {
+      throw new PgError({ code: SqlState.featureNotSupported, message: 'a switchover to a chosen node needs the built-in promotion', hint: 'with failover_command set, promote the standby with your own tools: the proxy finds the new primary when the old one is detached' });
+    }
+    const primary = cluster.nodes.find((node) => node.role === 'primary' && node.status === 'up');
+    if (target.status !== 'up' || target.role !== 'standby' || !primary) {
+      throw new PgError({ code: SqlState.objectNotInPrerequisiteState, message: `${describeNode(target)} is not a standby in service${primary ? '' : ', or no primary is in service'}`, hint: 'SHOW pool_nodes lists the roles' });
+    }
+    this.preferred = target.id;
+    try {
+      cluster.detach(primary.id, `switchover to ${describeNode(target)}`);
+      await this.tail;
+    } finally {
+      this.preferred = null;
+    }
+    if ((target.role as string) !== 'primary') {
+      const now = cluster.nodes.find((node) => node.role === 'primary' && node.status === 'up');
+      throw new PgError({ code: SqlState.internalError, message: `the switchover did not promote ${describeNode(target)}${now ? `: ${describeNode(now)} is the primary` : ''}`, hint: 'the log says why (promotion_failed)' });
+    }
+  }
 
   start(): void {
     this.options.cluster.on('detach', this.onDetach);
@@ -109,7 +141,10 @@ export class StreamingFailover {
         }
       }),
     );
-    const candidates = received.filter((c): c is { node: BackendNode; lsn: bigint } => c !== null).sort((a, b) => (a.lsn === b.lsn ? a.node.id - b.node.id : a.lsn > b.lsn ? -1 : 1));
+    const candidates = received
+      .filter((c): c is { node: BackendNode; lsn: bigint } => c !== null)
+      // A switchover's standby first; should it fail to promote, the others keep the service going.
+      .sort((a, b) => (a.node.id === this.preferred ? -1 : b.node.id === this.preferred ? 1 : a.lsn === b.lsn ? a.node.id - b.node.id : a.lsn > b.lsn ? -1 : 1));
     for (const { node } of candidates) {
       try {
         log('warning', 'promoting', { node: node.id, address: `${node.host}:${node.port}` });

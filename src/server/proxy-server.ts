@@ -317,6 +317,7 @@ export class ProxyServer {
       cluster: this.cluster,
       attach: (nodeId) => this.attachNode(nodeId, caller),
       recover: (nodeId, progress) => this.recoverNode(nodeId, progress, caller),
+      promote: this.failover ? (nodeId) => this.failover!.switchover(this.cluster.nodes[nodeId]) : undefined,
     };
   }
 

@@ -82,6 +82,10 @@ test('pcp_detach_node and pcp_attach_node take a node out of service and back', 
   assert.match((await pcp('pcp_detach_node', ['-n', '0'])).out, /^ERROR: .*last node in service/);
   assert.deepEqual(await pcp('pcp_attach_node', ['-n', '1']), { code: 0, out: 'pcp_attach_node -- Command Successful' });
   assert.deepEqual(await statuses(), ['up', 'up']);
+  // pcp_promote_node switches over in streaming replication (test/cluster/streaming-replication.test.ts does it
+  // through SQL); in native replication there is no primary to change, and the client says why.
+  assert.match((await pcp('pcp_promote_node', ['-n', '1'])).out, /^ERROR: .*promote_node needs backend_clustering_mode = streaming_replication/);
+  assert.deepEqual(await statuses(), ['up', 'up']);
 });
 
 test('pcp_recovery_node recovers a detached node online; a node in service is refused with the reason', async () => {

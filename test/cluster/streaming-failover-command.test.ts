@@ -51,6 +51,11 @@ test('the primary killed with SIGKILL: failover_command promotes the standby and
   await setup.query('INSERT INTO before_failover SELECT generate_series(1, 100)');
   await setup.end();
   assert.deepEqual(await roles(), [['up', 'primary'], ['up', 'standby']]);
+  // With failover_command set, the command chooses the node it promotes: a switchover to a chosen node is refused.
+  const asker = await cluster.connect();
+  await assert.rejects(asker.query('SELECT parapool.promote_node(1)'), { code: '0A000' });
+  await asker.end();
+  assert.deepEqual(await roles(), [['up', 'primary'], ['up', 'standby']], 'nothing changed');
 
   const killedAt = Date.now();
   await killNode(cluster.nodes[0]);

@@ -252,3 +252,26 @@ test('a standby killed with SIGKILL is detached and reads go on elsewhere', asyn
     await client.end();
   }
 });
+
+test('a switchover (parapool.promote_node) makes the chosen standby the primary; writes go on there, nothing lost', async () => {
+  const client = await cluster.connect();
+  try {
+    await assert.rejects(client.query(`SELECT parapool.promote_node(${3 - promotedId})`), { code: '55000' }, 'a detached standby is refused');
+    assert.deepEqual(await rowsOf(client, `SELECT parapool.promote_node(${promotedId})`), [['f']], 'the primary already is');
+    assert.deepEqual(await rowsOf(client, 'SELECT parapool.promote_node(0)'), [['t']]);
+  } finally {
+    await client.end();
+  }
+  const nodes = await poolNodes();
+  assert.deepEqual([nodes[0].status, nodes[0].role], ['up', 'primary']);
+  assert.equal(nodes[promotedId].status, 'down');
+  const after = await cluster.connect();
+  try {
+    await after.query('INSERT INTO acked VALUES (-2, -2)');
+    const direct = await cluster.connectDirect(0);
+    assert.deepEqual(await rowsOf(direct, 'SELECT pg_is_in_recovery(), count(*) FILTER (WHERE id IN (-1, -2)) FROM acked'), [['f', '2']]);
+    await direct.end();
+  } finally {
+    await after.end();
+  }
+});
