@@ -28,6 +28,8 @@ export interface PcpServerOptions {
   readonly operations: NodeOperations;
   /** What the SHOW commands read: PCP's reports are the same tables. */
   readonly admin: AdminContext;
+  /** pcp_stop_pgpool: asks the program running the proxy to stop it; false when nothing can. */
+  requestStop?(): boolean;
 }
 
 /** pgpool refuses larger packets too: a PCP request is a few short strings. */
@@ -243,6 +245,15 @@ export class PcpServer {
       case 'H': {
         const row = healthCheckStats(this.options.admin).rows[this.nodeId(args[0])];
         socket.write(packet('h', 'CommandComplete', ...row.map((v) => v ?? '')));
+        return;
+      }
+      case 'T': {
+        // pcp_stop_pgpool, smart or fast alike: sessions end as on SIGTERM (smart's wait for clients is not done).
+        if (!this.options.requestStop?.()) {
+          throw new PgError({ code: SqlState.featureNotSupported, message: 'PCP processing request', detail: 'this proxy runs inside another program, which alone can stop it' });
+        }
+        log('warning', 'pcp_command', { user, command: 'stop' });
+        socket.write(packet('t', 'CommandComplete'));
         return;
       }
       default:

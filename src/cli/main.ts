@@ -115,6 +115,7 @@ async function main(args: string[]): Promise<void> {
     const proxy = new ProxyServer(config);
     await proxy.start();
     stopOnSignals(() => proxy.stop());
+    proxy.stopRequested = () => process.kill(process.pid, 'SIGTERM');
     return;
   }
   if (command === 'sandbox') {
@@ -139,6 +140,8 @@ async function main(args: string[]): Promise<void> {
         `  config:  ${sandbox.configPath}\n  Ctrl-C stops the proxy and the nodes\n`,
     );
     stopOnSignals(() => sandbox.stop());
+    // pcp_stop_pgpool stops the sandbox as Ctrl-C does: the proxy and its nodes.
+    sandbox.proxy.stopRequested = () => process.kill(process.pid, 'SIGTERM');
     return;
   }
   if (command === 'attach-node' || command === 'detach-node' || command === 'recover-node' || command === 'promote-node') return nodeCommand(command.replace('-', '_') as NodeCommandName, rest);

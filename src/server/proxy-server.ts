@@ -49,6 +49,8 @@ export class ProxyServer {
   private recoveryTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   readonly gate = new StatementGate();
+  /** Set by the program that runs the proxy (the CLI) to stop it and itself: pcp_stop_pgpool calls it. */
+  stopRequested: (() => void) | null = null;
   /** pgpool-II's admin protocol, when pcp_conf_file names its users. */
   pcp: PcpServer | null = null;
   /** The web admin page, when web_admin_port is set. */
@@ -191,7 +193,14 @@ export class ProxyServer {
     this.replicationCheck?.start();
     if (this.cluster.streaming) this.cluster.on('attach', this.onAttachStreaming);
     if (this.config.pcpConfFile) {
-      this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations(), admin: this.context });
+      this.pcp = new PcpServer({ addresses: this.config.pcpListenAddresses, port: this.config.pcpPort, usersFile: this.config.pcpConfFile, cluster: this.cluster, operations: this.nodeOperations(), admin: this.context,
+        requestStop: () => {
+          const stop = this.stopRequested;
+          if (!stop) return false;
+          setImmediate(stop); // after the reply has left
+          return true;
+        },
+      });
       await this.pcp.start();
     }
     await this.metrics?.listen(this.config.metricsListenAddresses, this.config.metricsPort);

@@ -4,7 +4,7 @@
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,7 +72,7 @@ function psql(port: number, sql: string): Promise<Finished> {
   return launch(findPostgresProgram('psql'), ['-X', '-v', 'ON_ERROR_STOP=1', '-A', '-F', '|', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql], 60_000).done;
 }
 
-test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => {
+test('parapool sandbox serves psql, PCP, metrics and the web page, and pcp_stop_pgpool stops it and its nodes', async () => {
   const dir = tempDir();
   const port = await freePort();
   const webPort = await freePort();
@@ -114,7 +114,15 @@ test('parapool sandbox serves psql and stops its nodes on SIGTERM', async () => 
   assert.deepEqual(rows.map((row) => row[columns.indexOf('node_id')]), ['0', '1']);
   assert.deepEqual(rows.map((row) => row[columns.indexOf('status')]), ['up', 'up']);
 
-  sandbox.child.kill('SIGTERM');
+  // pcp_stop_pgpool (Debian's client) stops the sandbox as SIGTERM does: the proxy, then its nodes.
+  const pcpPort = /PCP: +pcp_node_info -h 127\.0\.0\.1 -p (\d+)/.exec(sandbox.output())?.[1];
+  assert.ok(pcpPort, `the banner names the PCP port\n${sandbox.output()}`);
+  const passFile = join(dir, 'pcppass');
+  writeFileSync(passFile, '*:*:postgres:postgres\n', { mode: 0o600 });
+  const stop = await new Promise<string>((resolvePromise) =>
+    execFile('/usr/sbin/pcp_stop_pgpool', ['-h', '127.0.0.1', '-p', pcpPort, '-U', 'postgres', '-w', '-m', 'fast'], { env: { ...process.env, PCPPASSFILE: passFile } }, (_error, stdout, stderr) => resolvePromise(stdout + stderr)),
+  );
+  assert.match(stop, /pcp_stop_pgpool -- Command Successful/);
   const finished = await sandbox.done;
   assert.equal(finished.signal, null, sandbox.output());
   assert.equal(finished.code, 0, sandbox.output());
