@@ -4,11 +4,12 @@
 // latencies, rows merged, errors sent to clients by SQLSTATE, failovers) is counted as it happens, once per
 // statement, fragment or event, never per row.
 
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BackendNode } from '../cluster/backend-node';
 import { tierOf, type RunningStatement } from '../cluster/statement-activity';
 import { log } from '../log';
+import { AddressListeners } from '../server/listeners';
 import type { ObservedError } from '../protocol/error-response-scanner';
 import type { AdminContext } from './show-commands';
 
@@ -47,7 +48,7 @@ export class ProxyMetrics {
   private readonly clientErrors: Counter<'sqlstate' | 'severity'>;
   private readonly failovers: Counter<'node' | 'address'>;
   private readonly failbacks: Counter<'node' | 'address'>;
-  private servers: Server[] = [];
+  private readonly listeners = new AddressListeners();
 
   constructor(context: AdminContext) {
     const registers = [this.registry];
@@ -185,48 +186,25 @@ export class ProxyMetrics {
     return this.registry.metrics();
   }
 
-  /** Serves GET /metrics on each address; resolves with the port bound (the one asked for, or a free one for 0). */
-  async listen(addresses: readonly string[], port: number): Promise<number> {
-    let bound = port;
-    const servers: Server[] = [];
-    for (const address of addresses) {
+  /** Serves GET /metrics on each address, on `port` (or, for 0, one the system chooses). */
+  async listen(addresses: readonly string[], port: number): Promise<void> {
+    await this.listeners.listen(addresses, port, () => {
       const server = createServer((request, response) => void this.answer(request, response));
       // A scraper that stalls or sends garbage costs a socket, never the proxy.
       server.headersTimeout = 10_000;
       server.requestTimeout = 30_000;
       server.on('clientError', (_error, socket) => socket.destroy());
-      await new Promise<void>((resolvePromise, reject) => {
-        server.once('error', reject);
-        server.listen(bound, address, () => {
-          server.off('error', reject);
-          resolvePromise();
-        });
-      });
-      const local = server.address();
-      if (local && typeof local === 'object') bound = local.port;
-      servers.push(server);
-    }
-    this.servers = servers;
-    log('info', 'metrics_listening', { addresses: addresses.join(','), port: bound });
-    return bound;
+      return server;
+    });
+    log('info', 'metrics_listening', { addresses: addresses.join(','), port: this.port });
   }
 
   get port(): number {
-    const address = this.servers[0]?.address();
-    return address && typeof address === 'object' ? address.port : 0;
+    return this.listeners.port;
   }
 
-  async stop(): Promise<void> {
-    await Promise.all(
-      this.servers.map(
-        (server) =>
-          new Promise<void>((resolvePromise) => {
-            server.close(() => resolvePromise());
-            server.closeAllConnections();
-          }),
-      ),
-    );
-    this.servers = [];
+  stop(): Promise<void> {
+    return this.listeners.close();
   }
 
   private async answer(request: IncomingMessage, response: ServerResponse): Promise<void> {

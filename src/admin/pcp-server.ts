@@ -8,9 +8,10 @@
 // unauthenticated packet ends that connection only.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import type { ClusterState } from '../cluster/cluster-state';
 import { log } from '../log';
+import { AddressListeners } from '../server/listeners';
 import { PgError, SqlState } from '../protocol/errors';
 import { FrameReader, type Frame } from '../protocol/frame-reader';
 import { serverMessages } from '../protocol/server-messages';
@@ -62,42 +63,25 @@ const rolePrimary = '2';
 const roleStandby = '3';
 
 export class PcpServer {
-  private readonly servers: Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly listeners = new AddressListeners();
 
   constructor(private readonly options: PcpServerOptions) {}
 
   async start(): Promise<void> {
-    for (const address of this.options.addresses) {
-      const server = createServer((socket) => this.accept(socket));
-      await new Promise<void>((resolvePromise, reject) => {
-        server.once('error', reject);
-        server.listen(this.port || this.options.port, address, () => {
-          server.off('error', reject);
-          resolvePromise();
-        });
-      });
-      this.servers.push(server);
-    }
+    await this.listeners.listen(this.options.addresses, this.options.port, () => createServer((socket) => this.accept(socket)));
     log('info', 'pcp_listening', { addresses: this.options.addresses.join(','), port: this.port });
   }
 
   /** The port PCP clients connect to (the system's choice for pcp_port 0). */
   get port(): number {
-    const address = this.servers[0]?.address();
-    return address && typeof address === 'object' ? address.port : 0;
+    return this.listeners.port;
   }
 
-  async stop(): Promise<void> {
-    const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
-    for (const socket of this.sockets) socket.destroy();
-    await closed;
-    this.servers.length = 0;
+  stop(): Promise<void> {
+    return this.listeners.close();
   }
 
   private accept(socket: Socket): void {
-    this.sockets.add(socket);
-    socket.on('close', () => this.sockets.delete(socket));
     socket.on('error', () => undefined);
     const reader = new FrameReader(maxPacketLength, 'PCP client');
     let salt: Buffer | null = null;

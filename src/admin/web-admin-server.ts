@@ -5,9 +5,9 @@
 // request only: parse errors get a 400 from `clientError`, and a failing handler a 500.
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { log } from '../log';
+import { AddressListeners } from '../server/listeners';
 import { PgError, SqlState } from '../protocol/errors';
 import { changeNode, type NodeCommandName, type NodeOperations } from './node-commands';
 import { readPcpUsers } from './pcp-users';
@@ -84,47 +84,31 @@ export function checkWebAdminUsers(usersFile: string | null): void {
 }
 
 export class WebAdminServer {
-  private readonly servers: Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly listeners = new AddressListeners();
   private readonly sessions = new Map<string, WebSession>();
 
   constructor(private readonly options: WebAdminServerOptions) {}
 
   async start(): Promise<void> {
-    for (const address of this.options.addresses) {
+    await this.listeners.listen(this.options.addresses, this.options.port, () => {
       const server = createServer((request, response) => void this.serve(request, response));
-      server.on('connection', (socket: Socket) => {
-        this.sockets.add(socket);
-        socket.on('close', () => this.sockets.delete(socket));
-      });
       server.on('clientError', (error: Error & { code?: string }, socket) => {
         log('warning', 'web_admin_bad_request', { error: error.message });
         if (!socket.writable || error.code === 'ECONNRESET') return void socket.destroy();
         const status = error.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
         socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       });
-      await new Promise<void>((resolvePromise, reject) => {
-        server.once('error', reject);
-        server.listen(this.port || this.options.port, address, () => {
-          server.off('error', reject);
-          resolvePromise();
-        });
-      });
-      this.servers.push(server);
-    }
+      return server;
+    });
     log('info', 'web_admin_listening', { addresses: this.options.addresses.join(','), port: this.port });
   }
 
   get port(): number {
-    const address = this.servers[0]?.address();
-    return address && typeof address === 'object' ? address.port : 0;
+    return this.listeners.port;
   }
 
   async stop(): Promise<void> {
-    const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
-    for (const socket of this.sockets) socket.destroy();
-    await closed;
-    this.servers.length = 0;
+    await this.listeners.close();
     this.sessions.clear();
   }
 

@@ -34,6 +34,7 @@ import type { NodeOperations } from '../admin/node-commands';
 import { ClientSession, type ServedSession, type SessionContext } from '../session/client-session';
 import { loadPasswordFile, type StoredSecret } from '../protocol/password-file';
 import { installProcessGuard } from './process-guard';
+import { boundPort, closeServers, listenOnAddresses } from './listeners';
 import { PgError, SqlState } from '../protocol/errors';
 
 export class ProxyServer {
@@ -42,7 +43,7 @@ export class ProxyServer {
   readonly catalogs = new CatalogRegistry();
   readonly healthChecker: HealthChecker;
   readonly failoverCommands: FailoverCommands;
-  private readonly servers: Server[] = [];
+  private servers: Server[] = [];
   private readonly sessions = new Map<number, ServedSession>();
   private readonly context: SessionContext;
   private boundPort = 0;
@@ -169,19 +170,8 @@ export class ProxyServer {
     this.cluster.on('attach', this.recordStatus);
     // Streaming replication commits on the primary alone: there are no transactions of parapool's left prepared.
     if (!this.cluster.streaming) await recoverAtStartup(this.recoveryOptions(this.cluster.upNodes()));
-    for (const address of this.config.listenAddresses) {
-      const server = createServer((socket) => this.accept(socket));
-      await new Promise<void>((resolvePromise, reject) => {
-        server.once('error', reject);
-        server.listen(this.boundPort || this.config.port, address, () => {
-          server.off('error', reject);
-          resolvePromise();
-        });
-      });
-      const bound = server.address();
-      if (bound && typeof bound === 'object') this.boundPort = bound.port;
-      this.servers.push(server);
-    }
+    this.servers = await listenOnAddresses(this.config.listenAddresses, this.config.port, () => createServer((socket) => this.accept(socket)));
+    this.boundPort = boundPort(this.servers);
     log('info', 'proxy_listening', {
       addresses: this.config.listenAddresses.join(','),
       port: this.boundPort,
@@ -404,13 +394,13 @@ export class ProxyServer {
     await this.pcp?.stop();
     await this.metrics?.stop();
     await this.web?.stop();
-    const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolvePromise) => server.close(() => resolvePromise()))));
+    const closed = closeServers(this.servers);
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
     await closeWorkerPool();
     // A client that does not close its side after our goodbye must not keep the proxy from stopping.
     for (const socket of this.sockets) socket.destroy();
     await Promise.all([closed, checks]);
-    this.servers.length = 0;
+    this.servers = [];
   }
 }
