@@ -414,6 +414,18 @@ export async function startParapool(dir: string, fileName: string, nodePorts: nu
   return server;
 }
 
+/** pgpool.conf lines that keep a pgpool-II's sockets, pid file, logs and cache files in its own directory. */
+export function pgpoolHomeSettings(home: string): string[] {
+  return [
+    `socket_dir = '${home}'`,
+    `pcp_socket_dir = '${home}'`,
+    `wd_ipc_socket_dir = '${home}'`,
+    `pid_file_name = '${join(home, 'pgpool.pid')}'`,
+    `logdir = '${home}'`,
+    `memqcache_oiddir = '${join(home, 'oiddir')}'`,
+  ];
+}
+
 /** A note for the row when the proxy logged anything during a run; '' when it did not. */
 export function logNote(who: string, during: string, logged: string[]): string {
   if (logged.length === 0) return '';

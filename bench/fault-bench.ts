@@ -22,7 +22,7 @@ import { processTree } from '../test/support/node-faults';
 import {
   busiestOthers, cpuCount, ticksPerSecond, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, machineFacts,
   machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, say, sleep, sourceRevision, startNodes, startParapool,
-  runProgram, startServer, StepError, stopNodes, tail, throwIfFinishing, waitReady, type CommonOptions, type Server,
+  pgpoolHomeSettings, runProgram, startServer, StepError, stopNodes, tail, throwIfFinishing, waitReady, type CommonOptions, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Faults: a node killed and recovered under pgbench';
@@ -243,14 +243,9 @@ async function startPgpoolTarget(dir: string, nodes: LocalPostgres[], program: s
     "backend_clustering_mode = 'native_replication'",
     "listen_addresses = '127.0.0.1'",
     `port = ${port}`,
-    `socket_dir = '${home}'`,
     "pcp_listen_addresses = '127.0.0.1'",
     `pcp_port = ${pcpPort}`,
-    `pcp_socket_dir = '${home}'`,
-    `wd_ipc_socket_dir = '${home}'`,
-    `pid_file_name = '${join(home, 'pgpool.pid')}'`,
-    `logdir = '${home}'`,
-    `memqcache_oiddir = '${join(home, 'oiddir')}'`,
+    ...pgpoolHomeSettings(home),
     ...nodes.flatMap((node, i) => [
       `backend_hostname${i} = '127.0.0.1'`,
       `backend_port${i} = ${node.port}`,

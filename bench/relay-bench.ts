@@ -10,7 +10,7 @@ import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-inst
 import {
   busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption,
   logNote, machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, startNodes, startParapool,
-  runProgram, startServer, StepError, say, throwIfFinishing, waitReady, type CommonOptions, type MachineFacts, type Server,
+  pgpoolHomeSettings, runProgram, startServer, StepError, say, throwIfFinishing, waitReady, type CommonOptions, type MachineFacts, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Relay: pgbench -S through the proxy';
@@ -216,13 +216,8 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
         "backend_clustering_mode = 'raw'",
         "listen_addresses = '127.0.0.1'",
         `port = ${port}`,
-        `socket_dir = '${home}'`,
         "pcp_listen_addresses = ''",
-        `pcp_socket_dir = '${home}'`,
-        `wd_ipc_socket_dir = '${home}'`,
-        `pid_file_name = '${join(home, 'pgpool.pid')}'`,
-        `logdir = '${home}'`,
-        `memqcache_oiddir = '${join(home, 'oiddir')}'`,
+        ...pgpoolHomeSettings(home),
         "backend_hostname0 = '127.0.0.1'",
         `backend_port0 = ${nodePort}`,
         'backend_weight0 = 1',
