@@ -102,12 +102,26 @@ export class RunningStatement {
   }
 
   /** A fragment starting on a node, of the plan running now. */
-  fragment(nodeId: number, step = 'fragment'): FragmentActivity {
-    const fragment = new FragmentActivity(nodeId, this.plan, step);
+  fragment(nodeId: number, step = 'fragment', plan = this.plan): FragmentActivity {
+    const fragment = new FragmentActivity(nodeId, plan, step);
     this.fragments.push(fragment);
     this.nodes.add(nodeId);
     return fragment;
   }
+}
+
+/** `work`'s result, once it has finished `fragment` (failed when it rejects or `failed` says so). */
+export function finishingFragment<T>(fragment: FragmentActivity | undefined, work: Promise<T>, failed: (result: T) => boolean): Promise<T> {
+  return work.then(
+    (result) => {
+      fragment?.finish(failed(result));
+      return result;
+    },
+    (error: unknown) => {
+      fragment?.finish(true);
+      throw error;
+    },
+  );
 }
 
 /** Every session's running statement, by the session's process id. */

@@ -16,7 +16,7 @@ import { PgError, SqlState } from '../protocol/errors';
 import type { TransactionStatus } from '../protocol/message-codes';
 import { collectReply, mergeReplies, type NodeReply } from './scatter-write';
 import { commitEverywhere } from './two-phase-commit';
-import type { FragmentActivity, RunningStatement } from '../cluster/statement-activity';
+import { finishingFragment, type FragmentActivity, type RunningStatement } from '../cluster/statement-activity';
 
 /** What the session lends a distributed statement. */
 export interface SessionPort {
@@ -32,13 +32,7 @@ export interface SessionPort {
 
 /** Fragments of a statement the executor runs itself, under the plan kind they belong to. */
 function fragmentsOf(port: SessionPort, plan: string, nodes: readonly number[], step: string): (FragmentActivity | undefined)[] {
-  const activity = port.activity;
-  if (!activity) return nodes.map(() => undefined);
-  const outer = activity.plan;
-  activity.plan = plan;
-  const fragments = nodes.map((node) => activity.fragment(node, step));
-  activity.plan = outer;
-  return fragments;
+  return nodes.map((node) => port.activity?.fragment(node, step, plan));
 }
 
 export type DistributedOutcome =
@@ -233,20 +227,7 @@ async function scatter(parts: { connection: BackendConnection; sql: string }[], 
   if (own) await beginEverywhere(parts.map((p) => p.connection));
   // Each part runs on the node its rows belong to: the router's tier, on several nodes at once.
   const fragments = fragmentsOf(port, 'router', parts.map((p) => p.connection.node.id), 'write');
-  const outcomes = await Promise.allSettled(
-    parts.map((p, i) =>
-      collectReply(p.connection, p.sql).then(
-        (reply) => {
-          fragments[i]?.finish(reply.error !== null);
-          return reply;
-        },
-        (error: unknown) => {
-          fragments[i]?.finish(true);
-          throw error;
-        },
-      ),
-    ),
-  );
+  const outcomes = await Promise.allSettled(parts.map((p, i) => finishingFragment(fragments[i], collectReply(p.connection, p.sql), (reply) => reply.error !== null)));
   const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
   if (lost) {
     if (own) await Promise.all(parts.map((p) => p.connection.query('ROLLBACK').catch(() => undefined)));

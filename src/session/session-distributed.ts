@@ -409,8 +409,7 @@ export abstract class SessionDistributed extends SessionDispatch {
     const { rule } = route;
     const connections = Array.from({ length: rule.nodeCount }, (_, node) => this.port.connectionFor(node));
     // Each row goes to its key's node: the router's tier, one fragment per node for the whole COPY.
-    if (this.running) this.running.plan = 'router';
-    const fragments = connections.map((connection) => this.running?.fragment(connection.node.id, 'copy'));
+    const fragments = connections.map((connection) => this.running?.fragment(connection.node.id, 'copy', 'router'));
     const copy = (statement.node as { CopyStmt: { options?: unknown[] } }).CopyStmt;
     const format = copyFormatFromOptions(copy.options);
     const port: SessionPort = { ...this.port, status: this.status };

@@ -2,6 +2,7 @@
 // batch on one set of nodes; prepared statements are created lazily on a node that has not seen them, and
 // batches that read several nodes are answered by the proxy (extended-distributed-reads.ts).
 
+import { finishingFragment } from '../cluster/statement-activity';
 import { type NodeSend } from '../executor/replicated-dispatch';
 import { log } from '../log';
 import { parseSql } from '../planner/sql-parser';
@@ -486,21 +487,10 @@ export abstract class SessionExtended extends SessionDistributed {
       this.noteSent(message);
     }
     for (const send of sends) (send.frames as Buffer[]).push(terminator.raw);
-    if (this.running) this.running.plan = 'router';
-    const fragments = nodeIds.map((id) => this.running?.fragment(id, 'batch'));
+    // Each node runs its own executions: the router's tier, on several nodes at once.
+    const fragments = nodeIds.map((id) => this.running?.fragment(id, 'batch', 'router'));
     const outcomes = await Promise.allSettled(
-      sends.map((send, k) =>
-        collectSplitBatch(send.connection, send.frames, send.injected, sent[k].length).then(
-          (reply) => {
-            fragments[k]?.finish(reply.failedAt !== null);
-            return reply;
-          },
-          (error: unknown) => {
-            fragments[k]?.finish(true);
-            throw error;
-          },
-        ),
-      ),
+      sends.map((send, k) => finishingFragment(fragments[k], collectSplitBatch(send.connection, send.frames, send.injected, sent[k].length), (reply) => reply.failedAt !== null)),
     );
     const rollback = () => (own ? Promise.all(connections.map((c) => c.query('ROLLBACK').catch(() => undefined))) : Promise.resolve());
     const lost = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
