@@ -203,11 +203,15 @@ export abstract class SessionExtended extends SessionDistributed {
       message.pinnedParse = serialize.parse({ name: '', text, types: parameterTypes });
     }
     this.settingsEpoch++;
+    let routed: BackendConnection | BackendConnection[] | null | undefined;
     if (isSync && dispatch === null) {
       const split = await this.splitBatchPlan(messages);
-      if (split) return this.runSplitBatch(messages, split, terminator);
+      const nodes = split ? new Set(split.values()) : null;
+      if (nodes && nodes.size > 1) return this.runSplitBatch(messages, split!, terminator);
+      // Every execution on one node: routed already, its keys need not be read again.
+      if (nodes) routed = this.port.connectionFor([...nodes][0]);
     }
-    const routed = await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
+    routed ??= await this.routeExtendedBatch(messages, dispatch !== null || !isSync);
     if (Array.isArray(routed)) return this.scatterExtended(messages, routed, terminator);
     if (!dispatch) {
       const everyServer = [terminatorClass, ...messages.map((m) => m.statementClass)].every((c) => c.kind !== 'write' || c.everyServer === true);
@@ -424,9 +428,10 @@ export abstract class SessionExtended extends SessionDistributed {
   }
 
   /**
-   * For a batch of several executions on distributed tables, each on one node but not all on the same one (a JDBC
-   * executeBatch of inserts, say): the node of each Bind and of each message on its portal; null when the batch
-   * is not of that shape. Parses, and Describes and Closes of statements, go to every node of the batch.
+   * For a batch of several executions on distributed tables, each on one node (a JDBC executeBatch of inserts,
+   * say): the node of each Bind and of each message on its portal; null when the batch is not of that shape.
+   * When they are not all on the same node the batch is split (runSplitBatch): Parses, and Describes and Closes
+   * of statements, then go to every node of the batch.
    */
   protected async splitBatchPlan(messages: readonly PendingMessage[]): Promise<Map<number, number> | null> {
     let routedBinds = 0;
@@ -460,7 +465,7 @@ export abstract class SessionExtended extends SessionDistributed {
         assignments.set(index, node);
       }
     }
-    return new Set(assignments.values()).size > 1 ? assignments : null;
+    return assignments;
   }
 
   /**
