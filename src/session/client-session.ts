@@ -282,10 +282,7 @@ export class ClientSession extends SessionStartup {
     }
     for (const connection of this.connections.values()) connection.preparedStatements.delete('');
     if (this.running) this.running.kinds = profile.kinds;
-    if (this.status === 'I') {
-      this.transactionWrote = this.wroteDistributedRows = false;
-      this.prepareRefusals.endTransaction();
-    }
+    this.forgetEndedTransaction();
     if (profile.writesData) this.transactionWrote = true;
     if (this.nodeBoundState === null) this.nodeBoundState = profile.nodeBoundState;
     this.prepareRefusals.reason ??= profile.prepareRefusal;
@@ -298,10 +295,7 @@ export class ClientSession extends SessionStartup {
     if (!parsed.ok) return this.runOnNodes([frame.raw], { kind: 'write', reason: 'unparsable statement: every node reports the error' }, sql);
     if (this.running) this.running.kinds = parsed.statements.map((st) => commandKind(st.node));
     this.sessionCatalog?.beforeStatement(sql, parsed.statements.some((st) => mayChangeDefinitions(st.node)));
-    if (this.status === 'I') {
-      this.transactionWrote = this.wroteDistributedRows = false;
-      this.prepareRefusals.endTransaction();
-    }
+    this.forgetEndedTransaction();
     if (parsed.statements.some((st) => this.writesData(st.node))) this.transactionWrote = true;
     if (sql.toLowerCase().includes('temp') && parsed.statements.some((st) => createsTemporaryObject(st.node))) this.madeTemporaryObjects = true;
     this.noteNodeBoundState(parsed.statements);

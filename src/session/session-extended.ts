@@ -139,10 +139,7 @@ export abstract class SessionExtended extends SessionDistributed {
       if (!(await this.restoreBeforeStatement(goOn))) return;
     }
     for (const database of this.databasesToRelease.splice(0)) await this.releaseDatabase(database);
-    if (this.status === 'I' && !this.dispatch) {
-      this.transactionWrote = this.wroteDistributedRows = false;
-      this.prepareRefusals.endTransaction();
-    }
+    if (!this.dispatch) this.forgetEndedTransaction();
     for (let i = 0; i < messages.length; i++) {
       if (messages[i].frame.code !== FrontendCode.bind) continue;
       const statement = this.statementBefore(messages, i, messages[i].statementName!);

@@ -238,6 +238,13 @@ export abstract class SessionState implements ClientSink {
   /** Set once the open transaction ran a statement that changes data (see writesData). */
   protected transactionWrote = false;
 
+  /** Before a statement outside a transaction block: what the last transaction did no longer counts. */
+  protected forgetEndedTransaction(): void {
+    if (this.status !== 'I') return;
+    this.transactionWrote = this.wroteDistributedRows = false;
+    this.prepareRefusals.endTransaction();
+  }
+
   /** Set once the session wrote (disable_load_balance_on_write = always). */
   protected sessionWrote = false;
   /** Set once the session wrote inside a transaction block (disable_load_balance_on_write = trans_transaction). */
