@@ -414,8 +414,11 @@ export async function startParapool(dir: string, fileName: string, nodePorts: nu
   return server;
 }
 
-/** pgpool.conf lines that keep a pgpool-II's sockets, pid file, logs and cache files in its own directory. */
-export function pgpoolHomeSettings(home: string): string[] {
+/**
+ * pgpool.conf lines every benchmarked pgpool-II shares: its sockets, pid file, logs and cache files in its own
+ * directory; no watchdog, query cache, pool_hba or pool_passwd; logs on stderr without per-connection lines.
+ */
+export function pgpoolBaseSettings(home: string): string[] {
   return [
     `socket_dir = '${home}'`,
     `pcp_socket_dir = '${home}'`,
@@ -423,6 +426,13 @@ export function pgpoolHomeSettings(home: string): string[] {
     `pid_file_name = '${join(home, 'pgpool.pid')}'`,
     `logdir = '${home}'`,
     `memqcache_oiddir = '${join(home, 'oiddir')}'`,
+    'use_watchdog = off',
+    'memory_cache_enabled = off',
+    'enable_pool_hba = off',
+    "pool_passwd = ''",
+    "log_destination = 'stderr'",
+    'log_connections = off',
+    'log_statement = off',
   ];
 }
 

@@ -22,7 +22,7 @@ import { processTree } from '../test/support/node-faults';
 import {
   busiestOthers, cpuCount, ticksPerSecond, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption, isFinishing, machineFacts,
   machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, say, sleep, sourceRevision, startNodes, startParapool,
-  pgpoolHomeSettings, runProgram, startServer, StepError, stopNodes, tail, throwIfFinishing, waitReady, type CommonOptions, type Server,
+  pgpoolBaseSettings, runProgram, startServer, StepError, stopNodes, tail, throwIfFinishing, waitReady, type CommonOptions, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Faults: a node killed and recovered under pgbench';
@@ -245,7 +245,7 @@ async function startPgpoolTarget(dir: string, nodes: LocalPostgres[], program: s
     `port = ${port}`,
     "pcp_listen_addresses = '127.0.0.1'",
     `pcp_port = ${pcpPort}`,
-    ...pgpoolHomeSettings(home),
+    ...pgpoolBaseSettings(home),
     ...nodes.flatMap((node, i) => [
       `backend_hostname${i} = '127.0.0.1'`,
       `backend_port${i} = ${node.port}`,
@@ -277,14 +277,7 @@ async function startPgpoolTarget(dir: string, nodes: LocalPostgres[], program: s
     // own: -1 disconnects them when it begins (with 0, the default, the recovery would time out).
     'client_idle_limit_in_recovery = -1',
     'sr_check_period = 0',
-    'use_watchdog = off',
-    'memory_cache_enabled = off',
-    'enable_pool_hba = off',
-    "pool_passwd = ''",
-    "log_destination = 'stderr'",
     "log_min_messages = 'warning'",
-    'log_connections = off',
-    'log_statement = off',
     '',
   ].join('\n');
   const confPath = join(home, 'pgpool.conf');

@@ -10,7 +10,7 @@ import { findPostgresBinDir, postgresOsUser } from '../src/cluster/postgres-inst
 import {
   busiestOthers, busyThreshold, cpuCount, cpuSnapshot, cpuUse, findClientProgram, findProgram, firstLine, integerOption,
   logNote, machineFacts, machineLine, makeWorkDir, parseCommonOptions, postmasterPid, publish, runBenchmark, startNodes, startParapool,
-  pgpoolHomeSettings, runProgram, startServer, StepError, say, throwIfFinishing, waitReady, type CommonOptions, type MachineFacts, type Server,
+  pgpoolBaseSettings, runProgram, startServer, StepError, say, throwIfFinishing, waitReady, type CommonOptions, type MachineFacts, type Server,
 } from './bench-support';
 
 const sectionHeading = '## Relay: pgbench -S through the proxy';
@@ -217,7 +217,7 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
         "listen_addresses = '127.0.0.1'",
         `port = ${port}`,
         "pcp_listen_addresses = ''",
-        ...pgpoolHomeSettings(home),
+        ...pgpoolBaseSettings(home),
         "backend_hostname0 = '127.0.0.1'",
         `backend_port0 = ${nodePort}`,
         'backend_weight0 = 1',
@@ -229,14 +229,7 @@ function pgpoolTarget(dir: string, nodePort: number, program: string): Target {
         'load_balance_mode = off',
         'health_check_period = 0',
         'sr_check_period = 0',
-        'use_watchdog = off',
-        'memory_cache_enabled = off',
-        'enable_pool_hba = off',
-        "pool_passwd = ''",
         'failover_on_backend_error = off',
-        "log_destination = 'stderr'",
-        'log_connections = off',
-        'log_statement = off',
         '',
       ].join('\n');
       const confPath = join(home, 'pgpool.conf');
