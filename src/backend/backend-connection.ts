@@ -79,7 +79,15 @@ export class BackendConnection {
   private closeListeners: ((error: Error | null) => void)[] = [];
   private readonly reader: FrameReader;
 
-  private constructor(readonly node: NodeAddress, private readonly socket: Socket, readonly poolKey: string, readonly database: string, readonly user: string) {
+  private constructor(
+    readonly node: NodeAddress,
+    private readonly socket: Socket,
+    readonly poolKey: string,
+    readonly database: string,
+    readonly user: string,
+    /** How it was started (without the attempt's abort signal), so that a sibling connection can be opened alike. */
+    readonly startup: BackendStartup,
+  ) {
     this.reader = new FrameReader(1024 * 1024 * 1024 + 5, describeNode(node));
     this.coalescing = new CoalescingWriter(socket);
     socket.setNoDelay(true);
@@ -95,7 +103,7 @@ export class BackendConnection {
     const { node } = startup;
     const socket = await openSocket(node, startup.connectTimeoutMs, startup.signal);
     const database = startup.parameters.get('database') ?? startup.parameters.get('user') ?? '';
-    const connection = new BackendConnection(node, socket, poolKey, database, startup.parameters.get('user') ?? '');
+    const connection = new BackendConnection(node, socket, poolKey, database, startup.parameters.get('user') ?? '', { ...startup, signal: undefined });
     const abort = () => connection.destroy();
     startup.signal?.addEventListener('abort', abort);
     try {

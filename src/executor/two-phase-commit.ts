@@ -3,7 +3,8 @@
 // decider's transaction id is written into the prepared transactions' name, so after a crash any node's prepared
 // transaction is resolved by asking the decider what became of that id (txid_status): committed → commit,
 // aborted → roll back, in progress → wait, since the decider may still commit. The decider never prepares, so it may hold what PREPARE refuses: the temporary
-// tables a distributed read leaves in the transaction of the node that finishes it.
+// tables a distributed read leaves in the transaction of the node that finishes it. The decider's id is made
+// durable before any node prepares under it (decider-fence.ts), so a crash of the decider cannot hand it out again.
 
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +13,7 @@ import { log } from '../log';
 import type { BackendConnection } from '../backend/backend-connection';
 import { PgError, SqlState } from '../protocol/errors';
 import { quoteLiteral } from '../catalog/partition-rule';
+import { fenceDeciderId } from './decider-fence';
 
 export const gidPrefix = 'parapool:';
 
@@ -74,6 +76,7 @@ export async function commitEverywhere(
       )).rows[0][0]!;
       gid = gidFor(decider.node.id, xid);
       committing.add(gid);
+      if (others.length > 0) await fenceDeciderId(decider);
       for (const connection of others) {
         try {
           await connection.query(`PREPARE TRANSACTION ${quoteLiteral(gid)}`);
@@ -133,7 +136,15 @@ export async function commitEverywhere(
 async function deciderOutcome(decider: BackendConnection, xid: string): Promise<string | null> {
   const deadline = Date.now() + settleTimeoutMs;
   for (;;) {
-    const status = (await decider.query(`SELECT txid_status(${xid})`)).rows[0][0];
+    let status: string | null;
+    try {
+      status = (await decider.query(`SELECT txid_status(${xid})`)).rows[0][0];
+    } catch (error) {
+      // An id past the decider's next one was never written to its disk, so its transaction never committed.
+      // Only a decider that crashed before the fence (or a proxy without one) leaves such a name behind.
+      if (error instanceof PgError && /is in the future/.test(error.message)) return 'aborted';
+      throw error;
+    }
     // In progress: a proxy is between the phases, or a dead proxy's backend has not ended yet. Rolling back now
     // would undo half of a transaction the decider may still commit.
     if (status !== 'in progress' || Date.now() >= deadline) return status;

@@ -3,6 +3,7 @@
 // runs what watches the nodes (health checks, failover and failback commands, the pgpool_status file).
 
 import { closeWorkerPool } from '../executor/worker-pool';
+import { closeDeciderFences } from '../executor/decider-fence';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { healthCheckFor, type ProxyConfig } from '../config/config';
 import { describeNode, type BackendNode } from '../cluster/backend-node';
@@ -398,6 +399,7 @@ export class ProxyServer {
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
     this.pool.close();
     await closeWorkerPool();
+    closeDeciderFences();
     // A client that does not close its side after our goodbye must not keep the proxy from stopping.
     for (const socket of this.sockets) socket.destroy();
     await Promise.all([closed, checks]);

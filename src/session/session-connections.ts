@@ -5,6 +5,7 @@
 import { describeNode } from '../cluster/backend-node';
 import { liveCheckAfterMs } from '../cluster/connection-pool';
 import { closeWorkerConnections } from '../executor/worker-pool';
+import { closeDeciderFences } from '../executor/decider-fence';
 import { log } from '../log';
 import { BackendConnection, BackendStartupError } from '../backend/backend-connection';
 import { PgError, SqlState } from '../protocol/errors';
@@ -261,6 +262,7 @@ export abstract class SessionConnections extends SessionState {
     if (database === null) return;
     const closed = this.context.pool.dropDatabase(database);
     await closeWorkerConnections(database);
+    closeDeciderFences(database);
     log('info', 'pool_database_released', { session: this.id, database, closed });
   }
 

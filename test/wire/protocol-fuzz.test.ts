@@ -12,6 +12,7 @@ import { errorFields, RawClient } from '../support/raw-client';
 import { fuzzSchema, runFuzzCampaign } from '../support/protocol-fuzz';
 import { escapedErrorCount } from '../../src/server/process-guard';
 import { closeWorkerPool } from '../../src/executor/worker-pool';
+import { closeDeciderFences } from '../../src/executor/decider-fence';
 
 let cluster: TestCluster;
 
@@ -119,6 +120,7 @@ test('1,000 concurrent connects and disconnects at every stage leave no backend 
   // Every backend connection is now idle in a pool (the session's or a worker thread's): emptied, none is left.
   cluster.proxy.pool.close();
   await closeWorkerPool();
+  closeDeciderFences();
   await waitFor(async () => (await backendsPerNode()).every((n) => n === 0), 'no backend connection left once the pool is emptied');
 });
 
