@@ -27,8 +27,13 @@ function fenceOf(decider: BackendConnection): NodeFence {
 
 async function openFence(fence: NodeFence, decider: BackendConnection): Promise<BackendConnection> {
   const connection = await BackendConnection.connect(decider.startup, `fence:${decider.poolKey}`);
-  // Local flush is what a crash of this node needs; waiting for standbys would only slow the commit down.
-  await connection.query("SET synchronous_commit = 'local'; SET application_name = 'parapool commit fence'");
+  try {
+    // Local flush is what a crash of this node needs; waiting for standbys would only slow the commit down.
+    await connection.query("SET synchronous_commit = 'local'; SET application_name = 'parapool commit fence'");
+  } catch (error) {
+    connection.destroy();
+    throw error;
+  }
   fence.connection = connection;
   return connection;
 }
