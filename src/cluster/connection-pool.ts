@@ -3,6 +3,11 @@
 // and only after the reset statements ran (ABORT; DISCARD ALL by default), so no session sees another's state.
 // N.B. a connection the node closed is never handed out: it leaves the pool on its socket's close, and one idle for
 // longer than `liveCheckAfterMs` answers a round trip before it is reused.
+// Transaction pooling takes connections with a cap (`acquire(..., { capped: true })`): at most `maxPerKey` are
+// taken per node and key at once, and a session over the cap waits its turn in a first-come queue. Such a
+// connection comes back between transactions (`giveBack`) without the reset statements: the session that gives it
+// back holds no state on it (session-state.ts says when one is pinned instead), and the prepared statements it made
+// stay, to be reused by whichever session parses the same statement under the same name.
 
 import { log } from '../log';
 import { BackendConnection, type BackendStartup } from '../backend/backend-connection';
@@ -12,6 +17,22 @@ export interface PoolSettings {
   /** Idle connections kept per node and key. */
   readonly maxIdlePerKey: number;
   readonly resetQueries: readonly string[];
+  /** Transaction pooling: the most connections taken at once per node and key by capped acquires (0: no cap). */
+  readonly maxPerKey: number;
+  /** Milliseconds a connection lives before the pool closes it instead of reusing it (0: no limit). */
+  readonly lifeTimeMs: number;
+}
+
+export interface AcquireOptions {
+  /** Counts against maxPerKey, waiting for a free slot when the node's key has none. */
+  readonly capped?: boolean;
+  /** Ends a wait for a slot (the client left). */
+  readonly signal?: AbortSignal;
+}
+
+interface SlotWaiter {
+  readonly grant: () => void;
+  readonly refuse: (error: Error) => void;
 }
 
 /** Start-up parameters that name the session's identity; they must match for a connection to be reused. */
@@ -31,25 +52,138 @@ export class ConnectionPool {
   private readonly resetting = new Set<BackendConnection>();
   private closing = false;
   private readonly watched = new WeakSet<BackendConnection>();
+  /** Capped acquires under way or holding a connection, per node and key. */
+  private readonly slotsTaken = new Map<string, number>();
+  /** The connections that hold a slot, so that one is freed exactly once (given back, released or closed). */
+  private readonly slotHolders = new Set<BackendConnection>();
+  private readonly slotWaiters = new Map<string, SlotWaiter[]>();
 
   constructor(private readonly settings: PoolSettings) {}
 
   /** A started connection to the node for these parameters: a cached one that still works if any, else a new one. */
-  async acquire(startup: BackendStartup): Promise<BackendConnection> {
+  async acquire(startup: BackendStartup, options: AcquireOptions = {}): Promise<BackendConnection> {
     const key = `${startup.node.id}\0${poolKeyOf(startup.parameters)}`;
+    const capped = options.capped === true && this.settings.maxPerKey > 0;
+    if (capped) await this.takeSlot(key, options.signal);
+    let connection: BackendConnection;
+    try {
+      connection = await this.openOrReuse(startup, key);
+    } catch (error) {
+      if (capped) this.freeSlot(key);
+      throw error;
+    }
+    if (capped) {
+      this.slotHolders.add(connection);
+      this.watch(connection);
+      if (connection.closed) this.onHolderClosed(connection);
+    }
+    return taken(connection);
+  }
+
+  private async openOrReuse(startup: BackendStartup, key: string): Promise<BackendConnection> {
     const list = this.idle.get(key);
     while (list && list.length > 0) {
       const connection = list.pop()!;
-      if (await connection.checkAlive(liveCheckAfterMs)) return taken(connection);
+      if (!this.expired(connection) && (await connection.checkAlive(liveCheckAfterMs))) return connection;
       connection.destroy();
     }
-    return taken(await BackendConnection.connect(startup, key));
+    return BackendConnection.connect(startup, key);
+  }
+
+  private expired(connection: BackendConnection): boolean {
+    return this.settings.lifeTimeMs > 0 && Date.now() - connection.connectedAt.getTime() >= this.settings.lifeTimeMs;
+  }
+
+  private takeSlot(key: string, signal: AbortSignal | undefined): Promise<void> {
+    if (this.closing) return Promise.reject(new Error('the connection pool is closed'));
+    const taken = this.slotsTaken.get(key) ?? 0;
+    const waiters = this.slotWaiters.get(key);
+    if (taken < this.settings.maxPerKey && !waiters?.length) {
+      this.slotsTaken.set(key, taken + 1);
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolvePromise, reject) => {
+      const list = waiters ?? [];
+      const abort = () => {
+        const index = list.indexOf(waiter);
+        if (index >= 0) list.splice(index, 1);
+        reject(new Error('the client left while waiting for a node connection'));
+      };
+      const waiter: SlotWaiter = {
+        // The slot passes straight to the waiter: slotsTaken stays as it is.
+        grant: () => {
+          signal?.removeEventListener('abort', abort);
+          resolvePromise();
+        },
+        refuse: (error) => {
+          signal?.removeEventListener('abort', abort);
+          reject(error);
+        },
+      };
+      if (signal?.aborted) return abort();
+      signal?.addEventListener('abort', abort, { once: true });
+      list.push(waiter);
+      this.slotWaiters.set(key, list);
+    });
+  }
+
+  private freeSlot(key: string): void {
+    const waiter = this.slotWaiters.get(key)?.shift();
+    if (waiter) {
+      waiter.grant();
+      return;
+    }
+    const taken = (this.slotsTaken.get(key) ?? 1) - 1;
+    if (taken > 0) this.slotsTaken.set(key, taken);
+    else this.slotsTaken.delete(key);
+  }
+
+  private releaseSlot(connection: BackendConnection): void {
+    if (this.slotHolders.delete(connection)) this.freeSlot(connection.poolKey);
+  }
+
+  private readonly onHolderClosed = (connection: BackendConnection): void => {
+    this.releaseSlot(connection);
+  };
+
+  /**
+   * Takes back a connection between a session's transactions (transaction pooling): idle, it goes to the idle list
+   * as it is, for the next session of its key; any other connection is closed. Its slot passes to the next waiter.
+   */
+  giveBack(connection: BackendConnection): void {
+    connection.releasedAt = new Date();
+    if (this.closing || connection.closed || connection.busy || connection.txStatus !== 'I' || this.expired(connection)) {
+      connection.destroy();
+    } else {
+      const list = this.idle.get(connection.poolKey) ?? [];
+      if (list.length >= Math.max(this.settings.maxIdlePerKey, this.settings.maxPerKey)) connection.destroy();
+      else {
+        list.push(connection);
+        this.idle.set(connection.poolKey, list);
+      }
+    }
+    this.releaseSlot(connection);
+  }
+
+  /** Sessions waiting for a slot, over every node and key (SHOW pool_pools, metrics). */
+  waitingCount(): number {
+    let count = 0;
+    for (const list of this.slotWaiters.values()) count += list.length;
+    return count;
   }
 
   /** Returns a connection after its session ended; closes it when it cannot be reused safely. */
   async release(connection: BackendConnection): Promise<void> {
+    try {
+      await this.resetAndKeep(connection);
+    } finally {
+      this.releaseSlot(connection);
+    }
+  }
+
+  private async resetAndKeep(connection: BackendConnection): Promise<void> {
     connection.releasedAt = new Date();
-    if (this.closing || !this.settings.enabled || connection.closed || connection.busy) {
+    if (this.closing || !this.settings.enabled || connection.closed || connection.busy || this.expired(connection)) {
       connection.destroy();
       return;
     }
@@ -71,7 +205,7 @@ export class ConnectionPool {
       return;
     }
     const list = this.idle.get(connection.poolKey) ?? [];
-    if (list.length >= this.settings.maxIdlePerKey) {
+    if (list.length >= Math.max(this.settings.maxIdlePerKey, this.settings.maxPerKey)) {
       connection.destroy();
       return;
     }
@@ -86,6 +220,7 @@ export class ConnectionPool {
     connection.onClose(() => {
       const current = this.idle.get(connection.poolKey);
       if (current) this.idle.set(connection.poolKey, current.filter((c) => c !== connection));
+      this.onHolderClosed(connection);
     });
   }
 
@@ -103,10 +238,15 @@ export class ConnectionPool {
     return count;
   }
 
-  /** Closes every idle connection to a node (after it was detached). */
+  /** Closes every idle connection to a node (after it was detached), and turns away the sessions waiting for one. */
   dropNode(nodeId: number): void {
     for (const list of this.idle.values()) {
       for (const connection of list) if (connection.node.id === nodeId) connection.destroy();
+    }
+    for (const [key, waiters] of this.slotWaiters) {
+      if (!key.startsWith(`${nodeId}\0`)) continue;
+      this.slotWaiters.delete(key);
+      for (const waiter of waiters) waiter.refuse(new Error(`node ${nodeId} was detached`));
     }
   }
 
@@ -123,6 +263,8 @@ export class ConnectionPool {
 
   close(): void {
     this.closing = true;
+    for (const waiters of this.slotWaiters.values()) for (const waiter of waiters) waiter.refuse(new Error('the connection pool is closed'));
+    this.slotWaiters.clear();
     for (const connection of this.resetting) connection.destroy();
     for (const list of this.idle.values()) for (const connection of list) connection.destroy();
     this.idle.clear();

@@ -69,6 +69,14 @@ export interface ProxyConfig {
   /** Idle backend connections kept per node for each (user, database, options) key. */
   maxPool: number;
   connectionCache: boolean;
+  /**
+   * session: a client session keeps its node connections until it ends (pgpool-II's way); transaction: it holds
+   * them only while a transaction or statement runs (PgBouncer's transaction pooling), at most max_pool per node
+   * for each (user, database, options) key.
+   */
+  poolMode: 'session' | 'transaction';
+  /** Seconds a pooled node connection lives before it is closed instead of reused (0: no limit). */
+  connectionLifeTime: number;
   /** SQL sent to a backend connection before it returns to the pool. */
   resetQueryList: string[];
   loadBalanceMode: boolean;
@@ -155,6 +163,8 @@ export function defaultConfig(): ProxyConfig {
     numInitChildren: 256,
     maxPool: 4,
     connectionCache: true,
+    poolMode: 'session',
+    connectionLifeTime: 0,
     resetQueryList: ['ABORT', 'DISCARD ALL'],
     loadBalanceMode: true,
     insertLock: true,
@@ -243,6 +253,14 @@ const settings: Record<string, Setter> = {
   },
   connection_cache: (c, v, fail) => {
     c.connectionCache = parseBool(v, fail);
+  },
+  pool_mode: (c, v, fail) => {
+    const mode = v.trim().toLowerCase();
+    if (mode !== 'session' && mode !== 'transaction') return fail(`must be session or transaction, not "${v}"`);
+    c.poolMode = mode;
+  },
+  connection_life_time: (c, v, fail) => {
+    c.connectionLifeTime = parseInteger(v, fail, 0, 365 * 86400);
   },
   reset_query_list: (c, v) => {
     c.resetQueryList = v.split(';').map((s) => s.trim()).filter((s) => s !== '');
@@ -414,8 +432,10 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   listen_addresses: [(c) => c.listenAddresses.join(','), 'host names or IP addresses to listen on'],
   port: [(c) => c.port, 'port number to listen on'],
   num_init_children: [(c) => c.numInitChildren, 'most client sessions served at once'],
-  max_pool: [(c) => c.maxPool, 'idle connections kept per node for each user, database and options'],
+  max_pool: [(c) => c.maxPool, 'connections kept per node for each user, database and options (transaction pooling: the most open)'],
   connection_cache: [(c) => c.connectionCache, 'keep node connections for the next session'],
+  pool_mode: [(c) => c.poolMode, 'session: a session keeps its node connections; transaction: only while a transaction runs'],
+  connection_life_time: [(c) => c.connectionLifeTime, 'seconds a pooled node connection lives (0: no limit)'],
   reset_query_list: [(c) => c.resetQueryList.join(';'), 'statements run before a connection returns to the pool'],
   load_balance_mode: [(c) => c.loadBalanceMode, 'spread reads over the nodes by backend_weight'],
   insert_lock: [(c) => c.insertLock, 'replicated writes that advance a sequence run one at a time per sequence'],
@@ -654,6 +674,8 @@ export function configToText(config: ProxyConfig): string {
     `num_init_children = ${config.numInitChildren}`,
     `max_pool = ${config.maxPool}`,
     `connection_cache = ${quote(config.connectionCache)}`,
+    `pool_mode = ${quote(config.poolMode)}`,
+    `connection_life_time = ${config.connectionLifeTime}`,
     `reset_query_list = ${quote(config.resetQueryList.join('; '))}`,
     `load_balance_mode = ${quote(config.loadBalanceMode)}`,
     `statement_level_load_balance = ${quote(config.statementLevelLoadBalance)}`,

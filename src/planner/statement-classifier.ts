@@ -181,3 +181,30 @@ export function nodeBoundSessionState(node: Node): string | null {
   });
   return found;
 }
+
+/**
+ * What, besides nodeBoundSessionState, keeps a session on its node connections under transaction pooling: a setting
+ * changed for the session (SET without LOCAL, RESET, set_config(..., false)), which another session would inherit
+ * with the connection, and DISCARD or DEALLOCATE, which drop prepared statements that other sessions may have made
+ * on the connection. Reopening a connection restores settings (session-connections.ts), so only pooling asks this.
+ */
+export function connectionPinningState(node: Node): string | null {
+  const tag = nodeTag(node);
+  if (tag === 'VariableSetStmt') {
+    const body = (node as { VariableSetStmt: { is_local?: boolean; name?: string } }).VariableSetStmt;
+    // SET TRANSACTION changes the running transaction only.
+    return body.is_local || body.name === 'TRANSACTION' ? null : 'session settings (SET)';
+  }
+  if (tag === 'DiscardStmt') return 'DISCARD';
+  if (tag === 'DeallocateStmt') return 'DEALLOCATE';
+  if (tag === 'LoadStmt') return 'LOAD';
+  let found: string | null = null;
+  walkAst(node, (inner, fields) => {
+    if (found || inner !== 'FuncCall' || functionName(fields).replace(/^pg_catalog\./, '') !== 'set_config') return;
+    const args = (fields as { args?: Node[] }).args ?? [];
+    const local = args[2] as { A_Const?: { boolval?: { boolval?: boolean } } } | undefined;
+    // Only a literal true keeps the change inside the transaction; anything else may outlive it.
+    if (local?.A_Const?.boolval?.boolval !== true) found = 'session settings (set_config)';
+  });
+  return found;
+}

@@ -69,7 +69,13 @@ export class ProxyServer {
   constructor(readonly config: ProxyConfig) {
     configureLog({ minLevel: config.logMinMessages });
     this.cluster = new ClusterState(config.backends, { user: config.recoveryUser, timeoutMs: config.connectTimeout * 1000 }, config.clusteringMode);
-    this.pool = new ConnectionPool({ enabled: config.connectionCache, maxIdlePerKey: config.maxPool, resetQueries: config.resetQueryList });
+    this.pool = new ConnectionPool({
+      enabled: config.connectionCache,
+      maxIdlePerKey: config.maxPool,
+      resetQueries: config.resetQueryList,
+      maxPerKey: config.poolMode === 'transaction' ? Math.max(1, config.maxPool) : 0,
+      lifeTimeMs: config.connectionLifeTime * 1000,
+    });
     this.cluster.on('detach', (node: BackendNode) => this.pool.dropNode(node.id));
     const passwords: Map<string, StoredSecret> | null = config.poolPasswd ? loadPasswordFile(config.poolPasswd) : null;
     const sessions = this.sessions;

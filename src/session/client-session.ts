@@ -16,7 +16,7 @@ import type { Node } from '@pgsql/types';
 import { type Socket } from 'node:net';
 import { log } from '../log';
 import { nodeTag, parseSql, type ParsedStatement, type ParseOutcome } from '../planner/sql-parser';
-import { commandKind, createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState, type StatementClass } from '../planner/statement-classifier';
+import { commandKind, connectionPinningState, createsTemporaryObject, mayChangeDefinitions, nodeBoundSessionState, type StatementClass } from '../planner/statement-classifier';
 import { blankNumericLiterals, statementShape } from '../planner/numeric-literals';
 import { verifyRelayProfiles, type RelayProfile } from './relay-profiles';
 import { sequencesAdvanced } from '../planner/sequence-use';
@@ -130,6 +130,7 @@ export class ClientSession extends SessionStartup {
           });
       }
     }
+    this.parkIfIdle();
   }
 
   protected forwardCopyData(): void {
@@ -285,6 +286,7 @@ export class ClientSession extends SessionStartup {
     this.forgetEndedTransaction();
     if (profile.writesData) this.transactionWrote = true;
     if (this.nodeBoundState === null) this.nodeBoundState = profile.nodeBoundState;
+    this.pinningState ??= profile.pinningState;
     this.prepareRefusals.reason ??= profile.prepareRefusal;
     return this.runOnNodes([frame.raw], profile.statementClass, sql);
   }
@@ -317,6 +319,7 @@ export class ClientSession extends SessionStartup {
       kinds: statements.map((st) => commandKind(st.node)),
       writesData: statements.some((st) => this.writesData(st.node)),
       nodeBoundState: firstNodeBound,
+      pinningState: statements.map((st) => connectionPinningState(st.node)).find((state) => state !== null) ?? null,
       prepareRefusal: statements.map((st) => this.prepareRefusals.inspect(st.node)).find((reason) => reason !== null) ?? null,
       shape: verifyRelayProfiles ? statementShape(statements) : undefined,
     });
@@ -479,6 +482,7 @@ export class ClientSession extends SessionStartup {
   override close(reason: string, logIt = true): void {
     if (this.closed) return;
     this.closed = true;
+    this.sessionEnd.abort();
     if (this.startupTimer) clearTimeout(this.startupTimer);
     this.context.cluster.off('detach', this.onDetach);
     this.context.unregister(this);

@@ -32,6 +32,8 @@ export interface PreparedStatement {
   readonly kinds?: readonly CommandKind[];
   /** BEGIN or START TRANSACTION alone (JDBC sends it in the batch of the transaction's first statement). */
   readonly beginsTransaction?: boolean;
+  /** PostgreSQL's grammar accepts its text. */
+  readonly parses?: boolean;
 }
 
 export interface PendingMessage {

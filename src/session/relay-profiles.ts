@@ -18,6 +18,8 @@ export interface RelayProfile {
   readonly writesData: boolean;
   /** What of the session the statements leave in its node sessions (nodeBoundSessionState), or null. */
   readonly nodeBoundState: string | null;
+  /** What else in them keeps a session on its connections under transaction pooling (connectionPinningState), or null. */
+  readonly pinningState: string | null;
   /** What in them PREPARE TRANSACTION refuses, or null. */
   readonly prepareRefusal: string | null;
   /** The statements' shape (statementShape), kept when profile hits are verified. */

@@ -24,13 +24,7 @@ export abstract class SessionConnections extends SessionState {
     if (nodes.length === 0) {
       throw new PgError({ severity: 'FATAL', code: SqlState.cannotConnectNow, message: 'no node is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
     }
-    const user = this.parameters.get('user')!;
-    const secret = this.context.passwords?.get(user) ?? null;
-    const results = await Promise.allSettled(
-      nodes.map((node) =>
-        this.context.pool.acquire({ node, parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 }),
-      ),
-    );
+    const results = await this.acquireInNodeOrder(nodes.map((node) => node.id));
     if (this.closed) {
       // The client left while the nodes were answering: close() found no connection to give back.
       for (const result of results) if (result.status === 'fulfilled') void this.context.pool.release(result.value);
@@ -56,6 +50,98 @@ export abstract class SessionConnections extends SessionState {
       this.connections.clear();
       throw refusal ?? new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: 'could not connect to any node', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
     }
+  }
+
+  /**
+   * Takes a connection to each node from the pool. Under transaction pooling the connections count against
+   * max_pool and may wait their turn: one node after the other, in node order, so that two sessions never each hold
+   * the connection the other waits for. Otherwise all at once.
+   */
+  protected async acquireInNodeOrder(nodeIds: readonly number[]): Promise<PromiseSettledResult<BackendConnection>[]> {
+    const user = this.parameters.get('user')!;
+    const take = (id: number) =>
+      this.context.pool.acquire(
+        { node: this.context.cluster.nodes[id], parameters: this.parameters, secret: this.context.passwords?.get(user) ?? null, connectTimeoutMs: this.context.config.connectTimeout * 1000 },
+        { capped: this.transactionPooling, signal: this.sessionEnd.signal },
+      );
+    if (!this.transactionPooling) return Promise.allSettled(nodeIds.map(take));
+    const results: PromiseSettledResult<BackendConnection>[] = [];
+    for (const id of [...nodeIds].sort((a, b) => a - b)) {
+      results[nodeIds.indexOf(id)] = await take(id).then(
+        (value) => ({ status: 'fulfilled', value }) as const,
+        (reason: unknown) => ({ status: 'rejected', reason }) as const,
+      );
+    }
+    return results;
+  }
+
+  /**
+   * Transaction pooling, once the session is idle between transactions with nothing queued: gives its node
+   * connections back to the pool, unless something of the session lives on them (pinnedBy). The next statement
+   * takes connections again (unpark, from restoreBeforeStatement).
+   */
+  protected parkIfIdle(): void {
+    if (!this.transactionPooling || this.closed || this.phase !== 'ready' || this.stepping || this.status !== 'I') return;
+    if (this.dispatch !== null || this.pending.length > 0 || this.inbox.length > 0 || this.copyRouter !== null || this.atGate) return;
+    if (this.connections.size === 0 || this.lostConnections.size > 0 || this.pinnedBy !== null) return;
+    for (const connection of this.connections.values()) {
+      if (connection.busy || connection.txStatus !== 'I') return;
+    }
+    for (const connection of this.connections.values()) {
+      connection.removeCloseListener(this.onConnectionClosed);
+      this.context.pool.giveBack(connection);
+    }
+    this.connections.clear();
+    this.readNodeId = null;
+    if (this.sideConnection) {
+      this.context.pool.giveBack(this.sideConnection);
+      this.sideConnection = null;
+    }
+    this.parked = true;
+  }
+
+  /** Takes connections to every node in service again after parkIfIdle gave them back. */
+  private async unpark(): Promise<void> {
+    this.parked = false;
+    this.joinedAttachCount = this.context.cluster.attachCount;
+    const nodeIds = this.context.cluster.upNodes().map((node) => node.id);
+    if (nodeIds.length === 0) {
+      throw new PgError({ severity: 'FATAL', code: SqlState.cannotConnectNow, message: 'no node is in service', hint: 'SHOW pool_nodes lists the nodes and why they were detached' });
+    }
+    const results = await this.acquireInNodeOrder(nodeIds);
+    let failure: unknown = null;
+    for (const [index, result] of results.entries()) {
+      const nodeId = nodeIds[index];
+      if (result.status === 'fulfilled') {
+        if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') {
+          this.context.pool.giveBack(result.value);
+          continue;
+        }
+        this.connections.set(nodeId, result.value);
+        result.value.onClose(this.onConnectionClosed);
+        continue;
+      }
+      const error = result.reason;
+      if (this.closed || this.context.cluster.nodes[nodeId].status !== 'up') continue;
+      if (error instanceof BackendStartupError && error.unreachable && (await this.context.cluster.confirmLoss(nodeId, error.message))) continue;
+      failure ??= error;
+    }
+    this.settingsEpoch++;
+    if (failure === null && this.connections.size > 0) return;
+    for (const connection of this.connections.values()) {
+      connection.removeCloseListener(this.onConnectionClosed);
+      this.context.pool.giveBack(connection);
+    }
+    this.connections.clear();
+    this.parked = true;
+    if (this.closed) return;
+    const error = failure as PgError | Error | null;
+    throw new PgError({
+      severity: 'FATAL',
+      code: error instanceof PgError ? error.code : SqlState.connectionFailure,
+      message: error ? `could not take a connection to every node in service: ${error.message}` : 'no node of this session is in service',
+      hint: 'SHOW pool_nodes lists the nodes and why they were detached',
+    });
   }
 
   protected async connectionsOutsideTransaction(): Promise<{ connectionFor(node: number): BackendConnection; release(): void }> {
@@ -105,6 +191,7 @@ export abstract class SessionConnections extends SessionState {
    * session answered the statement itself; throws a FATAL error when the session cannot go on.
    */
   protected async restoreBeforeStatement(goOn: () => boolean): Promise<boolean> {
+    if (this.parked) await this.unpark();
     // Lets the close of a connection that the node ended in the same turn as the client's message be seen first.
     await new Promise<void>((resolvePromise) => setImmediate(resolvePromise));
     if (this.status === 'I' && this.lostConnections.size === 0) {
@@ -207,13 +294,9 @@ export abstract class SessionConnections extends SessionState {
         hint: joining ? 'connect again: a new session uses every node in service' : undefined,
       });
     }
-    const user = this.parameters.get('user')!;
-    const secret = this.context.passwords?.get(user) ?? null;
     let settings: readonly (readonly [string, string])[] | null = null;
     if (this.connections.size > 0 && this.status !== 'E') settings = await this.sessionSettings().then((s) => s.settings, () => null);
-    const results = await Promise.allSettled(
-      nodeIds.map((id) => this.context.pool.acquire({ node: this.context.cluster.nodes[id], parameters: this.parameters, secret, connectTimeoutMs: this.context.config.connectTimeout * 1000 })),
-    );
+    const results = await this.acquireInNodeOrder(nodeIds);
     let failure: PgError | null = null;
     for (const [index, result] of results.entries()) {
       const nodeId = nodeIds[index];

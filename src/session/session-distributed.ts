@@ -7,7 +7,7 @@ import { type ClientSink } from '../executor/client-sink';
 import { type WorkerFragments } from '../executor/execution-port';
 import { log } from '../log';
 import { type ParsedStatement } from '../planner/sql-parser';
-import { nodeBoundSessionState, classifyStatement, type StatementClass } from '../planner/statement-classifier';
+import { connectionPinningState, nodeBoundSessionState, classifyStatement, type StatementClass } from '../planner/statement-classifier';
 import { readCatalog } from '../catalog/catalog';
 import { quoteLiteral } from '../catalog/partition-rule';
 import { runRuleCommand } from '../catalog/rule-commands';
@@ -291,6 +291,7 @@ export abstract class SessionDistributed extends SessionDispatch {
   }
 
   protected noteNodeBoundState(statements: readonly ParsedStatement[]): void {
+    for (const statement of statements) this.pinningState ??= connectionPinningState(statement.node);
     if (this.nodeBoundState !== null) return;
     for (const statement of statements) {
       const state = nodeBoundSessionState(statement.node);

@@ -82,7 +82,7 @@ export abstract class SessionExtended extends SessionDistributed {
         const sequences = parsed.ok && statementClass.kind === 'write' ? sequencesAdvanced(parsed.statements.map((st) => st.node), this.catalog) : [];
         const kinds = parsed.ok ? parsed.statements.map((st) => commandKind(st.node)) : [];
         const beginsTransaction = only !== undefined && ['TRANS_STMT_BEGIN', 'TRANS_STMT_START'].includes((only as { TransactionStmt?: { kind?: string } }).TransactionStmt?.kind ?? '');
-        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences, kinds, beginsTransaction };
+        const statement: PreparedStatement = { name: message.name, parseFrame: Buffer.from(frame.raw), statementClass, timePinning, route: route?.kind === 'none' ? undefined : route, changesDefinitions, cursorCommand, writesData, prepareRefusal, sequences, kinds, beginsTransaction, parses: parsed.ok };
         if (this.context.config.logStatement) log('info', 'parse', { session: this.id, statement: message.name, sql: message.sql });
         return { frame, statement, statementName: message.name, statementClass, rejection };
       }
@@ -133,6 +133,7 @@ export abstract class SessionExtended extends SessionDistributed {
   protected async sendExtended(terminator: Frame, isSync: boolean, terminatorClass: StatementClass = readClass): Promise<void> {
     let messages = this.pending;
     this.pending = [];
+    if (isSync && this.parked && this.answersAlone(messages)) return this.answerAlone(messages);
     if (!this.dispatch) {
       // After a Flush the batch goes on: the nodes, their transaction failed, skip to its Sync on their own.
       const goOn = () => !isSync || messages.some((m, i) => m.frame.code === FrontendCode.bind && rollbackText.test(statementSql(this.statementBefore(messages, i, m.statementName!))));
@@ -227,6 +228,50 @@ export abstract class SessionExtended extends SessionDistributed {
   }
 
   /**
+   * Transaction pooling: whether a parked session's batch only makes or drops statements (Parse and Close, as libpq's
+   * PQprepare sends), which the proxy can answer without taking a connection. A client that prepares synchronously
+   * while its other sessions hold every connection in their transactions (pgbench -M prepared with more clients
+   * than max_pool) would otherwise wait for itself. A Parse of a name already in use, or of text the grammar refuses,
+   * goes to a node for its error.
+   */
+  private answersAlone(messages: readonly PendingMessage[]): boolean {
+    if (messages.length === 0 || this.status !== 'I' || this.databasesToRelease.length > 0) return false;
+    const named = new Set<string>();
+    for (const message of messages) {
+      if (message.rejection) return false;
+      if (message.frame.code === FrontendCode.close) {
+        if (message.statementName !== undefined) named.delete(message.statementName);
+        continue;
+      }
+      if (message.frame.code !== FrontendCode.parse) return false;
+      const statement = message.statement!;
+      if (!statement.parses) return false;
+      if (statement.name !== '' && (named.has(statement.name) || this.statements.has(statement.name))) return false;
+      if (statement.name !== '') named.add(statement.name);
+    }
+    return true;
+  }
+
+  /**
+   * Answers a batch answersAlone accepted: the statements exist for the session from now on, and reach a node with
+   * its first Bind or Describe there (ensurePrepared), where an error only the node can find (a missing table) is
+   * reported in that exchange instead.
+   */
+  private answerAlone(messages: readonly PendingMessage[]): void {
+    for (const message of messages) {
+      if (message.frame.code === FrontendCode.close) {
+        if (message.statementName !== undefined) this.statements.delete(message.statementName);
+        else this.portals.delete(message.portal!);
+        this.write(serverMessages.closeComplete);
+        continue;
+      }
+      this.statements.set(message.statement!.name, message.statement!);
+      this.write(serverMessages.parseComplete);
+    }
+    this.write(serverMessages.readyForQuery(this.status));
+  }
+
+  /**
    * What each node is sent for a batch: the client's messages, with the Parses (and Closes) that re-create on a
    * node the statements it lacks, and the proxy's refusals in place of refused messages. Updates the session's
    * view of statements and portals.
@@ -308,7 +353,13 @@ export abstract class SessionExtended extends SessionDistributed {
   /** Adds to `send` what re-creates the client's statement on that node when the node lacks this version of it. */
   protected ensurePrepared(statement: PreparedStatement, send: NodeSend): void {
     const prepared = send.connection.preparedStatements;
-    if (prepared.get(statement.name) === statement) return;
+    const existing = prepared.get(statement.name);
+    if (existing === statement) return;
+    if (existing && 'parseFrame' in existing && (existing as PreparedStatement).parseFrame.equals(statement.parseFrame)) {
+      // Made from the same Parse message by another session on this pooled connection (transaction pooling).
+      prepared.set(statement.name, statement);
+      return;
+    }
     const frames = send.frames as Buffer[];
     const injected = send.injected as boolean[];
     if (statement.name !== '' && prepared.has(statement.name)) {

@@ -289,6 +289,27 @@ export abstract class SessionState implements ClientSink {
   protected madeTemporaryObjects = false;
   /** What else of this session lives in its node sessions only (nodeBoundSessionState), or null. */
   protected nodeBoundState: string | null = null;
+  /** What else keeps the session on its connections under transaction pooling (connectionPinningState), or null. */
+  protected pinningState: string | null = null;
+
+  /** Transaction pooling: the session gives its node connections back between transactions. */
+  protected get transactionPooling(): boolean {
+    return this.context.config.poolMode === 'transaction';
+  }
+
+  /**
+   * Why the session keeps its node connections under transaction pooling, or null when it may give them back: state
+   * that lives in its node sessions and that another connection would lack, or that another session would inherit.
+   */
+  get pinnedBy(): string | null {
+    return this.madeTemporaryObjects ? 'temporary objects' : this.nodeBoundState ?? this.pinningState;
+  }
+
+  /** Transaction pooling: the session gave its connections back and takes them again at its next statement. */
+  protected parked = false;
+
+  /** Ends a wait for a pooled connection slot when the session closes. */
+  protected readonly sessionEnd = new AbortController();
 
   /** Cancels of the running statement that reach past the session's own connections (worker threads'). */
   protected readonly cancelHooks = new Set<() => void>();
