@@ -714,6 +714,7 @@ export function configToText(config: ProxyConfig): string {
     if (b.applicationName) lines.push(`backend_application_name${b.id} = ${quote(b.applicationName)}`);
     lines.push(...healthCheckLines(config.healthCheckPerNode[b.id] ?? {}, String(b.id), quote));
   }
+  lines.push(...watchdogItems(config.watchdog).map((item) => `${item.item} = ${quote(item.value)}`));
   return lines.join('\n') + '\n';
 }
 
