@@ -42,6 +42,9 @@ function compareVersions(a: Version, b: Version): number {
 /** How long a vote for a failover counts: a few health-check rounds of every instance fit in it. */
 const voteLifetimeMs = 60_000;
 
+/** How often the watchdog notes that its process runs (checkAwake). */
+const awakeIntervalMs = 250;
+
 export interface WatchdogOptions {
   readonly config: WatchdogConfig;
   readonly cluster: ClusterState;
@@ -68,7 +71,13 @@ export class Watchdog implements FailoverArbiter {
   private commands: Promise<void> = Promise.resolve();
   private readonly votes = new Map<number, FailoverVote[]>();
   private timer: NodeJS.Timeout | null = null;
-  private readonly startedAt = Date.now();
+  /** No election of this instance before then unless every instance is heard: at start-up. */
+  private electionNotBefore = 0;
+  /** No election of this instance before then, whoever is alive: after a stall. */
+  private quietUntil = 0;
+  /** Date.now() at the last turn of the event loop the watchdog saw (a short interval timer keeps it). */
+  private lastAwake = Date.now();
+  private awakeTimer: NodeJS.Timeout | null = null;
   private failoversPerformed = 0;
   private statusChangesApplied = 0;
   private stopped = false;
@@ -95,6 +104,13 @@ export class Watchdog implements FailoverArbiter {
     this.cluster.on('detach', this.onChange);
     this.cluster.on('attach', this.onChange);
     this.state = 'JOINING';
+    // At start-up the others get a moment to be heard, so that the first election sees them.
+    this.electionNotBefore = Date.now() + Math.min(this.config.heartbeatDeadtime, 2 * this.config.heartbeatKeepalive) * 1000;
+    this.awakeTimer = setInterval(() => {
+      this.checkAwake();
+      this.lastAwake = Date.now();
+    }, awakeIntervalMs);
+    this.awakeTimer.unref();
     log('info', 'watchdog_started', { name: this.name, priority: this.config.priority, peers: [...this.peers.keys()].join(',') });
     this.tick();
   }
@@ -104,6 +120,7 @@ export class Watchdog implements FailoverArbiter {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.awakeTimer) clearInterval(this.awakeTimer);
     this.cluster.off('detach', this.onChange);
     this.cluster.off('attach', this.onChange);
     if (this.cluster.arbiter === this) this.cluster.arbiter = null;
@@ -128,6 +145,7 @@ export class Watchdog implements FailoverArbiter {
 
   /** ClusterState's fail path: this instance sees the node down. The leader decides; the node stays up until it does. */
   requestFailover(nodeId: number, reason: string): void {
+    this.checkAwake();
     if (this.state === 'LEADER') return this.vote(nodeId, this.name, reason);
     if (this.leader === '' || !this.links.send(this.leader, { kind: 'failover-request', from: this.name, node: nodeId, reason })) {
       log('warning', 'watchdog_failover_request_dropped', { node: nodeId, reason, why: 'no leader to ask' });
@@ -206,6 +224,7 @@ export class Watchdog implements FailoverArbiter {
 
   private receive(message: WatchdogMessage): void {
     if (this.stopped) return;
+    this.checkAwake();
     const peer = this.peers.get(message.from);
     if (!peer) {
       log('warning', 'watchdog_unknown_peer', { from: message.from });
@@ -246,6 +265,7 @@ export class Watchdog implements FailoverArbiter {
   private peerLost(name: string): void {
     const peer = this.peers.get(name);
     if (!peer || this.stopped) return;
+    this.checkAwake();
     const now = Date.now();
     const wasAlive = this.isAlive(peer, now);
     peer.lostAt = now;
@@ -269,6 +289,31 @@ export class Watchdog implements FailoverArbiter {
     if (versions !== 0) return versions > 0;
     if (a.alive !== b.alive) return a.alive > b.alive;
     return compareCandidates(a, b) < 0;
+  }
+
+  /**
+   * N.B. a process stopped (SIGSTOP) or starved for longer than the others wait before they elect a new leader
+   * wakes up to messages that queued meanwhile: failover requests addressed to it as leader, heartbeats of how
+   * things were. Acting on them would fail a node over a second time, or win an election with stale statuses. So
+   * a stalled instance gives up leadership, forgets the votes it holds, and for wd_heartbeat_deadtime only
+   * follows a leader that claims it, without standing itself; requests reaching it meanwhile are dropped.
+   */
+  private checkAwake(): void {
+    const now = Date.now();
+    const stalledMs = now - this.lastAwake;
+    this.lastAwake = now;
+    const limitMs = Math.max(1000, (this.config.heartbeatDeadtime - this.config.heartbeatKeepalive) * 1000);
+    if (stalledMs < limitMs || this.stopped) return;
+    log('warning', 'watchdog_stalled', { name: this.name, ms: stalledMs, was: this.state });
+    this.votes.clear();
+    this.quietUntil = now + this.config.heartbeatDeadtime * 1000;
+    if (this.state === 'LEADER') {
+      this.deEscalate('this process was stalled');
+      this.state = 'JOINING';
+      this.leader = '';
+    }
+    // What the peers said before the stall is no claim any more: only heartbeats from now on count.
+    for (const peer of this.peers.values()) peer.last = null;
   }
 
   private tick(): void {
@@ -317,8 +362,7 @@ export class Watchdog implements FailoverArbiter {
       this.leader = '';
       this.state = 'JOINING';
     }
-    // At start-up the others get a moment to be heard, so that the first election sees them.
-    if (now - this.startedAt < Math.min(this.config.heartbeatDeadtime, 2 * this.config.heartbeatKeepalive) * 1000 && alive < total) return;
+    if ((now < this.electionNotBefore && alive < total) || now < this.quietUntil) return;
     const choice = electLeader([{ name: this.name, priority: this.config.priority }, ...alivePeers.map((peer) => ({ name: peer.name, priority: peer.priority }))]);
     if (choice?.name === this.name) this.lead();
   }
