@@ -127,6 +127,47 @@ export class ProxyMetrics {
         for (const [state, count] of counts) this.set({ state: state.toLowerCase().replace(/ /g, '_') }, count);
       },
     });
+    // The watchdog, from this instance's point of view; no series without use_watchdog.
+    new Gauge({
+      name: 'parapool_watchdog_leader',
+      help: 'Whether this instance is the watchdog leader (1) or not (0)',
+      registers,
+      collect() {
+        this.reset();
+        const view = context.watchdog?.() ?? null;
+        if (view) this.set(view.members[0].state === 'LEADER' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'parapool_watchdog_quorum',
+      help: 'The watchdog cluster\'s quorum as this instance sees it: 1 quorum, 0 on the edge (half), -1 none',
+      registers,
+      collect() {
+        this.reset();
+        const view = context.watchdog?.() ?? null;
+        if (view) this.set(view.quorumState);
+      },
+    });
+    new Gauge({
+      name: 'parapool_watchdog_instances_alive',
+      help: 'Watchdog instances alive as this instance sees them, itself included',
+      registers,
+      collect() {
+        this.reset();
+        const view = context.watchdog?.() ?? null;
+        if (view) this.set(view.alive);
+      },
+    });
+    new Gauge({
+      name: 'parapool_watchdog_escalated',
+      help: 'Whether wd_escalation_command ran here and wd_de_escalation_command has not since (1) or not (0)',
+      registers,
+      collect() {
+        this.reset();
+        const view = context.watchdog?.() ?? null;
+        if (view) this.set(view.escalated ? 1 : 0);
+      },
+    });
     new Gauge({
       name: 'parapool_client_sessions_max',
       help: 'Client sessions the proxy accepts at once (num_init_children)',

@@ -7,6 +7,7 @@
 // read again at each log-in as pgpool does. Errors go back as 'E' with PostgreSQL's error fields; a malformed or
 // unauthenticated packet ends that connection only.
 
+import { watchdogStateCodes, type WatchdogView } from '../cluster/watchdog-view';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Socket } from 'node:net';
 import type { ClusterState } from '../cluster/cluster-state';
@@ -240,8 +241,52 @@ export class PcpServer {
         socket.write(packet('t', 'CommandComplete'));
         return;
       }
+      case 'W': {
+        // pcp_watchdog_info: pgpool-II answers with "CommandComplete" and a JSON document in one packet.
+        const view = this.options.admin.watchdog?.() ?? null;
+        if (!view) throw new PgError({ code: SqlState.objectNotInPrerequisiteState, message: 'PCP: informing watchdog info failed', detail: 'watchdog is not enabled' });
+        const index = Number(args[0] ?? '-1');
+        if (!Number.isInteger(index) || index >= view.members.length) throw new PgError({ code: SqlState.invalidParameterValue, message: 'PCP: informing watchdog info failed', detail: 'invalid watchdog index' });
+        socket.write(packet('w', 'CommandComplete', watchdogInfoJson(view, index)));
+        return;
+      }
       default:
         throw new PgError({ code: SqlState.featureNotSupported, message: 'PCP processing request', detail: `PCP packet type "${type}" is not supported by parapool` });
     }
   }
+}
+
+/**
+ * pcp_watchdog_info's document, with the keys pgpool-II's client reads: the cluster (leader, quorum, escalation)
+ * and one object per instance (this one has index 0, the others follow in their configured order); index -1
+ * lists them all. AliveNodeCount counts the standbys, as pgpool's leader counts them.
+ */
+export function watchdogInfoJson(view: WatchdogView, index: number): string {
+  const leader = view.members.find((m) => m.name === view.leader) ?? null;
+  const members = index < 0 ? view.members.map((m, id) => [m, id] as const) : [[view.members[index], index] as const];
+  return JSON.stringify({
+    RemoteNodeCount: view.total - 1,
+    MemberRemoteNodeCount: view.total - 1,
+    NodesRequireForQuorum: view.quorumNeeded,
+    QuorumStatus: leader ? view.quorumState : -2,
+    AliveNodeCount: leader ? view.alive - 1 : 0,
+    Escalated: view.escalated ? 1 : 0,
+    LeaderNodeName: leader ? leader.name : 'Not Set',
+    LeaderHostName: leader ? leader.host : 'Not Set',
+    NodeCount: members.length,
+    WatchdogNodes: members.map(([m, id]) => ({
+      ID: id,
+      State: watchdogStateCodes[m.state],
+      Membership: 0,
+      MembershipString: 'MEMBER',
+      NodeName: m.name,
+      HostName: m.host,
+      StateName: m.state,
+      DelegateIP: '',
+      WdPort: m.wdPort,
+      PgpoolPort: m.pgpoolPort,
+      Priority: m.priority,
+      LifecheckStarted: true,
+    })),
+  });
 }

@@ -11,6 +11,7 @@ import { tierOf, type StatementRegistry } from '../cluster/statement-activity';
 import { configurationItems, type ProxyConfig } from '../config/config';
 import { qualifiedName } from '../catalog/partition-rule';
 import { serverMessages } from '../protocol/server-messages';
+import type { WatchdogView } from '../cluster/watchdog-view';
 
 export const parapoolVersion = '0.1.0';
 
@@ -44,6 +45,8 @@ export interface AdminContext {
   readonly healthCheckStats: readonly HealthCheckStats[];
   readonly statements: StatementRegistry;
   sessions(): SessionSummary[];
+  /** The watchdog's state; absent or null without use_watchdog. */
+  readonly watchdog?: () => WatchdogView | null;
 }
 
 /** What the asking session lends: its database's rules and its own node connections (SHOW parapool_rules). */
@@ -101,9 +104,26 @@ export async function answerAdminCommand(command: string, context: AdminContext,
       return frames(await partitionRules(asker));
     case 'parapool_queries':
       return frames(runningQueries(context));
+    case 'watchdog':
+      return frames(watchdogStatus(context));
     default:
       throw new Error(`no answer for SHOW ${command}`);
   }
+}
+
+/**
+ * SHOW watchdog: one row per watchdog instance, this one first, with the fields pcp_watchdog_info -v prints
+ * (state names and numbers are pgpool-II's); the cluster's leader, quorum and escalation repeat on every row.
+ */
+export function watchdogStatus(context: AdminContext): AdminTable {
+  const view = context.watchdog?.() ?? null;
+  const columns = ['node_name', 'hostname', 'pgpool_port', 'wd_port', 'priority', 'state', 'local', 'last_heartbeat', 'leader', 'quorum', 'alive', 'escalated'];
+  if (!view) return tableOf(columns, []);
+  const quorum = view.quorumState === 1 ? 'QUORUM EXIST' : view.quorumState === 0 ? 'QUORUM IS ON THE EDGE' : 'QUORUM ABSENT';
+  return tableOf(
+    columns,
+    view.members.map((m) => [m.name, m.host, String(m.pgpoolPort), String(m.wdPort), String(m.priority), m.state, m.local ? 'true' : 'false', time(m.lastHeartbeat), view.leader, quorum, `${view.alive}/${view.total}`, view.escalated ? 'true' : 'false']),
+  );
 }
 
 /** No query cache yet: pgpool-II's columns with the cache empty, as pgpool answers with memory_cache_enabled off. */

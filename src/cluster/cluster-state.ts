@@ -22,11 +22,22 @@ export interface NodeChange {
   readonly newMain: BackendNode | null;
 }
 
+/**
+ * Who decides a failure found here when the proxy is one of several (the watchdog): the node stays in service
+ * until the decision is taken, by consensus, and comes back as a detach.
+ */
+export interface FailoverArbiter {
+  requestFailover(nodeId: number, reason: string): void;
+}
+
 /** Emits 'detach' and 'attach' with (node, change: NodeChange). */
 export class ClusterState extends EventEmitter {
   readonly nodes: BackendNode[];
 
   private readonly probing = new Map<number, Promise<boolean>>();
+
+  /** Set by the watchdog while it runs: failures go to it instead of detaching the node here. */
+  arbiter: FailoverArbiter | null = null;
 
   /** Whether the nodes are a primary and its streaming standbys (backend_clustering_mode = streaming_replication). */
   readonly streaming: boolean;
@@ -87,7 +98,8 @@ export class ClusterState extends EventEmitter {
 
   /**
    * A failure found by the proxy (a health check, a lost connection): the node is detached unless its
-   * backend_flag says DISALLOW_TO_FAILOVER, as in pgpool-II, where only the operator takes it out.
+   * backend_flag says DISALLOW_TO_FAILOVER, as in pgpool-II, where only the operator takes it out. With an
+   * arbiter (the watchdog) the failure is a request to it; returns whether the node is out of service now.
    */
   fail(nodeId: number, reason: string): boolean {
     const node = this.nodes[nodeId];
@@ -95,6 +107,10 @@ export class ClusterState extends EventEmitter {
     if (!node.flags.allowToFailover) {
       log('warning', 'node_failure_kept', { node: nodeId, reason, flag: 'DISALLOW_TO_FAILOVER' });
       return false;
+    }
+    if (this.arbiter) {
+      this.arbiter.requestFailover(nodeId, reason);
+      return (node.status as BackendNode['status']) === 'down'; // the leader may have decided at once
     }
     this.detach(nodeId, reason);
     return true;

@@ -41,7 +41,11 @@ export class FailoverCommands {
   private readonly onDetach = (_node: BackendNode, change: NodeChange) => this.enqueue('failover_command', this.failoverCommand, change);
   private readonly onAttach = (_node: BackendNode, change: NodeChange) => this.enqueue('failback_command', this.failbackCommand, change);
 
-  constructor(private readonly cluster: ClusterState, private readonly failoverCommand: string, private readonly failbackCommand: string) {}
+  /**
+   * `runsHere` says whether this instance runs the commands: with the watchdog only its leader does, and the
+   * others apply the leader's changes without running them again.
+   */
+  constructor(private readonly cluster: ClusterState, private readonly failoverCommand: string, private readonly failbackCommand: string, private readonly runsHere: () => boolean = () => true) {}
 
   /** Starts running the commands on the cluster's detaches and attaches from now on. */
   start(): void {
@@ -62,6 +66,10 @@ export class FailoverCommands {
 
   private enqueue(parameter: string, template: string, change: NodeChange): void {
     if (template === '') return;
+    if (!this.runsHere()) {
+      log('info', `${parameter}_left_to_leader`, { node: change.node.id });
+      return;
+    }
     const command = expandPlaceholders(template, change);
     this.tail = this.tail.then(() => run(parameter, command, change.node.id));
   }

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isLogLevel, type LogLevel } from '../log';
 import { confError, parseConfFile, type ConfEntry } from './conf-file-parser';
+import { applyWatchdogEntry, defaultWatchdogConfig, finishWatchdogConfig, newWatchdogEntries, watchdogItems, type WatchdogConfig } from './watchdog-config';
 
 export interface BackendConfig {
   readonly id: number;
@@ -152,6 +153,8 @@ export interface ProxyConfig {
   srCheckPassword: string;
   srCheckDatabase: string;
   disableLoadBalanceOnWrite: LoadBalanceOnWrite;
+  /** The watchdog (use_watchdog and friends, see watchdog-config.ts). N.B. a nested object: copy it with copyWatchdogConfig, not with `{...config}`. */
+  watchdog: WatchdogConfig;
 }
 
 export function defaultConfig(): ProxyConfig {
@@ -210,6 +213,7 @@ export function defaultConfig(): ProxyConfig {
     srCheckPassword: '',
     srCheckDatabase: 'postgres',
     disableLoadBalanceOnWrite: 'transaction',
+    watchdog: defaultWatchdogConfig(),
   };
 }
 
@@ -517,6 +521,7 @@ export function configurationItems(config: ProxyConfig): ConfigurationItem[] {
     );
     healthCheck(config.healthCheckPerNode[backend.id] ?? {}, String(backend.id), ` (node ${backend.id})`);
   }
+  items.push(...watchdogItems(config.watchdog));
   return items;
 }
 
@@ -563,6 +568,7 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
   const backends = new Map<number, BackendEntry>();
   const seen = new Map<string, number>();
   const perNodeLines = new Map<number, number>();
+  const watchdogEntries = newWatchdogEntries();
   for (const entry of parseConfFile(text, fileName)) {
     const fail = (message: string): never => {
       throw confError(fileName, entry.line, `${message} for parameter "${entry.name}"`);
@@ -588,6 +594,7 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
       }
       continue;
     }
+    if (applyWatchdogEntry(config.watchdog, watchdogEntries, entry.name, entry.value, entry.line, fail)) continue;
     const setter = settings[entry.name];
     if (!setter) throw confError(fileName, entry.line, `unrecognized configuration parameter "${entry.name}"`);
     setter(config, entry.value, fail, baseDir);
@@ -608,6 +615,8 @@ export function configFromText(text: string, fileName: string, baseDir = '.'): P
   if (config.webAdminPort !== 0 && config.pcpConfFile === null) {
     throw confError(fileName, seen.get('web_admin_port')!, 'web_admin_port is set but pcp_conf_file is not: the web admin page logs in with the users of pcp.conf');
   }
+  const watchdogError = finishWatchdogConfig(config.watchdog, watchdogEntries);
+  if (watchdogError) throw confError(fileName, watchdogError.line, watchdogError.message);
   for (const [id, line] of perNodeLines) {
     if (id >= config.backends.length) throw confError(fileName, line, `a health_check parameter names backend ${id}, which is not configured`);
   }
@@ -727,6 +736,7 @@ export function configToText(config: ProxyConfig): string {
     if (b.applicationName) lines.push(`backend_application_name${b.id} = ${quote(b.applicationName)}`);
     lines.push(...healthCheckLines(config.healthCheckPerNode[b.id] ?? {}, String(b.id), quote));
   }
+  lines.push(...watchdogItems(config.watchdog).map((item) => `${item.item} = ${quote(item.value)}`));
   return lines.join('\n') + '\n';
 }
 

@@ -29,7 +29,7 @@ export interface FunctionEffects {
 /** SHOW commands the proxy answers instead of a node. */
 export const adminShowCommands = new Set([
   'pool_nodes', 'pool_version', 'pool_pools', 'pool_processes', 'pool_status', 'pool_health_check_stats', 'pool_backend_stats', 'pool_cache',
-  'parapool_rules', 'parapool_queries',
+  'parapool_rules', 'parapool_queries', 'watchdog',
 ]);
 
 /** Statements pgpool-II's pool_backend_stats counts as other_cnt; every statement not named here but DML is DDL. */

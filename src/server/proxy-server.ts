@@ -13,6 +13,7 @@ import { recoverAtStartup, resolveInDoubt, type RecoveryOptions } from '../clust
 import { ConnectionPool } from '../cluster/connection-pool';
 import { FailoverCommands } from '../cluster/failover-command';
 import { HealthChecker } from '../cluster/health-check';
+import { Watchdog } from '../cluster/watchdog';
 import { readNodeStatus, statusFilePath, writeNodeStatus } from '../cluster/node-status-file';
 import { chooseWeighted, withinDelay } from '../cluster/load-balancer';
 import { ReplicationCheck, surveyRoles, type NodeLogin } from '../cluster/replication-check';
@@ -44,6 +45,8 @@ export class ProxyServer {
   readonly catalogs = new CatalogRegistry();
   readonly healthChecker: HealthChecker;
   readonly failoverCommands: FailoverCommands;
+  /** With use_watchdog: the leader election and failover consensus among the parapool instances. */
+  watchdog: Watchdog | null = null;
   private servers: Server[] = [];
   private readonly sessions = new Map<number, ServedSession>();
   private readonly context: SessionContext;
@@ -81,7 +84,8 @@ export class ProxyServer {
     const sessions = this.sessions;
     const delayLimits = { bytes: config.delayThreshold, ms: config.delayThresholdByTime };
     this.healthChecker = new HealthChecker({ cluster: this.cluster, settingsFor: (id) => healthCheckFor(config, id), defaultUser: config.recoveryUser, passwords });
-    this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand);
+    // With the watchdog, failover_command and failback_command run on its leader only, once per change.
+    this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand, () => this.watchdog === null || this.watchdog.isLeader());
     this.context = {
       config,
       cluster: this.cluster,
@@ -93,6 +97,7 @@ export class ProxyServer {
       gate: this.gate,
       nodeOperations: (caller) => this.nodeOperations(caller),
       healthCheckStats: this.healthChecker.stats,
+      watchdog: () => this.watchdog?.view() ?? null,
       chooseReadNode: () => chooseWeighted(this.cluster.streaming ? this.cluster.nodes.filter((node) => withinDelay(node, delayLimits)) : this.cluster.nodes),
       statements: this.statements,
       relayProfiles: new RelayProfiles(),
@@ -185,6 +190,10 @@ export class ProxyServer {
       nodes: this.cluster.nodes.map((n) => `${n.id}:${n.host}:${n.port}:${n.status}`).join(','),
     });
     if (!this.cluster.streaming) this.scheduleRecovery();
+    if (this.config.watchdog.enabled) {
+      this.watchdog = new Watchdog({ config: this.config.watchdog, cluster: this.cluster, pgpoolPort: this.boundPort });
+      await this.watchdog.start();
+    }
     this.healthChecker.start();
     this.failover?.start();
     this.replicationCheck?.start();
@@ -394,6 +403,8 @@ export class ProxyServer {
     this.cluster.off('detach', this.recordStatus);
     this.cluster.off('attach', this.recordStatus);
     const checks = this.healthChecker.stop();
+    // Told first, so that the others elect a new leader at once rather than after wd_heartbeat_deadtime.
+    await this.watchdog?.stop();
     this.cluster.off('attach', this.onAttachStreaming);
     await this.replicationCheck?.stop();
     // A failover under way ends on its own (it may be waiting for a node): the proxy does not wait for it.

@@ -38,8 +38,10 @@ export abstract class SessionConnections extends SessionState {
         result.value.onClose(this.onConnectionClosed);
       } else {
         const error = result.reason as PgError;
-        if (error instanceof BackendStartupError && error.unreachable) {
-          this.context.cluster.detach(node.id, error.message);
+        // An unreachable node is a failure like a failed health check (with the watchdog, a request for consensus):
+        // the session goes on without it only once it is out of service.
+        if (error instanceof BackendStartupError && error.unreachable && this.context.cluster.fail(node.id, error.message)) {
+          // detached: the session goes on with the other nodes
         } else {
           refusal ??= error instanceof PgError ? error : new PgError({ severity: 'FATAL', code: SqlState.connectionFailure, message: String(error) });
         }

@@ -6,6 +6,7 @@
 // session-extended (extended-protocol batching), session-startup (start-up and authentication) and
 // client-session (the message loop and the simple-query path).
 
+import type { WatchdogView } from '../cluster/watchdog-view';
 import type { RelayProfiles } from './relay-profiles';
 import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
@@ -71,6 +72,8 @@ export interface SessionContext {
   nodeOperations(caller: ServedSession): NodeOperations;
   /** Each node's health-check counters, for SHOW pool_health_check_stats. */
   readonly healthCheckStats: readonly HealthCheckStats[];
+  /** The watchdog's state for SHOW watchdog; null without use_watchdog. */
+  readonly watchdog?: () => WatchdogView | null;
   chooseReadNode(): BackendNode | null;
   cancel(processId: number, secretKey: number): void;
   /** The statements running in every session, and each node's counters (SHOW parapool_queries, pool_backend_stats). */

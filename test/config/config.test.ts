@@ -146,3 +146,48 @@ test('the web admin page is off by default, listens where web_admin_* say, and n
   failsWith(`${base}web_admin_port = 70000\n`, /outside the valid range.*line 3/);
   assert.doesNotThrow(() => configFromText(`${base}web_admin_port = 0\n`, 'parapool.conf'));
 });
+
+test('the watchdog takes pgpool-II names, both forms of the instance list, and round-trips', () => {
+  const config = configFromText(
+    [
+      "backend_hostname0 = 'h'",
+      'use_watchdog = on',
+      "wd_hostname = 'pool-a'",
+      'wd_port = 9100',
+      'wd_priority = 3',
+      'wd_heartbeat_keepalive = 1',
+      'wd_heartbeat_deadtime = 5',
+      "wd_escalation_command = '/bin/up'",
+      "wd_de_escalation_command = '/bin/down'",
+      'failover_require_consensus = off',
+      'enable_consensus_with_half_votes = on',
+      "other_pgpool_hostname0 = 'pool-b'",
+      'other_pgpool_port0 = 9999',
+      'other_wd_port0 = 9000',
+      "other_pgpool_hostname1 = 'pool-c'",
+    ].join('\n'),
+    'x',
+  );
+  const w = config.watchdog;
+  assert.equal(w.enabled, true);
+  assert.deepEqual([w.hostname, w.port, w.priority, w.heartbeatKeepalive, w.heartbeatDeadtime], ['pool-a', 9100, 3, 1, 5]);
+  assert.deepEqual([w.escalationCommand, w.deEscalationCommand], ['/bin/up', '/bin/down']);
+  assert.deepEqual([w.failoverWhenQuorumExists, w.failoverRequireConsensus, w.allowMultipleFailoverRequestsFromNode, w.enableConsensusWithHalfVotes], [true, false, false, true]);
+  assert.deepEqual(w.peers, [{ host: 'pool-b', pgpoolPort: 9999, wdPort: 9000 }, { host: 'pool-c', pgpoolPort: 9999, wdPort: 9000 }]);
+  assert.deepEqual(configFromText(configToText(config), 'x'), config);
+  assert.equal(defaultConfig().watchdog.heartbeatDeadtime, 30);
+  assert.notEqual(defaultConfig().watchdog, defaultConfig().watchdog, 'each config has its own watchdog settings');
+
+  // pgpool 4.2's form: every instance listed, pgpool_node_id naming this one.
+  const listed = configFromText(
+    ["backend_hostname0 = 'h'", 'use_watchdog = on', 'pgpool_node_id = 1', "hostname0 = 'a'", 'wd_port0 = 9000', 'pgpool_port0 = 9999', "hostname1 = 'b'", 'wd_port1 = 9001', "hostname2 = 'c'"].join('\n'),
+    'x',
+  );
+  assert.deepEqual([listed.watchdog.hostname, listed.watchdog.port], ['b', 9001]);
+  assert.deepEqual(listed.watchdog.peers, [{ host: 'a', pgpoolPort: 9999, wdPort: 9000 }, { host: 'c', pgpoolPort: 9999, wdPort: 9000 }]);
+
+  failsWith(["backend_hostname0 = 'h'", "other_pgpool_hostname1 = 'b'"].join('\n'), /other_pgpool_hostname1 is set but other_pgpool_hostname0 is not/);
+  failsWith(["backend_hostname0 = 'h'", "hostname0 = 'a'"].join('\n'), /pgpool_node_id is not set/);
+  failsWith(["backend_hostname0 = 'h'", 'use_watchdog = on', 'wd_heartbeat_keepalive = 5', 'wd_heartbeat_deadtime = 5'].join('\n'), /wd_heartbeat_deadtime \(5\) must be longer/);
+  failsWith(["backend_hostname0 = 'h'", 'wd_priority = x'].join('\n'), /invalid integer "x" for parameter "wd_priority"/);
+});
