@@ -4,24 +4,12 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { textTypes } from './test-cluster';
+export { freePort } from '../../src/cluster/local-postgres';
 
 const mainJs = join(__dirname, '..', '..', 'src', 'cli', 'main.js');
-
-/** A port nothing listens on now (the system's choice, released at once). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolvePromise(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
 
 export interface ProxyInstance {
   readonly name: string;
