@@ -77,9 +77,10 @@ async function servingNodes(client: Client, reads: number): Promise<Set<number>>
 }
 
 test('SHOW pool_nodes reports the primary and its streaming standbys, with their replication state', async () => {
-  const nodes = await until('both standbys streaming', async () => {
+  // A walsender reports 'async' for a moment after it starts streaming, until it has read synchronous_standby_names.
+  const nodes = await until('both standbys streaming as quorum standbys', async () => {
     const rows = await poolNodes();
-    return rows.slice(1).every((row) => row.replication_state === 'streaming') && rows;
+    return rows.slice(1).every((row) => row.replication_state === 'streaming' && row.replication_sync_state === 'quorum') && rows;
   });
   assert.deepEqual(nodes.map((row) => [row.role, row.pg_role, row.status]), [['primary', 'primary', 'up'], ['standby', 'standby', 'up'], ['standby', 'standby', 'up']]);
   assert.deepEqual(nodes.slice(1).map((row) => row.replication_sync_state), ['quorum', 'quorum']);
