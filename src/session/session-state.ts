@@ -8,6 +8,7 @@
 
 import type { WatchdogView } from '../cluster/watchdog-view';
 import type { RelayProfiles } from './relay-profiles';
+import type { QueryCache } from './query-cache';
 import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
@@ -80,6 +81,8 @@ export interface SessionContext {
   readonly statements: StatementRegistry;
   /** What the simple-query path decided about shapes of statements it relayed (relay-profiles.ts); null: parse every time. */
   readonly relayProfiles: RelayProfiles | null;
+  /** memory_cache_enabled: SELECT replies answered again without the nodes (query-cache.ts); null: off. */
+  readonly queryCache: QueryCache | null;
   /** Told of every ErrorResponse a session sends its client (the metrics); null when nothing listens. */
   readonly clientErrors: ((error: ObservedError) => void) | null;
   /** Every registered session, for SHOW pool_processes and pool_pools. */
@@ -186,6 +189,9 @@ export abstract class SessionState implements ClientSink {
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
     this.errorScanner?.observe(bytes);
+    if (this.cacheCapture) this.captureForCache(bytes);
+    // The cache forgets what a statement may have changed before its client learns that it ended.
+    if (this.cacheDirty && endsWithReadyForQuery(bytes)) this.context.queryCache?.invalidate();
     // A reply and the ReadyForQuery written once every node is done leave in one system call.
     return this.output.write(bytes);
   }
@@ -194,6 +200,34 @@ export abstract class SessionState implements ClientSink {
   protected writeDirect(bytes: Buffer): boolean {
     this.output.flush();
     return this.socket.write(bytes);
+  }
+
+  // ---- the query cache ------------------------------------------------------------------------------------
+
+  /** Set while a statement that is not a cacheable read runs: its end empties the cache. */
+  protected cacheDirty = false;
+  /** Set once the session changed what its replies may depend on (a setting, its role): it no longer uses the cache. */
+  protected cacheTainted = false;
+  /** The reply of a cacheable read, collected as it is written. */
+  protected cacheCapture: { key: string; since: number; chunks: Buffer[]; bytes: number; ok: boolean } | null = null;
+
+  private captureForCache(bytes: Buffer): void {
+    const capture = this.cacheCapture!;
+    if (!capture.ok) return;
+    capture.bytes += bytes.length;
+    if (capture.bytes > (this.context.queryCache?.config.maxEntryBytes ?? 0) + 6) {
+      capture.ok = false;
+      capture.chunks = [];
+      return;
+    }
+    capture.chunks.push(Buffer.from(bytes));
+  }
+
+  /** Ends a statement for the cache: what it may have changed is forgotten. */
+  protected endCachedStatement(): void {
+    if (!this.cacheDirty) return;
+    this.cacheDirty = false;
+    this.context.queryCache?.invalidate();
   }
 
   onceDrained(callback: () => void): void {
@@ -429,4 +463,10 @@ export abstract class SessionState implements ClientSink {
   protected abstract pump(): void;
   protected abstract onData(chunk: Buffer): void;
   protected abstract fail(error: unknown): void;
+}
+
+/** A false positive (a row ending in these bytes) only empties the cache once more. */
+function endsWithReadyForQuery(bytes: Buffer): boolean {
+  const n = bytes.length;
+  return n >= 6 && bytes[n - 6] === 0x5a && bytes[n - 5] === 0 && bytes[n - 4] === 0 && bytes[n - 3] === 0 && bytes[n - 2] === 5;
 }
