@@ -22,6 +22,7 @@ import { parseStoredSecret } from '../protocol/password-file';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
+import { QueryCache, queryCacheConfig } from '../session/query-cache';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
 import { StatementRegistry } from '../cluster/statement-activity';
@@ -44,6 +45,8 @@ export class ProxyServer {
   readonly pool: ConnectionPool;
   readonly catalogs = new CatalogRegistry();
   readonly healthChecker: HealthChecker;
+  /** memory_cache_enabled: the query cache every session of this proxy shares; null: off. */
+  readonly queryCache: QueryCache | null = null;
   readonly failoverCommands: FailoverCommands;
   /** With use_watchdog: the leader election and failover consensus among the parapool instances. */
   watchdog: Watchdog | null = null;
@@ -86,6 +89,13 @@ export class ProxyServer {
     this.healthChecker = new HealthChecker({ cluster: this.cluster, settingsFor: (id) => healthCheckFor(config, id), defaultUser: config.recoveryUser, passwords });
     // With the watchdog, failover_command and failback_command run on its leader only, once per change.
     this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand, () => this.watchdog === null || this.watchdog.isLeader());
+    if (config.memoryCacheEnabled) {
+      const cache = new QueryCache(queryCacheConfig(config));
+      // A node that leaves or comes back may change what a read returns (a shard's rows, a rebuilt copy).
+      this.cluster.on('detach', () => cache.invalidate());
+      this.cluster.on('attach', () => cache.invalidate());
+      this.queryCache = cache;
+    }
     this.context = {
       config,
       cluster: this.cluster,
@@ -101,6 +111,7 @@ export class ProxyServer {
       chooseReadNode: () => chooseWeighted(this.cluster.streaming ? this.cluster.nodes.filter((node) => withinDelay(node, delayLimits)) : this.cluster.nodes),
       statements: this.statements,
       relayProfiles: new RelayProfiles(),
+      queryCache: this.queryCache,
       clientErrors: config.metricsListenAddresses.length > 0 ? (error) => this.metrics?.clientError(error) : null,
       sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {

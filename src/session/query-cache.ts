@@ -5,6 +5,7 @@
 // such statement ended while it ran, so a reply whose snapshot predates a commit is never kept past that commit.
 
 import type { Node } from '@pgsql/types';
+import type { ProxyConfig } from '../config/config';
 import { nodeTag } from '../planner/sql-parser';
 
 export interface QueryCacheConfig {
@@ -18,6 +19,21 @@ export interface QueryCacheConfig {
   readonly unsafeTables: RegExp | null;
   /** cache_safe_memqcache_table_list: when set, only reads of these tables are cached. */
   readonly safeTables: RegExp | null;
+}
+
+/** A table list (cache_safe/unsafe_memqcache_table_list) as one anchored, case-insensitive pattern. */
+function tableListPattern(patterns: readonly string[]): RegExp | null {
+  return patterns.length === 0 ? null : new RegExp(`^(?:${patterns.map((p) => `(?:${p})`).join('|')})$`, 'i');
+}
+
+export function queryCacheConfig(config: ProxyConfig): QueryCacheConfig {
+  return {
+    expireSeconds: config.memqcacheExpire,
+    maxEntryBytes: config.memqcacheMaxcache,
+    totalBytes: config.memqcacheTotalSize,
+    unsafeTables: tableListPattern(config.cacheUnsafeMemqcacheTableList),
+    safeTables: tableListPattern(config.cacheSafeMemqcacheTableList),
+  };
 }
 
 interface CacheEntry {
@@ -41,6 +57,8 @@ export class QueryCache {
   /** Whether a set of relation names, under a search_path, resolves to plain tables only (cleared with the entries). */
   private readonly relationVerdicts = new Map<string, boolean>();
   private usedBytes = 0;
+  /** Writes whose end is not known (their client left while they ran): nothing is stored until they are over. */
+  private suspensions = 0;
   private hits = 0;
   private selects = 0;
 
@@ -66,7 +84,7 @@ export class QueryCache {
 
   /** Keeps a reply read while the generation was `since`; false when it is too big or something ended meanwhile. */
   store(key: string, since: number, reply: Buffer, now = Date.now()): boolean {
-    if (since !== this.generationNumber || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
+    if (since !== this.generationNumber || this.suspensions > 0 || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
     const old = this.entries.get(key);
     if (old) this.remove(key, old);
     while (this.usedBytes + reply.length > this.config.totalBytes) {
@@ -83,6 +101,19 @@ export class QueryCache {
     this.entries.clear();
     this.relationVerdicts.clear();
     this.usedBytes = 0;
+  }
+
+  /** Empties the cache and stores nothing until the returned function is called (which empties it again). */
+  suspend(): () => void {
+    this.suspensions++;
+    this.invalidate();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.suspensions--;
+      this.invalidate();
+    };
   }
 
   relationVerdict(key: string): boolean | undefined {
@@ -121,7 +152,7 @@ const timeWords = /\b(now|today|tomorrow|yesterday|current|epoch|infinity|allbal
 const catalogSchemas = new Set(['pg_catalog', 'information_schema', 'parapool', 'pg_toast']);
 
 export interface CacheableRead {
-  /** The relation names as written (schema-qualified when they were), sorted, without CTE names. */
+  /** The relation names as written (schema-qualified when they were), sorted, without CTE names; none for SELECT 1. */
   readonly relations: string[];
 }
 
@@ -196,7 +227,6 @@ export function cacheableRead(node: Node, config: QueryCacheConfig): CacheableRe
   visit(node);
   if (!ok) return null;
   for (const name of cteNames) relations.delete(name);
-  if (relations.size === 0) return null;
   for (const name of relations) {
     const bare = name.includes('.') ? name.slice(name.lastIndexOf('.') + 1) : name;
     if (config.unsafeTables?.test(name) || config.unsafeTables?.test(bare)) return null;

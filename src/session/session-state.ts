@@ -9,6 +9,7 @@
 import type { WatchdogView } from '../cluster/watchdog-view';
 import type { RelayProfiles } from './relay-profiles';
 import type { QueryCache } from './query-cache';
+import { SessionCacheUse } from './session-cache-use';
 import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
@@ -175,7 +176,11 @@ export abstract class SessionState implements ClientSink {
     this.reader = new FrameReader(context.config.clientMaxMessageSize, `client session ${this.id}`);
     this.output = new CoalescingWriter(socket);
     this.errorScanner = context.clientErrors ? new ErrorResponseScanner(context.clientErrors) : null;
+    this.cacheUse = context.queryCache ? new SessionCacheUse(context.queryCache, (sql) => this.port.evaluate(sql)) : null;
   }
+
+  /** memory_cache_enabled: what this session reads from and stores in the query cache; null: off. */
+  protected readonly cacheUse: SessionCacheUse | null;
 
   /** Finds the ErrorResponses among the bytes written to the client, when the metrics count them. */
   protected readonly errorScanner: ErrorResponseScanner | null;
@@ -189,9 +194,8 @@ export abstract class SessionState implements ClientSink {
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
     this.errorScanner?.observe(bytes);
-    if (this.cacheCapture) this.captureForCache(bytes);
     // The cache forgets what a statement may have changed before its client learns that it ended.
-    if (this.cacheDirty && endsWithReadyForQuery(bytes)) this.context.queryCache?.invalidate();
+    this.cacheUse?.observe(bytes);
     // A reply and the ReadyForQuery written once every node is done leave in one system call.
     return this.output.write(bytes);
   }
@@ -200,34 +204,6 @@ export abstract class SessionState implements ClientSink {
   protected writeDirect(bytes: Buffer): boolean {
     this.output.flush();
     return this.socket.write(bytes);
-  }
-
-  // ---- the query cache ------------------------------------------------------------------------------------
-
-  /** Set while a statement that is not a cacheable read runs: its end empties the cache. */
-  protected cacheDirty = false;
-  /** Set once the session changed what its replies may depend on (a setting, its role): it no longer uses the cache. */
-  protected cacheTainted = false;
-  /** The reply of a cacheable read, collected as it is written. */
-  protected cacheCapture: { key: string; since: number; chunks: Buffer[]; bytes: number; ok: boolean } | null = null;
-
-  private captureForCache(bytes: Buffer): void {
-    const capture = this.cacheCapture!;
-    if (!capture.ok) return;
-    capture.bytes += bytes.length;
-    if (capture.bytes > (this.context.queryCache?.config.maxEntryBytes ?? 0) + 6) {
-      capture.ok = false;
-      capture.chunks = [];
-      return;
-    }
-    capture.chunks.push(Buffer.from(bytes));
-  }
-
-  /** Ends a statement for the cache: what it may have changed is forgotten. */
-  protected endCachedStatement(): void {
-    if (!this.cacheDirty) return;
-    this.cacheDirty = false;
-    this.context.queryCache?.invalidate();
   }
 
   onceDrained(callback: () => void): void {
@@ -302,7 +278,7 @@ export abstract class SessionState implements ClientSink {
    * and not yet replayed everywhere (pgpool-II's disable_load_balance_on_write), or its temporary tables.
    */
   protected readsStayOnPrimary(): boolean {
-    if (this.madeTemporaryObjects) return true;
+    if (this.madeTemporaryObjects || this.cacheUse?.storing) return true;
     const inBlock = this.status !== 'I';
     switch (this.context.config.disableLoadBalanceOnWrite) {
       case 'off':
@@ -465,8 +441,3 @@ export abstract class SessionState implements ClientSink {
   protected abstract fail(error: unknown): void;
 }
 
-/** A false positive (a row ending in these bytes) only empties the cache once more. */
-function endsWithReadyForQuery(bytes: Buffer): boolean {
-  const n = bytes.length;
-  return n >= 6 && bytes[n - 6] === 0x5a && bytes[n - 5] === 0 && bytes[n - 4] === 0 && bytes[n - 3] === 0 && bytes[n - 2] === 5;
-}
