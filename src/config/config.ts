@@ -112,6 +112,8 @@ export interface ProxyConfig {
   memqcacheMaxcache: number;
   /** Bytes all cached replies may take together. */
   memqcacheTotalSize: number;
+  /** Other proxies may serve the same nodes: writes reach their caches through the nodes' NOTIFY before they end. */
+  memqcacheShared: boolean;
   /** Tables whose reads are cached (regexes, anchored, case-insensitive); empty: every table not listed unsafe. */
   cacheSafeMemqcacheTableList: string[];
   /** Tables whose reads are never cached (regexes, anchored, case-insensitive). */
@@ -198,6 +200,7 @@ export function defaultConfig(): ProxyConfig {
     memqcacheExpire: 0,
     memqcacheMaxcache: 400 * 1024,
     memqcacheTotalSize: 64 * 1024 * 1024,
+    memqcacheShared: true,
     cacheSafeMemqcacheTableList: [],
     cacheUnsafeMemqcacheTableList: [],
     recoveryUser: 'postgres',
@@ -373,6 +376,9 @@ const settings: Record<string, Setter> = {
   memqcache_total_size: (c, v, fail) => {
     c.memqcacheTotalSize = parseBytes(v, fail, 1024, 64 * 1024 * 1024 * 1024);
   },
+  memqcache_shared: (c, v, fail) => {
+    c.memqcacheShared = parseBool(v, fail);
+  },
   cache_safe_memqcache_table_list: (c, v, fail) => {
     c.cacheSafeMemqcacheTableList = regexList(v, fail);
   },
@@ -505,6 +511,7 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   memqcache_expire: [(c) => c.memqcacheExpire, 'seconds a cached reply lives (0: until a write empties the cache)'],
   memqcache_maxcache: [(c) => c.memqcacheMaxcache, 'largest reply the query cache keeps, in bytes'],
   memqcache_total_size: [(c) => c.memqcacheTotalSize, 'bytes all cached replies may take together'],
+  memqcache_shared: [(c) => c.memqcacheShared, 'other proxies share the nodes: writes empty their caches too, through NOTIFY'],
   cache_safe_memqcache_table_list: [(c) => c.cacheSafeMemqcacheTableList.join(','), 'tables whose reads are cached (empty: all not unsafe)'],
   cache_unsafe_memqcache_table_list: [(c) => c.cacheUnsafeMemqcacheTableList.join(','), 'tables whose reads are never cached'],
   client_authentication: [(c) => c.clientAuthentication, 'how clients authenticate: trust, md5 or scram-sha-256'],
@@ -756,6 +763,7 @@ export function configToText(config: ProxyConfig): string {
     `memqcache_expire = ${config.memqcacheExpire}`,
     `memqcache_maxcache = ${config.memqcacheMaxcache}`,
     `memqcache_total_size = ${config.memqcacheTotalSize}`,
+    `memqcache_shared = ${quote(config.memqcacheShared)}`,
     `cache_safe_memqcache_table_list = ${quote(config.cacheSafeMemqcacheTableList.join(','))}`,
     `cache_unsafe_memqcache_table_list = ${quote(config.cacheUnsafeMemqcacheTableList.join(','))}`,
     `client_authentication = ${quote(config.clientAuthentication)}`,

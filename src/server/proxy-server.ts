@@ -23,6 +23,7 @@ import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
 import { QueryCache, queryCacheConfig } from '../session/query-cache';
+import { CacheInvalidation } from '../cluster/cache-invalidation';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
 import { StatementRegistry } from '../cluster/statement-activity';
@@ -47,6 +48,8 @@ export class ProxyServer {
   readonly healthChecker: HealthChecker;
   /** memory_cache_enabled: the query cache every session of this proxy shares; null: off. */
   readonly queryCache: QueryCache | null = null;
+  /** memqcache_shared: how the other proxies' caches learn of this one's writes, and this one's of theirs. */
+  private cacheInvalidation: CacheInvalidation | null = null;
   readonly failoverCommands: FailoverCommands;
   /** With use_watchdog: the leader election and failover consensus among the parapool instances. */
   watchdog: Watchdog | null = null;
@@ -95,6 +98,16 @@ export class ProxyServer {
       this.cluster.on('detach', () => cache.invalidate());
       this.cluster.on('attach', () => cache.invalidate());
       this.queryCache = cache;
+      if (config.memqcacheShared) {
+        const secret = passwords?.get(config.recoveryUser) ?? null;
+        const parameters = new Map([['user', config.recoveryUser], ['database', 'postgres'], ['application_name', 'parapool query cache']]);
+        this.cacheInvalidation = new CacheInvalidation({
+          cluster: this.cluster,
+          startup: (node) => ({ node, parameters, secret, connectTimeoutMs: config.connectTimeout * 1000 }),
+          onInvalidate: () => cache.invalidate(),
+        });
+        cache.peers = this.cacheInvalidation;
+      }
     }
     this.context = {
       config,
@@ -188,6 +201,7 @@ export class ProxyServer {
     this.failoverCommands.start();
     await Promise.all(this.cluster.upNodes().map((node) => this.checkNode(node)));
     if (this.cluster.streaming) await this.findPrimaryAtStartup();
+    await this.cacheInvalidation?.start();
     this.recordStatus();
     this.cluster.on('detach', this.recordStatus);
     this.cluster.on('attach', this.recordStatus);
@@ -425,6 +439,7 @@ export class ProxyServer {
     await this.web?.stop();
     const closed = closeServers(this.servers);
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
+    this.cacheInvalidation?.stop();
     this.pool.close();
     await closeWorkerPool();
     closeDeciderFences();

@@ -211,15 +211,19 @@ export class ClientSession extends SessionStartup {
       this.running = new RunningStatement(this.processId, text, []);
       this.context.statements.start(this.running);
     }
-    return step().finally(() => {
-      if (this.dispatch === null) this.cacheUse?.endStatement();
-      const statement = this.running;
-      if (!statement || this.dispatch !== null) return;
-      this.running = null;
-      this.idleSince = new Date();
-      if (kinds) statement.kinds = kinds();
-      this.context.statements.end(statement, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
-    });
+    return step()
+      .finally(() => this.endTrackedStep(kinds))
+      .then(() => this.heldReadyForQuery ?? this.cacheUse?.release ?? undefined);
+  }
+
+  private endTrackedStep(kinds?: () => readonly CommandKind[]): void {
+    if (this.dispatch === null) this.cacheUse?.endStatement();
+    const statement = this.running;
+    if (!statement || this.dispatch !== null) return;
+    this.running = null;
+    this.idleSince = new Date();
+    if (kinds) statement.kinds = kinds();
+    this.context.statements.end(statement, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
   }
 
   /** The text of an extended batch's first statement, for SHOW parapool_queries. */

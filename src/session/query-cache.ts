@@ -49,7 +49,18 @@ export interface QueryCacheStats {
   readonly totalBytes: number;
 }
 
+/** The other proxies sharing the nodes (cluster/cache-invalidation.ts). */
+export interface QueryCachePeers {
+  /** Whether this proxy hears every other proxy's invalidations now; the cache is used only while it does. */
+  readonly valid: boolean;
+  /** Tells the others this proxy may have changed data; resolves once none can serve a reply from before. */
+  broadcast(): Promise<void>;
+}
+
 export class QueryCache {
+  /** memqcache_shared: the other proxies in front of the same nodes; null: this proxy alone. */
+  peers: QueryCachePeers | null = null;
+
   /** Advanced by every invalidation; a read stores only if it is unchanged since the read began. */
   private generationNumber = 0;
   /** Insertion order is recency order: a hit moves its entry to the end, eviction takes from the front. */
@@ -69,6 +80,7 @@ export class QueryCache {
   }
 
   lookup(key: string, now = Date.now()): Buffer | null {
+    if (this.peers && !this.peers.valid) return null;
     this.selects++;
     const entry = this.entries.get(key);
     if (!entry) return null;
@@ -84,7 +96,7 @@ export class QueryCache {
 
   /** Keeps a reply read while the generation was `since`; false when it is too big or something ended meanwhile. */
   store(key: string, since: number, reply: Buffer, now = Date.now()): boolean {
-    if (since !== this.generationNumber || this.suspensions > 0 || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
+    if (since !== this.generationNumber || this.suspensions > 0 || (this.peers && !this.peers.valid) || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
     const old = this.entries.get(key);
     if (old) this.remove(key, old);
     while (this.usedBytes + reply.length > this.config.totalBytes) {
@@ -96,6 +108,13 @@ export class QueryCache {
     return true;
   }
 
+  /** Empties this cache and every other proxy's; resolves when no proxy can serve a reply from before. */
+  invalidateEverywhere(): Promise<void> | null {
+    this.invalidate();
+    return this.peers?.broadcast() ?? null;
+  }
+
+  /** Empties this proxy's cache only (another proxy's write, a node's detach, which every proxy sees for itself). */
   invalidate(): void {
     this.generationNumber++;
     this.entries.clear();
@@ -112,7 +131,7 @@ export class QueryCache {
       if (released) return;
       released = true;
       this.suspensions--;
-      this.invalidate();
+      void this.invalidateEverywhere();
     };
   }
 

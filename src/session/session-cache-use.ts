@@ -56,28 +56,46 @@ export class SessionCacheUse {
     this.dirty = true;
   }
 
-  /** Sees every byte the session writes to its client. */
-  observe(bytes: Buffer): void {
+  /**
+   * Sees every byte the session writes to its client; true when the chunk ends with the ReadyForQuery of a
+   * statement that may have changed data and other proxies must first hear of it: the session holds that
+   * ReadyForQuery until `release` settles.
+   */
+  observe(bytes: Buffer): boolean {
     if (this.capture) this.collect(this.capture, bytes);
     const n = bytes.length;
     // A ReadyForQuery ends the chunk (a false positive, a row ending in these bytes, only empties the cache once more).
-    if (n < 6 || bytes[n - 6] !== 0x5a || bytes[n - 5] !== 0 || bytes[n - 4] !== 0 || bytes[n - 3] !== 0 || bytes[n - 2] !== 5) return;
-    this.endStatement();
+    if (n < 6 || bytes[n - 6] !== 0x5a || bytes[n - 5] !== 0 || bytes[n - 4] !== 0 || bytes[n - 3] !== 0 || bytes[n - 2] !== 5) return false;
+    const held = this.endStatement();
     if (bytes[n - 1] === 0x49 /* I */) this.transactionDirty = false;
+    return held;
   }
+
+  /** Settles when every proxy has forgotten what the last statement may have changed; null when nothing waits. */
+  get release(): Promise<void> | null {
+    return this.pendingRelease;
+  }
+
+  private pendingRelease: Promise<void> | null = null;
 
   /** Whether the statement running may change data. */
   get changingData(): boolean {
     return this.dirty;
   }
 
-  /** The end of a statement however it ended: what it may have changed is forgotten. */
-  endStatement(): void {
-    if (!this.dirty) return;
+  /** The end of a statement however it ended: what it may have changed is forgotten; true when other proxies must hear of it first. */
+  endStatement(): boolean {
+    if (!this.dirty) return false;
     this.dirty = false;
     this.transactionDirty = true;
     this.settingsKey = null;
-    this.cache.invalidate();
+    const everywhere = this.cache.invalidateEverywhere();
+    if (!everywhere) return false;
+    const release: Promise<void> = everywhere.finally(() => {
+      if (this.pendingRelease === release) this.pendingRelease = null;
+    });
+    this.pendingRelease = release;
+    return true;
   }
 
   /**

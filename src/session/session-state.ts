@@ -195,7 +195,7 @@ export abstract class SessionState implements ClientSink {
     if (this.closed) return true;
     this.errorScanner?.observe(bytes);
     // The cache forgets what a statement may have changed before its client learns that it ended.
-    this.cacheUse?.observe(bytes);
+    if (this.cacheUse?.observe(bytes)) return this.holdReadyForQuery(bytes, this.cacheUse.release!);
     // A reply and the ReadyForQuery written once every node is done leave in one system call.
     return this.output.write(bytes);
   }
@@ -204,6 +204,21 @@ export abstract class SessionState implements ClientSink {
   protected writeDirect(bytes: Buffer): boolean {
     this.output.flush();
     return this.socket.write(bytes);
+  }
+
+  /** A ReadyForQuery waiting for the other proxies' caches (session-cache-use.ts); the next message waits for it. */
+  protected heldReadyForQuery: Promise<void> | null = null;
+
+  private holdReadyForQuery(bytes: Buffer, release: Promise<void>): boolean {
+    const head = bytes.subarray(0, bytes.length - 6);
+    const readyForQuery = Buffer.from(bytes.subarray(bytes.length - 6));
+    const written = head.length === 0 || this.output.write(head);
+    const held: Promise<void> = release.then(() => {
+      if (this.heldReadyForQuery === held) this.heldReadyForQuery = null;
+      if (!this.closed) this.output.write(readyForQuery);
+    });
+    this.heldReadyForQuery = held;
+    return written;
   }
 
   onceDrained(callback: () => void): void {
