@@ -28,6 +28,8 @@ export interface CacheInvalidationOptions {
   startup(node: BackendNode): BackendStartup;
   /** Empties this proxy's cache: another proxy wrote, or this one may have missed that it did. */
   onInvalidate(): void;
+  /** How long a write waits for a channel that is not open (connect_timeout), in ms, on top of a lease. */
+  readonly connectTimeoutMs: number;
   /** How long a returned ping lets the cache be used, in ms. */
   readonly leaseMs?: number;
 }
@@ -92,8 +94,15 @@ class NodeChannel {
 
   /** Sends `inv` and resolves once no other proxy can be serving from a cache that predates it. */
   async broadcast(seq: number): Promise<void> {
+    const giveUpAt = performance.now() + this.options.connectTimeoutMs + this.leaseMs;
     while (!this.stopped) {
-      const connection = this.connection ?? (await this.connected());
+      const remaining = giveUpAt - performance.now();
+      if (remaining <= 0) {
+        // Writes do not hang on a channel that cannot be opened; the others are then not told (docs/query-cache.md).
+        log('error', 'query_cache_invalidation_not_sent', { node: this.node.id });
+        return;
+      }
+      const connection = this.connection ?? (await Promise.race([this.connected(), sleep(remaining).then(() => null)]));
       if (!connection) continue;
       let done!: () => void;
       const answered = new Promise<void>((resolve) => (done = resolve));

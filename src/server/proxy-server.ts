@@ -105,6 +105,7 @@ export class ProxyServer {
           cluster: this.cluster,
           startup: (node) => ({ node, parameters, secret, connectTimeoutMs: config.connectTimeout * 1000 }),
           onInvalidate: () => cache.invalidate(),
+          connectTimeoutMs: config.connectTimeout * 1000,
         });
         cache.peers = this.cacheInvalidation;
       }

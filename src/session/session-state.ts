@@ -455,4 +455,3 @@ export abstract class SessionState implements ClientSink {
   protected abstract onData(chunk: Buffer): void;
   protected abstract fail(error: unknown): void;
 }
-
