@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Entry point of `npm run bench`: runs the relay benchmark, the load benchmark, the parallel-query benchmark, the
-# TPC-H one, all 22 queries, and the fault benchmark (`--only relay|load|parallel|tpch|fault` runs one; parallel and
+# TPC-H one, all 22 queries, the fault benchmark and the query-cache one (`--only relay|load|parallel|tpch|fault|cache` runs one; parallel and
 # tpch are parts of parallel-bench.js, with the same set-up). The fault benchmark (a node killed and recovered under
 # pgbench, through parapool and through pgpool-II) is part of the full run: about 3 minutes, against more than 10
 # for the rest, for the figures the failover work is judged by. `--only fuzz` runs the protocol fuzzer at bench
@@ -21,6 +21,7 @@ usage="usage: bash bench/run.sh [--only relay|load|parallel|tpch|fault|fuzz] [op
   tpch options:     --sf SF --runs N
   fault options:    --fault-duration S --kill-at S --recover-at S --fault-clients N --fault-scale N --targets parapool,pgpool
   fuzz options:     --messages N --seed S
+  cache options:    --cache-duration S --cache-clients N --cache-scale N
   all:              --docs FILE --keep
   node dist/bench/<relay|load|parallel|fault>-bench.js --help describes each (tpch is parallel-bench.js --part tpch)"
 
@@ -39,15 +40,20 @@ fuzz_args=()
 fuzz_only_options=""
 fault_args=()
 fault_only_options=""
+cache_args=()
+cache_only_options=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only)
-      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel, tpch, fault or fuzz" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "bench: --only needs relay, load, parallel, tpch, fault, fuzz or cache" >&2; exit 2; }
       case "$2" in
-        relay|load|parallel|tpch|fault|fuzz) only="$2" ;;
-        *) echo "bench: --only needs relay, load, parallel, tpch, fault or fuzz, not \"$2\"" >&2; exit 2 ;;
+        relay|load|parallel|tpch|fault|fuzz|cache) only="$2" ;;
+        *) echo "bench: --only needs relay, load, parallel, tpch, fault, fuzz or cache, not \"$2\"" >&2; exit 2 ;;
       esac
       shift 2 ;;
+    --cache-duration|--cache-clients|--cache-scale)
+      [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
+      cache_args+=("$1" "$2"); cache_only_options+=" $1"; shift 2 ;;
     --duration|--warmup|--clients|--threads|--scale)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
       relay_args+=("$1" "$2"); relay_only_options+=" $1"; shift 2 ;;
@@ -73,9 +79,9 @@ while [ $# -gt 0 ]; do
       stream_args+=("$1" "$2"); parallel_only_options+=" $1"; shift 2 ;;
     --docs)
       [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
-      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); fuzz_args+=("$1" "$2"); fault_args+=("$1" "$2"); shift 2 ;;
+      relay_args+=("$1" "$2"); load_args+=("$1" "$2"); parallel_args+=("$1" "$2"); fuzz_args+=("$1" "$2"); fault_args+=("$1" "$2"); cache_args+=("$1" "$2"); shift 2 ;;
     --keep)
-      relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); fault_args+=("$1"); shift ;;
+      relay_args+=("$1"); load_args+=("$1"); parallel_args+=("$1"); fault_args+=("$1"); cache_args+=("$1"); shift ;;
     -h|--help)
       echo "$usage"; exit 0 ;;
     *)
@@ -84,6 +90,9 @@ while [ $# -gt 0 ]; do
 done
 
 # Options for a benchmark that is not run are a mistake worth stopping for, not something to drop silently.
+if [ -n "$only" ] && [ "$only" != "cache" ] && [ -n "$cache_only_options" ]; then
+  echo "bench:$cache_only_options: the cache benchmark's options, but --only $only skips it" >&2; exit 2
+fi
 if [ "$only" != "fuzz" ] && [ -n "$fuzz_only_options" ]; then
   echo "bench:$fuzz_only_options: the fuzz benchmark's options, but it runs only with --only fuzz" >&2; exit 2
 fi
@@ -201,6 +210,11 @@ run_parallel() {
   run_node dist/bench/parallel-bench.js "$@" ${parallel_args[@]+"${parallel_args[@]}"}
 }
 
+run_cache() {
+  needs_build cache-bench || return 1
+  run_node dist/bench/cache-bench.js ${cache_args[@]+"${cache_args[@]}"}
+}
+
 run_fuzz() {
   needs_build fuzz-bench || return 1
   run_node dist/bench/fuzz-bench.js ${fuzz_args[@]+"${fuzz_args[@]}"}
@@ -208,6 +222,7 @@ run_fuzz() {
 
 case "$only" in
   fuzz) run_fuzz; exit ;;
+  cache) run_cache; exit ;;
   fault) run_fault; exit ;;
   relay) run_relay; exit ;;
   load) run_load; exit ;;
@@ -223,6 +238,7 @@ run_load || failed+=("load (exit $?)")
 run_parallel --part parallel ${stream_args[@]+"${stream_args[@]}"} || failed+=("parallel (exit $?)")
 run_parallel --part tpch || failed+=("tpch (exit $?)")
 run_fault || failed+=("fault (exit $?)")
+run_cache || failed+=("cache (exit $?)")
 if [ ${#failed[@]} -gt 0 ]; then
   echo "bench: failed: ${failed[*]}" >&2
   exit 1

@@ -3,6 +3,7 @@
 // parapool is one process, not pgpool's child processes: where a column speaks of a child, it speaks here of a
 // client session (docs/operations.md says what each column means).
 
+import type { QueryCache } from '../session/query-cache';
 import type { Catalog } from '../catalog/catalog';
 import type { ClusterState } from '../cluster/cluster-state';
 import type { ConnectionPool } from '../cluster/connection-pool';
@@ -47,6 +48,8 @@ export interface AdminContext {
   sessions(): SessionSummary[];
   /** The watchdog's state; absent or null without use_watchdog. */
   readonly watchdog?: () => WatchdogView | null;
+  /** memory_cache_enabled: the query cache; absent or null when it is off. */
+  readonly queryCache?: QueryCache | null;
 }
 
 /** What the asking session lends: its database's rules and its own node connections (SHOW parapool_rules). */
@@ -99,7 +102,7 @@ export async function answerAdminCommand(command: string, context: AdminContext,
     case 'pool_backend_stats':
       return backendStats(context);
     case 'pool_cache':
-      return frames(queryCache());
+      return frames(queryCache(context));
     case 'parapool_rules':
       return frames(await partitionRules(asker));
     case 'parapool_queries':
@@ -126,12 +129,19 @@ export function watchdogStatus(context: AdminContext): AdminTable {
   );
 }
 
-/** No query cache yet: pgpool-II's columns with the cache empty, as pgpool answers with memory_cache_enabled off. */
-export function queryCache(): AdminTable {
-  return tableOf(
-    ['num_cache_hits', 'num_selects', 'cache_hit_ratio', 'num_hash_entries', 'used_hash_entries', 'num_cache_entries', 'used_cache_entries_size', 'free_cache_entries_size', 'fragment_cache_entries_size'],
-    [['0', '0', '0.00', '0', '0', '0', '0', '0', '0']],
-  );
+/**
+ * pgpool-II's columns: num_selects counts the SELECTs looked up that missed, cache_hit_ratio is hits over hits and
+ * misses. The cache is a map rather than pgpool's fixed hash table: its hash entries are its entries, and it
+ * leaves no fragments. With memory_cache_enabled off, every count is 0, as pgpool answers.
+ */
+export function queryCache(context: AdminContext): AdminTable {
+  const columns = ['num_cache_hits', 'num_selects', 'cache_hit_ratio', 'num_hash_entries', 'used_hash_entries', 'num_cache_entries', 'used_cache_entries_size', 'free_cache_entries_size', 'fragment_cache_entries_size'];
+  const stats = context.queryCache?.stats();
+  if (!stats) return tableOf(columns, [['0', '0', '0.00', '0', '0', '0', '0', '0', '0']]);
+  const misses = stats.selects - stats.hits;
+  const ratio = stats.selects === 0 ? '0.00' : (stats.hits / stats.selects).toFixed(2);
+  const entries = String(stats.entries);
+  return tableOf(columns, [[String(stats.hits), String(misses), ratio, entries, entries, entries, String(stats.usedBytes), String(stats.totalBytes - stats.usedBytes), '0']]);
 }
 
 function roleOf(context: AdminContext, nodeId: number): string {

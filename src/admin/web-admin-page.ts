@@ -185,7 +185,7 @@ export function overviewPage(view: OverviewView): string {
     `<section id="sessions"><h2>Sessions <small>SHOW pool_processes</small></h2>${tableHtml(view.processes)}</section>` +
     `<section id="pools"><h2>Pools <small>SHOW pool_pools</small></h2>${tableHtml(view.pools)}</section>` +
     `<section id="cache"><h2>Query cache <small>SHOW pool_cache</small></h2>` +
-    (view.cache.enabled ? '' : '<p class="empty">disabled: parapool has no query cache yet, and SHOW pool_cache answers as for a disabled cache</p>') +
+    (view.cache.enabled ? '' : '<p class="empty">disabled (memory_cache_enabled = off)</p>') +
     `${tableHtml(view.cache.table)}</section>` +
     `<section id="health"><details><summary><h2>Health checks <small>SHOW pool_health_check_stats</small></h2></summary>${tableHtml(view.healthChecks)}</details></section>` +
     '</main>';

@@ -244,7 +244,7 @@ export class WebAdminServer {
       queries: runningQueries(admin),
       processes: poolProcesses(admin),
       pools: poolPools(admin),
-      cache: { enabled: false, table: queryCache() },
+      cache: { enabled: Boolean(admin.queryCache), table: queryCache(admin) },
       healthChecks: healthCheckStats(admin),
     });
     this.send(response, 200, html);

@@ -76,6 +76,8 @@ export class BackendConnection {
   acquiredAt: Date | null = null;
   releasedAt: Date | null = null;
   private handler: FrameHandler | null = null;
+  /** The proxy's own LISTEN (the query cache's invalidations): takes NotificationResponses, within an exchange or not. */
+  notificationListener: ((channel: string, payload: string) => void) | null = null;
   private closeListeners: ((error: Error | null) => void)[] = [];
   private readonly reader: FrameReader;
 
@@ -232,6 +234,12 @@ export class BackendConnection {
       } else if (frame.code === BackendCode.errorResponse && this.node.stats) {
         // Counted here, where every node connection's frames pass, rather than in each place that reads replies.
         countNodeError(this.node.stats, decodeBackendNotice(frame).severity);
+      }
+      if (frame.code === BackendCode.notificationResponse && this.notificationListener) {
+        const cursor = new MessageCursor(frame.payload, 'NotificationResponse');
+        cursor.int32();
+        this.notificationListener(cursor.cstring(), cursor.cstring());
+        continue;
       }
       const handler = this.handler;
       if (handler) handler(frame, this);

@@ -104,6 +104,20 @@ export interface ProxyConfig {
   intermediateResultLimit: number;
   /** Most rows a broadcast join may copy to all nodes together; 0 turns broadcast joins off. */
   broadcastJoinLimit: number;
+  /** The query cache (pgpool-II's memory_cache_enabled): SELECT replies answered again without the nodes. */
+  memoryCacheEnabled: boolean;
+  /** Seconds a cached reply lives; 0: until a write or DDL empties the cache. */
+  memqcacheExpire: number;
+  /** Largest reply the cache keeps, in bytes. */
+  memqcacheMaxcache: number;
+  /** Bytes all cached replies may take together. */
+  memqcacheTotalSize: number;
+  /** Other proxies may serve the same nodes: writes reach their caches through the nodes' NOTIFY before they end. */
+  memqcacheShared: boolean;
+  /** Tables whose reads are cached (regexes, anchored, case-insensitive); empty: every table not listed unsafe. */
+  cacheSafeMemqcacheTableList: string[];
+  /** Tables whose reads are never cached (regexes, anchored, case-insensitive). */
+  cacheUnsafeMemqcacheTableList: string[];
   /** The user the proxy connects as to resolve in-doubt transactions and check catalogs at start-up. */
   recoveryUser: string;
   /** PCP (pgpool-II's admin protocol): where it listens, and the pcp.conf file of its users; no file: no PCP. */
@@ -182,6 +196,13 @@ export function defaultConfig(): ProxyConfig {
     mergeMemoryLimit: 256 * 1024 * 1024,
     intermediateResultLimit: 4 * 1024 * 1024 * 1024,
     broadcastJoinLimit: 2_000_000,
+    memoryCacheEnabled: false,
+    memqcacheExpire: 0,
+    memqcacheMaxcache: 400 * 1024,
+    memqcacheTotalSize: 64 * 1024 * 1024,
+    memqcacheShared: true,
+    cacheSafeMemqcacheTableList: [],
+    cacheUnsafeMemqcacheTableList: [],
     recoveryUser: 'postgres',
     inDoubtRecoveryInterval: 5,
     pcpListenAddresses: ['127.0.0.1'],
@@ -231,6 +252,28 @@ function parseInteger(value: string, fail: (message: string) => never, min: numb
   const n = Number(value);
   if (n < min || n > max) fail(`value ${n} is outside the valid range ${min}..${max}`);
   return n;
+}
+
+/** A size in bytes, as pgpool-II takes it: a number, or one with kB, MB or GB after it. */
+function parseBytes(value: string, fail: (message: string) => never, min: number, max: number): number {
+  const match = /^(\d+)\s*(kB|MB|GB)?$/i.exec(value.trim());
+  if (!match) return fail(`invalid size "${value}" (expected a number of bytes, or one with kB, MB or GB)`);
+  const unit = { kb: 1024, mb: 1024 * 1024, gb: 1024 * 1024 * 1024 }[(match[2] ?? '').toLowerCase() as 'kb'] ?? 1;
+  const n = Number(match[1]) * unit;
+  if (n < min || n > max) fail(`value ${n} is outside the valid range ${min}..${max}`);
+  return n;
+}
+
+function regexList(value: string, fail: (message: string) => never): string[] {
+  const list = parseList(value);
+  for (const pattern of list) {
+    try {
+      new RegExp(pattern);
+    } catch {
+      fail(`invalid regular expression "${pattern}"`);
+    }
+  }
+  return list;
 }
 
 function parseList(value: string): string[] {
@@ -315,15 +358,32 @@ const settings: Record<string, Setter> = {
     c.statementLevelLoadBalance = parseBool(v, fail);
   },
   write_function_list: (c, v, fail) => {
-    const list = parseList(v);
-    for (const pattern of list) {
-      try {
-        new RegExp(pattern);
-      } catch {
-        fail(`invalid regular expression "${pattern}"`);
-      }
-    }
-    c.writeFunctionList = list;
+    c.writeFunctionList = regexList(v, fail);
+  },
+  memory_cache_enabled: (c, v, fail) => {
+    c.memoryCacheEnabled = parseBool(v, fail);
+  },
+  memqcache_method: (_c, v, fail) => {
+    // The cache lives in the proxy's memory; other proxies learn of writes through the nodes (query-cache.ts).
+    if (v.toLowerCase() !== 'shmem') fail(`invalid value "${v}" (only shmem is implemented; memcached is not)`);
+  },
+  memqcache_expire: (c, v, fail) => {
+    c.memqcacheExpire = parseInteger(v, fail, 0, 365 * 86400);
+  },
+  memqcache_maxcache: (c, v, fail) => {
+    c.memqcacheMaxcache = parseBytes(v, fail, 1, 1024 * 1024 * 1024);
+  },
+  memqcache_total_size: (c, v, fail) => {
+    c.memqcacheTotalSize = parseBytes(v, fail, 1024, 64 * 1024 * 1024 * 1024);
+  },
+  memqcache_shared: (c, v, fail) => {
+    c.memqcacheShared = parseBool(v, fail);
+  },
+  cache_safe_memqcache_table_list: (c, v, fail) => {
+    c.cacheSafeMemqcacheTableList = regexList(v, fail);
+  },
+  cache_unsafe_memqcache_table_list: (c, v, fail) => {
+    c.cacheUnsafeMemqcacheTableList = regexList(v, fail);
   },
   client_authentication: (c, v, fail) => {
     const method = v.toLowerCase();
@@ -446,6 +506,14 @@ const descriptions: Record<string, [(c: ProxyConfig) => unknown, string]> = {
   insert_lock_timeout: [(c) => c.insertLockTimeout, 'seconds a statement in a transaction waits for the insert lock'],
   statement_level_load_balance: [(c) => c.statementLevelLoadBalance, 'choose the read node per statement, not per session'],
   write_function_list: [(c) => c.writeFunctionList.join(','), 'functions whose call makes a SELECT a write'],
+  memory_cache_enabled: [(c) => c.memoryCacheEnabled, 'answer repeated SELECTs from the query cache'],
+  memqcache_method: [() => 'shmem', 'where the query cache lives: the proxy\'s memory'],
+  memqcache_expire: [(c) => c.memqcacheExpire, 'seconds a cached reply lives (0: until a write empties the cache)'],
+  memqcache_maxcache: [(c) => c.memqcacheMaxcache, 'largest reply the query cache keeps, in bytes'],
+  memqcache_total_size: [(c) => c.memqcacheTotalSize, 'bytes all cached replies may take together'],
+  memqcache_shared: [(c) => c.memqcacheShared, 'other proxies share the nodes: writes empty their caches too, through NOTIFY'],
+  cache_safe_memqcache_table_list: [(c) => c.cacheSafeMemqcacheTableList.join(','), 'tables whose reads are cached (empty: all not unsafe)'],
+  cache_unsafe_memqcache_table_list: [(c) => c.cacheUnsafeMemqcacheTableList.join(','), 'tables whose reads are never cached'],
   client_authentication: [(c) => c.clientAuthentication, 'how clients authenticate: trust, md5 or scram-sha-256'],
   pool_passwd: [(c) => c.poolPasswd ?? '', 'password file for clients and for the nodes'],
   connect_timeout: [(c) => c.connectTimeout, 'seconds to wait for a node to accept a connection'],
@@ -691,6 +759,13 @@ export function configToText(config: ProxyConfig): string {
     `insert_lock = ${quote(config.insertLock)}`,
     `insert_lock_timeout = ${config.insertLockTimeout}`,
     `write_function_list = ${quote(config.writeFunctionList.join(','))}`,
+    `memory_cache_enabled = ${quote(config.memoryCacheEnabled)}`,
+    `memqcache_expire = ${config.memqcacheExpire}`,
+    `memqcache_maxcache = ${config.memqcacheMaxcache}`,
+    `memqcache_total_size = ${config.memqcacheTotalSize}`,
+    `memqcache_shared = ${quote(config.memqcacheShared)}`,
+    `cache_safe_memqcache_table_list = ${quote(config.cacheSafeMemqcacheTableList.join(','))}`,
+    `cache_unsafe_memqcache_table_list = ${quote(config.cacheUnsafeMemqcacheTableList.join(','))}`,
     `client_authentication = ${quote(config.clientAuthentication)}`,
     `pool_passwd = ${quote(config.poolPasswd ?? '')}`,
     `connect_timeout = ${config.connectTimeout}`,

@@ -22,6 +22,8 @@ import { parseStoredSecret } from '../protocol/password-file';
 import { configureLog, log } from '../log';
 import { loadParser } from '../planner/sql-parser';
 import { compileWriteFunctions } from '../planner/statement-classifier';
+import { QueryCache, queryCacheConfig } from '../session/query-cache';
+import { CacheInvalidation } from '../cluster/cache-invalidation';
 import { InsertLock } from '../executor/insert-lock';
 import { StatementGate } from '../cluster/statement-gate';
 import { StatementRegistry } from '../cluster/statement-activity';
@@ -44,6 +46,10 @@ export class ProxyServer {
   readonly pool: ConnectionPool;
   readonly catalogs = new CatalogRegistry();
   readonly healthChecker: HealthChecker;
+  /** memory_cache_enabled: the query cache every session of this proxy shares; null: off. */
+  readonly queryCache: QueryCache | null = null;
+  /** memqcache_shared: how the other proxies' caches learn of this one's writes, and this one's of theirs. */
+  private cacheInvalidation: CacheInvalidation | null = null;
   readonly failoverCommands: FailoverCommands;
   /** With use_watchdog: the leader election and failover consensus among the parapool instances. */
   watchdog: Watchdog | null = null;
@@ -86,6 +92,24 @@ export class ProxyServer {
     this.healthChecker = new HealthChecker({ cluster: this.cluster, settingsFor: (id) => healthCheckFor(config, id), defaultUser: config.recoveryUser, passwords });
     // With the watchdog, failover_command and failback_command run on its leader only, once per change.
     this.failoverCommands = new FailoverCommands(this.cluster, config.failoverCommand, config.failbackCommand, () => this.watchdog === null || this.watchdog.isLeader());
+    if (config.memoryCacheEnabled) {
+      const cache = new QueryCache(queryCacheConfig(config));
+      // A node that leaves or comes back may change what a read returns (a shard's rows, a rebuilt copy).
+      this.cluster.on('detach', () => cache.invalidate());
+      this.cluster.on('attach', () => cache.invalidate());
+      this.queryCache = cache;
+      if (config.memqcacheShared) {
+        const secret = passwords?.get(config.recoveryUser) ?? null;
+        const parameters = new Map([['user', config.recoveryUser], ['database', 'postgres'], ['application_name', 'parapool query cache']]);
+        this.cacheInvalidation = new CacheInvalidation({
+          cluster: this.cluster,
+          startup: (node) => ({ node, parameters, secret, connectTimeoutMs: config.connectTimeout * 1000 }),
+          onInvalidate: () => cache.invalidate(),
+          connectTimeoutMs: config.connectTimeout * 1000,
+        });
+        cache.peers = this.cacheInvalidation;
+      }
+    }
     this.context = {
       config,
       cluster: this.cluster,
@@ -101,6 +125,7 @@ export class ProxyServer {
       chooseReadNode: () => chooseWeighted(this.cluster.streaming ? this.cluster.nodes.filter((node) => withinDelay(node, delayLimits)) : this.cluster.nodes),
       statements: this.statements,
       relayProfiles: new RelayProfiles(),
+      queryCache: this.queryCache,
       clientErrors: config.metricsListenAddresses.length > 0 ? (error) => this.metrics?.clientError(error) : null,
       sessions: () => [...sessions.values()].map((session) => session.summary()),
       cancel: (processId, secretKey) => {
@@ -177,6 +202,7 @@ export class ProxyServer {
     this.failoverCommands.start();
     await Promise.all(this.cluster.upNodes().map((node) => this.checkNode(node)));
     if (this.cluster.streaming) await this.findPrimaryAtStartup();
+    await this.cacheInvalidation?.start();
     this.recordStatus();
     this.cluster.on('detach', this.recordStatus);
     this.cluster.on('attach', this.recordStatus);
@@ -414,6 +440,7 @@ export class ProxyServer {
     await this.web?.stop();
     const closed = closeServers(this.servers);
     for (const session of [...this.sessions.values()]) session.close('proxy shutting down');
+    this.cacheInvalidation?.stop();
     this.pool.close();
     await closeWorkerPool();
     closeDeciderFences();

@@ -35,6 +35,7 @@ import { type SessionContext } from './session-state';
 import { readClass, droppedDatabase, isRollback, writesDistributedRows, isCommit, statementSql } from './session-statements';
 import { type PendingMessage } from './pending-message';
 import { SessionStartup } from './session-startup';
+import { holdCacheUntilEnded, type SessionCacheUse } from './session-cache-use';
 
 
 /**
@@ -160,6 +161,7 @@ export class ClientSession extends SessionStartup {
         if (!this.closed) return this.handle(frame) ?? undefined;
       });
     }
+    if (startsWork) this.cacheUse?.startWork();
     switch (frame.code) {
       case FrontendCode.query:
         return this.tracked(() => decodeQuery(frame.payload), () => this.simpleQuery(frame));
@@ -209,14 +211,19 @@ export class ClientSession extends SessionStartup {
       this.running = new RunningStatement(this.processId, text, []);
       this.context.statements.start(this.running);
     }
-    return step().finally(() => {
-      const statement = this.running;
-      if (!statement || this.dispatch !== null) return;
-      this.running = null;
-      this.idleSince = new Date();
-      if (kinds) statement.kinds = kinds();
-      this.context.statements.end(statement, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
-    });
+    return step()
+      .finally(() => this.endTrackedStep(kinds))
+      .then(() => this.heldReadyForQuery ?? this.cacheUse?.release ?? undefined);
+  }
+
+  private endTrackedStep(kinds?: () => readonly CommandKind[]): void {
+    if (this.dispatch === null) this.cacheUse?.endStatement();
+    const statement = this.running;
+    if (!statement || this.dispatch !== null) return;
+    this.running = null;
+    this.idleSince = new Date();
+    if (kinds) statement.kinds = kinds();
+    this.context.statements.end(statement, (nodeId) => this.context.cluster.nodes[nodeId]?.stats);
   }
 
   /** The text of an extended batch's first statement, for SHOW parapool_queries. */
@@ -260,6 +267,7 @@ export class ClientSession extends SessionStartup {
     if (this.context.config.logStatement) log('info', 'statement', { session: this.id, sql });
     this.statements.delete('');
     this.heldPortals.close('');
+    if (this.cacheUse) return this.simpleQueryWithCache(frame, sql, this.cacheUse);
     const profiles = this.context.relayProfiles;
     const key = profiles && !this.madeTemporaryObjects && !this.prepareRefusals.knowsTemporaryNames ? blankNumericLiterals(sql) : null;
     const profile = key === null ? null : profiles!.get(key, this.catalog);
@@ -267,6 +275,31 @@ export class ClientSession extends SessionStartup {
     const parsed = parseSql(sql);
     if (!(await this.restoreBeforeStatement(() => parsed.ok && parsed.statements.length === 1 && isRollback(parsed.statements[0].node)))) return;
     await this.simpleQueryParsed(frame, sql, parsed, key);
+  }
+
+  /**
+   * memory_cache_enabled: a hit is answered before any parse; a cacheable read's reply is kept as it is written.
+   * Every statement is parsed (no relay profiles), since what it may change decides whether the cache empties.
+   */
+  protected async simpleQueryWithCache(frame: Frame, sql: string, cacheUse: SessionCacheUse): Promise<void> {
+    const outsideTransaction = this.status === 'I' && !this.madeTemporaryObjects && !this.prepareRefusals.knowsTemporaryNames;
+    if (outsideTransaction) {
+      const reply = await cacheUse.lookup(sql);
+      if (reply) {
+        if (this.running) this.running.kinds = ['select'];
+        this.write(reply);
+        this.write(serverMessages.readyForQuery('I'));
+        return;
+      }
+    }
+    const parsed = parseSql(sql);
+    const decision = parsed.ok ? await cacheUse.decide(sql, parsed.statements, outsideTransaction) : null;
+    try {
+      if (!(await this.restoreBeforeStatement(() => parsed.ok && parsed.statements.length === 1 && isRollback(parsed.statements[0].node)))) return;
+      await this.simpleQueryParsed(frame, sql, parsed, null);
+    } finally {
+      if (decision?.kind === 'store') cacheUse.finishRead(this.status);
+    }
   }
 
   /**
@@ -495,6 +528,11 @@ export class ClientSession extends SessionStartup {
     this.output.flush();
     if (!this.socket.destroyed) this.socket.end();
     const busy = this.dispatch !== null;
+    if (this.cacheUse?.changingData) {
+      const running = [...this.connections.values()].filter((connection) => busy || connection.busy);
+      if (running.length > 0) void holdCacheUntilEnded(this.cacheUse.cache, running, (nodeId) => this.context.cluster.nodes[nodeId]?.status === 'up');
+      this.cacheUse.endStatement();
+    }
     for (const connection of this.connections.values()) {
       connection.removeCloseListener(this.onConnectionClosed);
       // A connection in the middle of an exchange cannot be reused: the node's statement is cancelled (a node

@@ -8,6 +8,8 @@
 
 import type { WatchdogView } from '../cluster/watchdog-view';
 import type { RelayProfiles } from './relay-profiles';
+import type { QueryCache } from './query-cache';
+import { SessionCacheUse } from './session-cache-use';
 import { ErrorResponseScanner, type ObservedError } from '../protocol/error-response-scanner';
 import { type ProxyConfig } from '../config/config';
 import type { Socket } from 'node:net';
@@ -80,6 +82,8 @@ export interface SessionContext {
   readonly statements: StatementRegistry;
   /** What the simple-query path decided about shapes of statements it relayed (relay-profiles.ts); null: parse every time. */
   readonly relayProfiles: RelayProfiles | null;
+  /** memory_cache_enabled: SELECT replies answered again without the nodes (query-cache.ts); null: off. */
+  readonly queryCache: QueryCache | null;
   /** Told of every ErrorResponse a session sends its client (the metrics); null when nothing listens. */
   readonly clientErrors: ((error: ObservedError) => void) | null;
   /** Every registered session, for SHOW pool_processes and pool_pools. */
@@ -172,7 +176,11 @@ export abstract class SessionState implements ClientSink {
     this.reader = new FrameReader(context.config.clientMaxMessageSize, `client session ${this.id}`);
     this.output = new CoalescingWriter(socket);
     this.errorScanner = context.clientErrors ? new ErrorResponseScanner(context.clientErrors) : null;
+    this.cacheUse = context.queryCache ? new SessionCacheUse(context.queryCache, (sql) => this.port.evaluate(sql)) : null;
   }
+
+  /** memory_cache_enabled: what this session reads from and stores in the query cache; null: off. */
+  protected readonly cacheUse: SessionCacheUse | null;
 
   /** Finds the ErrorResponses among the bytes written to the client, when the metrics count them. */
   protected readonly errorScanner: ErrorResponseScanner | null;
@@ -186,6 +194,8 @@ export abstract class SessionState implements ClientSink {
   write(bytes: Buffer): boolean {
     if (this.closed) return true;
     this.errorScanner?.observe(bytes);
+    // The cache forgets what a statement may have changed before its client learns that it ended.
+    if (this.cacheUse?.observe(bytes)) return this.holdReadyForQuery(bytes, this.cacheUse.release!);
     // A reply and the ReadyForQuery written once every node is done leave in one system call.
     return this.output.write(bytes);
   }
@@ -194,6 +204,21 @@ export abstract class SessionState implements ClientSink {
   protected writeDirect(bytes: Buffer): boolean {
     this.output.flush();
     return this.socket.write(bytes);
+  }
+
+  /** A ReadyForQuery waiting for the other proxies' caches (session-cache-use.ts); the next message waits for it. */
+  protected heldReadyForQuery: Promise<void> | null = null;
+
+  private holdReadyForQuery(bytes: Buffer, release: Promise<void>): boolean {
+    const head = bytes.subarray(0, bytes.length - 6);
+    const readyForQuery = Buffer.from(bytes.subarray(bytes.length - 6));
+    const written = head.length === 0 || this.output.write(head);
+    const held: Promise<void> = release.then(() => {
+      if (this.heldReadyForQuery === held) this.heldReadyForQuery = null;
+      if (!this.closed) this.output.write(readyForQuery);
+    });
+    this.heldReadyForQuery = held;
+    return written;
   }
 
   onceDrained(callback: () => void): void {
@@ -268,7 +293,7 @@ export abstract class SessionState implements ClientSink {
    * and not yet replayed everywhere (pgpool-II's disable_load_balance_on_write), or its temporary tables.
    */
   protected readsStayOnPrimary(): boolean {
-    if (this.madeTemporaryObjects) return true;
+    if (this.madeTemporaryObjects || this.cacheUse?.storing) return true;
     const inBlock = this.status !== 'I';
     switch (this.context.config.disableLoadBalanceOnWrite) {
       case 'off':
