@@ -95,13 +95,23 @@ export class RawClient {
     for (;;) {
       const index = this.messages.findIndex((m) => m.type === type);
       if (index >= 0) return this.messages.splice(0, index + 1);
-      if (this.closed) throw new Error(`connection closed before a '${type}' message; got ${this.messages.map((m) => m.type).join('')}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for '${type}'; got ${this.messages.map((m) => m.type).join('')}`);
+      if (this.closed) throw new Error(`connection closed before a '${type}' message; got ${this.describeReceived()}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for '${type}'; got ${this.describeReceived()}`);
       await new Promise<void>((r) => {
         this.waiters.push(r);
         setTimeout(r, 50);
       });
     }
+  }
+
+  /** The types of the messages received so far, with the code and text of any ErrorResponse. */
+  private describeReceived(): string {
+    const types = this.messages.map((m) => m.type).join('');
+    const errors = this.messages.filter((m) => m.type === 'E').map((m) => {
+      const fields = errorFields(m);
+      return `${fields.C}: ${fields.M}`;
+    });
+    return errors.length > 0 ? `${types} (${errors.join('; ')})` : types;
   }
 
   /** Waits until the server closes the connection; returns the messages it sent before. */
