@@ -26,8 +26,8 @@ export interface CacheInvalidationOptions {
   readonly cluster: ClusterState;
   /** How to log in to a node (user, password; the database is postgres). */
   startup(node: BackendNode): BackendStartup;
-  /** Empties this proxy's cache: another proxy wrote, or this one may have missed that it did. */
-  onInvalidate(): void;
+  /** Invalidates this proxy's cache, what read `tables` or (null) all of it: another proxy wrote, or this one may have missed that it did. */
+  onInvalidate(tables: readonly string[] | null): void;
   /** How long a write waits for a channel that is not open (connect_timeout), in ms, on top of a lease. */
   readonly connectTimeoutMs: number;
   /** How long a returned ping lets the cache be used, in ms. */
@@ -87,13 +87,14 @@ class NodeChannel {
     const valid = this.connection !== null && performance.now() < this.validUntil;
     if (this.wasValid && !valid) {
       this.wasValid = false;
-      this.options.onInvalidate();
+      this.options.onInvalidate(null);
     }
     return valid;
   }
 
   /** Sends `inv` and resolves once no other proxy can be serving from a cache that predates it. */
-  async broadcast(seq: number): Promise<void> {
+  async broadcast(seq: number, tables: readonly string[] | null): Promise<void> {
+    const what = tables ? quoteLiteralText(JSON.stringify(tables)) : '*';
     const giveUpAt = performance.now() + this.options.connectTimeoutMs + this.leaseMs;
     while (!this.stopped) {
       const remaining = giveUpAt - performance.now();
@@ -110,7 +111,7 @@ class NodeChannel {
       const broadcast: Broadcast = { seq, echoed: false, acks: new Set(), members: null, deadline: Infinity, done };
       this.broadcasts.set(seq, broadcast);
       try {
-        await connection.query(`SELECT pg_catalog.pg_notify('${channelName}', 'inv ${this.self} ${seq}')`);
+        await connection.query(`SELECT pg_catalog.pg_notify('${channelName}', 'inv ${this.self} ${seq} ${what}')`);
       } catch {
         this.broadcasts.delete(seq);
         continue; // the connection broke before the NOTIFY was known to commit: it is sent again on the next one
@@ -145,11 +146,11 @@ class NodeChannel {
         // What was sent while it was broken is lost: the cache is emptied now, and the lease starts again.
         this.validUntil = 0;
         void this.valid;
-        this.options.onInvalidate();
+        this.options.onInvalidate(null);
         log('warning', 'query_cache_channel_lost', { node: this.node.id });
       });
       this.connection = connection;
-      this.options.onInvalidate();
+      this.options.onInvalidate(null);
       const waiting = this.waitingForConnection;
       this.waitingForConnection = [];
       for (const wake of waiting) wake();
@@ -183,7 +184,7 @@ class NodeChannel {
   }
 
   private onMessage(payload: string): void {
-    const [kind, from, seqText, by] = payload.split(' ');
+    const [kind, from, seqText, by] = payload.split(' ', 4);
     const seq = Number(seqText);
     const now = performance.now();
     switch (kind) {
@@ -209,7 +210,7 @@ class NodeChannel {
           return;
         }
         this.lastHeard.set(from, now);
-        this.options.onInvalidate();
+        this.options.onInvalidate(invalidatedTables(payload));
         this.connection?.query(`SELECT pg_catalog.pg_notify('${channelName}', 'ack ${from} ${seq} ${this.self}')`).catch(() => undefined);
         return;
       case 'ack': {
@@ -231,6 +232,24 @@ class NodeChannel {
       broadcast.done();
     }
   }
+}
+
+/** An `inv` message's tables (a JSON array after its third space), or null for all of the cache. */
+function invalidatedTables(payload: string): string[] | null {
+  const parts = payload.split(' ');
+  const rest = parts.slice(3).join(' ');
+  if (rest === '' || rest === '*') return null;
+  try {
+    const tables = JSON.parse(rest) as unknown;
+    return Array.isArray(tables) && tables.every((t) => typeof t === 'string') ? (tables as string[]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Text for inside a SQL string literal. */
+function quoteLiteralText(text: string): string {
+  return text.replace(/'/g, "''");
 }
 
 export class CacheInvalidation {
@@ -274,9 +293,9 @@ export class CacheInvalidation {
   }
 
   /** Tells every other proxy that this one may have changed data; resolves when none can serve from before it. */
-  async broadcast(): Promise<void> {
+  async broadcast(tables: readonly string[] | null): Promise<void> {
     const seq = ++this.seq;
-    await Promise.all([...this.channels.values()].map((channel) => channel.broadcast(seq)));
+    await Promise.all([...this.channels.values()].map((channel) => channel.broadcast(seq, tables)));
   }
 
   private channelNodes(): BackendNode[] {

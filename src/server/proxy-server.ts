@@ -104,7 +104,7 @@ export class ProxyServer {
         this.cacheInvalidation = new CacheInvalidation({
           cluster: this.cluster,
           startup: (node) => ({ node, parameters, secret, connectTimeoutMs: config.connectTimeout * 1000 }),
-          onInvalidate: () => cache.invalidate(),
+          onInvalidate: (tables) => (tables ? cache.invalidateTables(tables) : cache.invalidate()),
           connectTimeoutMs: config.connectTimeout * 1000,
         });
         cache.peers = this.cacheInvalidation;

@@ -213,6 +213,7 @@ export class ClientSession extends SessionStartup {
     }
     return step()
       .finally(() => this.endTrackedStep(kinds))
+      .then(() => this.cacheUse?.afterStep())
       .then(() => this.heldReadyForQuery ?? this.cacheUse?.release ?? undefined);
   }
 
@@ -531,7 +532,9 @@ export class ClientSession extends SessionStartup {
     if (this.cacheUse?.changingData) {
       const running = [...this.connections.values()].filter((connection) => busy || connection.busy);
       if (running.length > 0) void holdCacheUntilEnded(this.cacheUse.cache, running, (nodeId) => this.context.cluster.nodes[nodeId]?.status === 'up');
-      this.cacheUse.endStatement();
+    }
+    if (this.cacheUse) {
+      this.cacheUse.abandon();
     }
     for (const connection of this.connections.values()) {
       connection.removeCloseListener(this.onConnectionClosed);

@@ -39,6 +39,7 @@ export function queryCacheConfig(config: ProxyConfig): QueryCacheConfig {
 interface CacheEntry {
   readonly reply: Buffer;
   readonly storedAt: number;
+  readonly tables: readonly string[];
 }
 
 export interface QueryCacheStats {
@@ -53,20 +54,33 @@ export interface QueryCacheStats {
 export interface QueryCachePeers {
   /** Whether this proxy hears every other proxy's invalidations now; the cache is used only while it does. */
   readonly valid: boolean;
-  /** Tells the others this proxy may have changed data; resolves once none can serve a reply from before. */
-  broadcast(): Promise<void>;
+  /** Tells the others this proxy may have changed data (in `tables` only, or anywhere); resolves once none can serve a reply from before. */
+  broadcast(tables: readonly string[] | null): Promise<void>;
+}
+
+/** What the relation check found for a set of names under a search_path (relationCheckSql). */
+export interface RelationVerdict {
+  /** Every name is a permanent plain table. */
+  readonly plain: boolean;
+  /** The tables, schema-qualified and quoted as format('%I.%I') writes them, which invalidations name. */
+  readonly tables: readonly string[];
 }
 
 export class QueryCache {
   /** memqcache_shared: the other proxies in front of the same nodes; null: this proxy alone. */
   peers: QueryCachePeers | null = null;
 
-  /** Advanced by every invalidation; a read stores only if it is unchanged since the read began. */
+  /** Advanced by every invalidation, whole or of some tables; a read remembers it when it begins. */
   private generationNumber = 0;
+  /** The generation of the last invalidation of everything, and of each table invalidated since. */
+  private emptiedAt = 0;
+  private readonly tableInvalidatedAt = new Map<string, number>();
   /** Insertion order is recency order: a hit moves its entry to the end, eviction takes from the front. */
   private readonly entries = new Map<string, CacheEntry>();
-  /** Whether a set of relation names, under a search_path, resolves to plain tables only (cleared with the entries). */
-  private readonly relationVerdicts = new Map<string, boolean>();
+  /** The keys of the entries that read each table. */
+  private readonly keysByTable = new Map<string, Set<string>>();
+  /** Relation checks, by search_path and names (cleared with the whole cache: DDL empties it all). */
+  private readonly relationVerdicts = new Map<string, RelationVerdict>();
   private usedBytes = 0;
   /** Writes whose end is not known (their client left while they ran): nothing is stored until they are over. */
   private suspensions = 0;
@@ -94,32 +108,59 @@ export class QueryCache {
     return entry.reply;
   }
 
-  /** Keeps a reply read while the generation was `since`; false when it is too big or something ended meanwhile. */
-  store(key: string, since: number, reply: Buffer, now = Date.now()): boolean {
-    if (since !== this.generationNumber || this.suspensions > 0 || (this.peers && !this.peers.valid) || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
+  /**
+   * Keeps a reply of `tables` read from generation `since` on; false when it is too big, or when the whole cache
+   * or one of those tables was invalidated since (the read's snapshot may predate that write's commit).
+   */
+  store(key: string, since: number, reply: Buffer, tables: readonly string[], now = Date.now()): boolean {
+    if (this.emptiedAt > since || tables.some((table) => (this.tableInvalidatedAt.get(table) ?? -1) > since)) return false;
+    if (this.suspensions > 0 || (this.peers && !this.peers.valid) || reply.length > this.config.maxEntryBytes || reply.length > this.config.totalBytes) return false;
     const old = this.entries.get(key);
     if (old) this.remove(key, old);
     while (this.usedBytes + reply.length > this.config.totalBytes) {
       const [oldestKey, oldest] = this.entries.entries().next().value as [string, CacheEntry];
       this.remove(oldestKey, oldest);
     }
-    this.entries.set(key, { reply, storedAt: now });
+    this.entries.set(key, { reply, storedAt: now, tables });
+    for (const table of tables) {
+      let keys = this.keysByTable.get(table);
+      if (!keys) this.keysByTable.set(table, (keys = new Set()));
+      keys.add(key);
+    }
     this.usedBytes += reply.length;
     return true;
   }
 
-  /** Empties this cache and every other proxy's; resolves when no proxy can serve a reply from before. */
-  invalidateEverywhere(): Promise<void> | null {
-    this.invalidate();
-    return this.peers?.broadcast() ?? null;
+  /**
+   * Invalidates this cache and every other proxy's, wholly or (`tables`) what read those tables; resolves when no
+   * proxy can serve a reply from before.
+   */
+  invalidateEverywhere(tables: readonly string[] | null = null): Promise<void> | null {
+    if (tables) this.invalidateTables(tables);
+    else this.invalidate();
+    return this.peers?.broadcast(tables) ?? null;
   }
 
   /** Empties this proxy's cache only (another proxy's write, a node's detach, which every proxy sees for itself). */
   invalidate(): void {
-    this.generationNumber++;
+    this.emptiedAt = ++this.generationNumber;
     this.entries.clear();
+    this.keysByTable.clear();
+    this.tableInvalidatedAt.clear();
     this.relationVerdicts.clear();
     this.usedBytes = 0;
+  }
+
+  /** Forgets, in this proxy only, the replies that read any of `tables`. */
+  invalidateTables(tables: readonly string[]): void {
+    const generation = ++this.generationNumber;
+    for (const table of tables) {
+      this.tableInvalidatedAt.set(table, generation);
+      for (const key of this.keysByTable.get(table) ?? []) {
+        const entry = this.entries.get(key);
+        if (entry) this.remove(key, entry);
+      }
+    }
   }
 
   /** Empties the cache and stores nothing until the returned function is called (which empties it again). */
@@ -135,12 +176,13 @@ export class QueryCache {
     };
   }
 
-  relationVerdict(key: string): boolean | undefined {
+  relationVerdict(key: string): RelationVerdict | undefined {
     return this.relationVerdicts.get(key);
   }
 
-  rememberRelationVerdict(key: string, since: number, verdict: boolean): void {
-    if (since === this.generationNumber) this.relationVerdicts.set(key, verdict);
+  /** Remembers a check made from generation `since` on, unless the whole cache was emptied meanwhile (DDL). */
+  rememberRelationVerdict(key: string, since: number, verdict: RelationVerdict): void {
+    if (this.emptiedAt <= since) this.relationVerdicts.set(key, verdict);
   }
 
   stats(): QueryCacheStats {
@@ -150,6 +192,11 @@ export class QueryCache {
   private remove(key: string, entry: CacheEntry): void {
     this.entries.delete(key);
     this.usedBytes -= entry.reply.length;
+    for (const table of entry.tables) {
+      const keys = this.keysByTable.get(table);
+      keys?.delete(key);
+      if (keys?.size === 0) this.keysByTable.delete(table);
+    }
   }
 }
 
@@ -256,16 +303,73 @@ export function cacheableRead(node: Node, config: QueryCacheConfig): CacheableRe
 
 /**
  * The query that tells whether every relation named resolves, under the session's search_path, to a permanent
- * plain table (no view, whose body may call anything; no foreign, partitioned, inherited or system table).
+ * plain table (no view, whose body may call anything; no foreign, partitioned, inherited or system table), and
+ * what the tables are called schema-qualified: a row of 't' or 'f' and a JSON array.
  */
 export function relationCheckSql(relations: readonly string[]): string {
-  const names = relations.map((name) => `'${name.replace(/'/g, "''")}'`).join(',');
   return (
-    'SELECT pg_catalog.bool_and(c.relkind = \'r\' AND c.relpersistence = \'p\' AND NOT c.relispartition AND NOT c.relhassubclass ' +
+    "SELECT pg_catalog.bool_and(COALESCE(c.relkind = 'r' AND c.relpersistence = 'p' AND NOT c.relispartition AND NOT c.relhassubclass " +
     "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) " +
-    'AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)) IS TRUE ' +
-    `FROM (SELECT pg_catalog.to_regclass(t.name) AS oid FROM pg_catalog.unnest(ARRAY[${names}]::text[]) AS t(name)) AS r ` +
+    'AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), false)) IS TRUE, ' +
+    "pg_catalog.json_agg(pg_catalog.format('%I.%I', n.nspname, c.relname))::text " +
+    `FROM (SELECT pg_catalog.to_regclass(t.name) AS oid FROM pg_catalog.unnest(ARRAY[${namesArray(relations)}]::text[]) AS t(name)) AS r ` +
     'LEFT JOIN pg_catalog.pg_class c ON c.oid = r.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace'
+  );
+}
+
+function namesArray(relations: readonly string[]): string {
+  return relations.map((name) => `'${name.replace(/'/g, "''")}'`).join(',');
+}
+
+/**
+ * A write that can change no table but its target: one INSERT, UPDATE or DELETE (no WITH) calling only the
+ * functions a cached read may call. Its end invalidates only what read that table, once writeTargetSql has found
+ * that nothing on the table (a trigger, a rule, a foreign key's action, a default or check calling a function of
+ * the database's own) writes elsewhere. Returns the target as written; null for any other statement.
+ */
+export function containedWrite(node: Node): string | null {
+  const tag = nodeTag(node);
+  if (tag !== 'InsertStmt' && tag !== 'UpdateStmt' && tag !== 'DeleteStmt') return null;
+  const statement = (node as unknown as Record<string, { relation: { schemaname?: string; relname: string }; withClause?: unknown }>)[tag];
+  if (statement.withClause) return null;
+  let ok = true;
+  let writes = 0;
+  const visit = (value: unknown): void => {
+    if (!ok || value === null || typeof value !== 'object') return;
+    if (Array.isArray(value)) {
+      for (const item of value) visit(item);
+      return;
+    }
+    for (const [key, inner] of Object.entries(value as Record<string, unknown>)) {
+      if (key === 'InsertStmt' || key === 'UpdateStmt' || key === 'DeleteStmt') writes++;
+      if (key === 'FuncCall') {
+        const names = (inner as { funcname: { String: { sval: string } }[] }).funcname.map((part) => part.String.sval.toLowerCase());
+        if ((names.length > 1 && names[0] !== 'pg_catalog') || !immutableFunctions.has(names[names.length - 1])) ok = false;
+      }
+      if (key === 'CommonTableExpr' || key === 'RangeFunction' || key === 'RangeTableFunc') ok = false;
+      visit(inner);
+    }
+  };
+  visit(node);
+  if (!ok || writes !== 1) return null;
+  const { schemaname, relname } = statement.relation;
+  return schemaname ? `${schemaname}.${relname}` : relname;
+}
+
+/**
+ * The target of a contained write, schema-qualified as relationCheckSql names it, when it is a plain table on
+ * which nothing writes elsewhere; no row otherwise. A foreign key's actions are triggers (relhastriggers), on the
+ * referencing and the referenced table alike; defaults and checks are refused when they call a function outside
+ * the built-in ones (an oid of 16384 or more).
+ */
+export function writeTargetSql(target: string): string {
+  return (
+    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " +
+    `WHERE c.oid = pg_catalog.to_regclass(${namesArray([target])}) AND c.relkind = 'r' AND NOT c.relhastriggers AND NOT c.relhasrules ` +
+    'AND NOT c.relispartition AND NOT c.relhassubclass AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) ' +
+    "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 " +
+    "AND ((d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid IN (SELECT a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid = c.oid)) " +
+    "OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN (SELECT k.oid FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid))))"
   );
 }
 

@@ -9,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendConnection } from '../backend/backend-connection';
 import { log } from '../log';
 import { nodeTag, type ParsedStatement } from '../planner/sql-parser';
-import { cacheableRead, relationCheckSql, storableReply, type QueryCache } from './query-cache';
+import { isCommit } from './session-statements';
+import { cacheableRead, containedWrite, relationCheckSql, storableReply, writeTargetSql, type QueryCache, type RelationVerdict } from './query-cache';
 
 /** What a session's replies depend on besides the SQL text: its output settings, its role and its database. */
 const settingsSql =
@@ -18,12 +19,23 @@ const settingsSql =
   "pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('lc_monetary'), pg_catalog.current_setting('lc_numeric'), " +
   "pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('client_encoding'), current_user, pg_catalog.current_database())";
 
+/** What a statement that may change data invalidates when it ends. */
+type Scope =
+  | { readonly kind: 'all' }
+  /** A contained write (query-cache.ts): its target only, if the check after it finds nothing on it writes elsewhere. */
+  | { readonly kind: 'target'; readonly name: string }
+  /** A COMMIT of a transaction whose writes were all contained. */
+  | { readonly kind: 'tables'; readonly tables: readonly string[] };
+
+const everything: Scope = { kind: 'all' };
+
 /** Transaction control that changes no committed row (COMMIT only when nothing in the transaction did). */
 const harmlessTransactionKinds = new Set(['TRANS_STMT_BEGIN', 'TRANS_STMT_START', 'TRANS_STMT_ROLLBACK', 'TRANS_STMT_SAVEPOINT', 'TRANS_STMT_RELEASE', 'TRANS_STMT_ROLLBACK_TO']);
 
 interface Capture {
   readonly key: string;
   readonly since: number;
+  readonly tables: readonly string[];
   chunks: Buffer[];
   bytes: number;
   ok: boolean;
@@ -38,10 +50,15 @@ export type CacheDecision =
   | { readonly kind: 'run' };
 
 export class SessionCacheUse {
-  /** Set while a statement that may change data runs: its end empties the cache. */
+  /** Set while a statement that may change data runs: its end invalidates the cache (`scope`). */
   private dirty = false;
-  /** Set once the open transaction ran such a statement: its COMMIT empties the cache too. */
-  private transactionDirty = false;
+  private scope: Scope = everything;
+  /** What the open transaction's statements invalidated: its COMMIT invalidates them again; null: nothing. */
+  private transactionTables: Set<string> | 'all' | null = null;
+  /** The transaction status of the last ReadyForQuery written. */
+  private lastStatus = 'I';
+  /** A contained write whose check and invalidation wait for the end of its step (afterStep). */
+  private deferredTarget: { readonly name: string; readonly resolve: () => void } | null = null;
   /** The settings part of the session's cache keys, read once after any statement that may have changed it. */
   private settingsKey: string | null = null;
   private capture: Capture | null = null;
@@ -54,20 +71,22 @@ export class SessionCacheUse {
   /** A message that sends work to the nodes: it may change data until the session learns more of it. */
   startWork(): void {
     this.dirty = true;
+    this.scope = everything;
   }
 
   /**
    * Sees every byte the session writes to its client; true when the chunk ends with the ReadyForQuery of a
-   * statement that may have changed data and other proxies must first hear of it: the session holds that
-   * ReadyForQuery until `release` settles.
+   * statement that may have changed data and the invalidation must finish first (other proxies told, a contained
+   * write's target checked): the session holds that ReadyForQuery until `release` settles.
    */
   observe(bytes: Buffer): boolean {
     if (this.capture) this.collect(this.capture, bytes);
     const n = bytes.length;
-    // A ReadyForQuery ends the chunk (a false positive, a row ending in these bytes, only empties the cache once more).
+    // A ReadyForQuery ends the chunk (a false positive, a row ending in these bytes, only invalidates once more).
     if (n < 6 || bytes[n - 6] !== 0x5a || bytes[n - 5] !== 0 || bytes[n - 4] !== 0 || bytes[n - 3] !== 0 || bytes[n - 2] !== 5) return false;
+    this.lastStatus = String.fromCharCode(bytes[n - 1]);
     const held = this.endStatement();
-    if (bytes[n - 1] === 0x49 /* I */) this.transactionDirty = false;
+    if (this.lastStatus === 'I') this.transactionTables = null;
     return held;
   }
 
@@ -80,18 +99,76 @@ export class SessionCacheUse {
 
   /** Whether the statement running may change data. */
   get changingData(): boolean {
-    return this.dirty;
+    return this.dirty || this.deferredTarget !== null;
   }
 
-  /** The end of a statement however it ended: what it may have changed is forgotten; true when other proxies must hear of it first. */
+  /** The end of a statement however it ended: what it may have changed is invalidated; true when that is still under way. */
   endStatement(): boolean {
     if (!this.dirty) return false;
     this.dirty = false;
-    this.transactionDirty = true;
     this.settingsKey = null;
-    const everywhere = this.cache.invalidateEverywhere();
-    if (!everywhere) return false;
-    const release: Promise<void> = everywhere.finally(() => {
+    const scope = this.scope;
+    this.scope = everything;
+    switch (scope.kind) {
+      case 'all':
+        this.noteTransaction(null);
+        return this.hold(this.cache.invalidateEverywhere());
+      case 'tables':
+        this.noteTransaction(scope.tables);
+        return this.hold(this.cache.invalidateEverywhere(scope.tables));
+      case 'target': {
+        // Checked once the write's step is over (afterStep), on a connection no longer busy with it, and after the
+        // write: a trigger another session added meanwhile is then seen.
+        let resolve!: () => void;
+        const checked = new Promise<void>((done) => (resolve = done));
+        this.deferredTarget = { name: scope.name, resolve };
+        return this.hold(checked);
+      }
+    }
+  }
+
+  /** After each step: a contained write's target is checked, and it or everything is invalidated. */
+  async afterStep(): Promise<void> {
+    const deferred = this.deferredTarget;
+    if (!deferred) return;
+    this.deferredTarget = null;
+    let tables: string[] | null = null;
+    try {
+      const name = (await this.evaluate(writeTargetSql(deferred.name)))[0]?.[0];
+      tables = name ? [name] : null;
+    } catch {
+      tables = null;
+    }
+    if (this.lastStatus !== 'I') this.noteTransaction(tables);
+    try {
+      await (this.cache.invalidateEverywhere(tables) ?? undefined);
+    } finally {
+      deferred.resolve();
+    }
+  }
+
+  /** The session ends: what its statement may have changed is invalidated, everything for an unchecked contained write. */
+  abandon(): void {
+    if (this.dirty) this.endStatement();
+    const deferred = this.deferredTarget;
+    this.deferredTarget = null;
+    if (deferred) {
+      void this.cache.invalidateEverywhere();
+      deferred.resolve();
+    }
+  }
+
+  private noteTransaction(tables: readonly string[] | null): void {
+    if (tables === null) this.transactionTables = 'all';
+    else if (this.transactionTables !== 'all') {
+      this.transactionTables ??= new Set();
+      for (const table of tables) this.transactionTables.add(table);
+    }
+  }
+
+  private hold(invalidation: Promise<void> | null): boolean {
+    if (!invalidation) return false;
+    const release: Promise<void> = invalidation.finally(() => {
       if (this.pendingRelease === release) this.pendingRelease = null;
     });
     this.pendingRelease = release;
@@ -123,12 +200,16 @@ export class SessionCacheUse {
       }
       if (read && outsideTransaction) {
         const key = await this.keyFor(sql);
-        if (key !== null && (await this.plainTables(read.relations))) {
+        const verdict = key === null ? null : await this.plainTables(read.relations);
+        if (key !== null && verdict?.plain) {
           this.dirty = false;
-          this.capture = { key, since: this.cache.generation, chunks: [], bytes: 0, ok: true };
+          this.capture = { key, since: this.cache.generation, tables: verdict.tables, chunks: [], bytes: 0, ok: true };
           return { kind: 'store' };
         }
       }
+      const target = containedWrite(statements[0].node);
+      if (target !== null) this.scope = { kind: 'target', name: target };
+      if (isCommit(statements[0].node) && this.transactionTables instanceof Set) this.scope = { kind: 'tables', tables: [...this.transactionTables] };
     }
     if (statements.length > 0 && statements.every((st) => this.harmless(st.node))) this.dirty = false;
     // SET, RESET, DISCARD or a ROLLBACK may change what the session's replies look like.
@@ -142,7 +223,7 @@ export class SessionCacheUse {
     this.capture = null;
     if (!capture?.ok || status !== 'I') return;
     const reply = storableReply(capture.chunks);
-    if (reply) this.cache.store(capture.key, capture.since, reply);
+    if (reply) this.cache.store(capture.key, capture.since, reply, capture.tables);
   }
 
   /** A read being stored must see the committed state, so it reads from the primary, never a lagging standby. */
@@ -158,7 +239,7 @@ export class SessionCacheUse {
         return true;
       case 'TransactionStmt': {
         const kind = (node as { TransactionStmt: { kind: string } }).TransactionStmt.kind;
-        return harmlessTransactionKinds.has(kind) || (kind === 'TRANS_STMT_COMMIT' && !this.transactionDirty);
+        return harmlessTransactionKinds.has(kind) || (kind === 'TRANS_STMT_COMMIT' && this.transactionTables === null);
       }
       default:
         return false;
@@ -176,17 +257,18 @@ export class SessionCacheUse {
     return this.settingsKey === null ? null : `${this.settingsKey}\0${sql}`;
   }
 
-  /** Whether every relation named is, under this session's search_path, a permanent plain table (remembered per generation). */
-  private async plainTables(relations: readonly string[]): Promise<boolean> {
+  /** Whether every relation named is, under this session's search_path, a permanent plain table, and their names. */
+  private async plainTables(relations: readonly string[]): Promise<RelationVerdict> {
     const key = `${this.settingsKey}\0${relations.join('\0')}`;
     const known = this.cache.relationVerdict(key);
     if (known !== undefined) return known;
     const since = this.cache.generation;
-    let verdict = false;
+    let verdict: RelationVerdict = { plain: false, tables: [] };
     try {
-      verdict = (await this.evaluate(relationCheckSql(relations)))[0]?.[0] === 't';
+      const row = (await this.evaluate(relationCheckSql(relations)))[0];
+      if (row?.[0] === 't' && row[1]) verdict = { plain: true, tables: JSON.parse(row[1]) as string[] };
     } catch {
-      verdict = false; // a name to_regclass cannot take: the statement itself will say what is wrong
+      // a name to_regclass cannot take: the statement itself will say what is wrong
     }
     this.cache.rememberRelationVerdict(key, since, verdict);
     return verdict;

@@ -59,7 +59,7 @@ async function servedFromCache(sql: string, on: Client = client): Promise<boolea
 }
 
 test('a repeated SELECT is answered from the cache, and SHOW pool_cache counts it', async () => {
-  await client.query('insert into other values (100)'); // a write: the cache starts empty
+  await client.query('update items set label = label where false'); // the cache starts without items
   const before = await cacheStats();
   assert.equal(await servedFromCache('select id, label from items order by id'), true);
   const after = await cacheStats();
@@ -69,7 +69,7 @@ test('a repeated SELECT is answered from the cache, and SHOW pool_cache counts i
   assert.equal(after.fragment_cache_entries_size, '0');
 });
 
-test('a write in another session empties the cache before that session sees its write end', async () => {
+test("a write in another session invalidates the tables it wrote before that session sees its write end, and only those", async () => {
   const sql = 'select label from items where id = 1';
   const other = await cluster.connect();
   try {
@@ -77,11 +77,60 @@ test('a write in another session empties the cache before that session sees its 
     await behindTheProxy("update items set label = 'changed' where id = 1");
     assert.deepEqual(await rowsOf(client, sql), [['one']], 'still the cached reply');
     await other.query('insert into other values (1)');
+    assert.deepEqual(await rowsOf(client, sql), [['one']], 'a write to another table leaves it');
+    await other.query('update items set label = label where id = 2');
     assert.deepEqual(await rowsOf(client, sql), [['changed']]);
   } finally {
     await behindTheProxy("update items set label = 'one' where id = 1");
     await other.query('delete from other where id = 1');
+    await other.query('update items set label = label where false');
     await other.end();
+  }
+});
+
+test('a write whose table has a trigger, a cascading foreign key or a default of its own function invalidates everything', async () => {
+  await client.query('create table audit (n int)');
+  await client.query("create function log_audit() returns trigger language plpgsql as $$ begin update items set label = label || '!' where id = 1; return new; end $$");
+  await client.query('create table triggered (n int)');
+  await client.query('create trigger audit_it after insert on triggered for each row execute function log_audit()');
+  await client.query('create table parent (id int primary key)');
+  await client.query('create table child (parent int references parent on delete cascade)');
+  await client.query('insert into parent values (1)');
+  await client.query('insert into child values (1)');
+  await client.query("create function next_audit() returns int language sql as $$ insert into audit values (1) returning n $$");
+  await client.query('create table defaulted (n int default next_audit())');
+  try {
+    const sql = 'select label from items where id = 1';
+    assert.deepEqual(await rowsOf(client, sql), [['one']]);
+    await client.query('insert into triggered values (1)');
+    assert.deepEqual(await rowsOf(client, sql), [['one!']], 'the trigger wrote items');
+    assert.deepEqual(await rowsOf(client, 'select count(*) from child'), [['1']]);
+    await client.query('delete from parent where id = 1');
+    assert.deepEqual(await rowsOf(client, 'select count(*) from child'), [['0']], 'the cascade deleted from child');
+    assert.deepEqual(await rowsOf(client, 'select count(*) from audit'), [['0']]);
+    await client.query('insert into defaulted default values');
+    assert.deepEqual(await rowsOf(client, 'select count(*) from audit'), [['1']], 'the default wrote audit');
+  } finally {
+    await client.query("update items set label = 'one' where id = 1");
+    await client.query('drop table triggered, child, parent, defaulted, audit');
+    await client.query('drop function log_audit(), next_audit()');
+  }
+});
+
+test('a transaction of writes to one table invalidates it again at COMMIT', async () => {
+  const sql = 'select label from items where id = 2';
+  const writer = await cluster.connect();
+  try {
+    assert.deepEqual(await rowsOf(client, sql), [['two']]);
+    await writer.query('begin');
+    await writer.query("update items set label = 'two, in a transaction' where id = 2");
+    assert.deepEqual(await rowsOf(client, sql), [['two']]);
+    assert.deepEqual(await rowsOf(client, sql), [['two']], 'cached again while the transaction is open');
+    await writer.query('commit');
+    assert.deepEqual(await rowsOf(client, sql), [['two, in a transaction']]);
+  } finally {
+    await writer.query("update items set label = 'two' where id = 2");
+    await writer.end();
   }
 });
 
@@ -99,7 +148,7 @@ test('DDL and a rule change empty the cache too', async () => {
     }
     assert.deepEqual(await rowsOf(client, sql), [['3']], `after: ${change}`);
     await behindTheProxy('delete from items where id = 99');
-    await client.query('update other set id = id where false');
+    await client.query('update items set label = label where false');
   }
 });
 
