@@ -4,11 +4,14 @@
 // over once, by the new leader (failover_command runs once), and the old leader, resumed, de-escalates, follows
 // the new one and adopts the node's status without failing it over again; the leader killed with kill -9 is
 // replaced at once (its links close); an instance left alone (the two others stopped) has no quorum and fails
-// nothing over. The times measured are printed as test diagnostics.
+// nothing over. pgpool-II's pcp_watchdog_info reads the state from a standby and from the leader. The times
+// measured are printed as test diagnostics.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestCluster, type TestCluster } from '../support/test-cluster';
 import { killNode } from '../support/node-faults';
@@ -21,6 +24,9 @@ let cluster: TestCluster;
 const instances: ProxyInstance[] = [];
 let failoverLog: string;
 let escalationLog: string;
+let pcpPassFile: string;
+const pcpPorts = new Map<ProxyInstance, number>();
+const pcpPassword = 'pcp secret';
 
 const sleep = (ms: number) => new Promise((resolvePromise) => setTimeout(resolvePromise, ms));
 
@@ -65,13 +71,19 @@ before(async () => {
   cluster = await startTestCluster({ nodes: 2, noProxy: true });
   failoverLog = join(cluster.dir, 'failover.log');
   escalationLog = join(cluster.dir, 'escalation.log');
-  const ports = await Promise.all([0, 1, 2].map(async () => ({ pgpool: await freePort(), wd: await freePort() })));
+  const pcpUsers = join(cluster.dir, 'pcp.conf');
+  writeFileSync(pcpUsers, `postgres:${createHash('md5').update(pcpPassword).digest('hex')}\n`);
+  pcpPassFile = join(cluster.dir, 'pcppass');
+  writeFileSync(pcpPassFile, `*:*:postgres:${pcpPassword}\n`, { mode: 0o600 });
+  const ports = await Promise.all([0, 1, 2].map(async () => ({ pgpool: await freePort(), wd: await freePort(), pcp: await freePort() })));
   for (const [index, own] of ports.entries()) {
     const name = `127.0.0.1:${own.wd}`;
     const others = ports.filter((_, i) => i !== index);
     const conf = [
       "listen_addresses = '127.0.0.1'",
       `port = ${own.pgpool}`,
+      `pcp_port = ${own.pcp}`,
+      `pcp_conf_file = '${pcpUsers}'`,
       ...cluster.config.backends.flatMap((b) => [`backend_hostname${b.id} = '127.0.0.1'`, `backend_port${b.id} = ${b.port}`, `backend_data_directory${b.id} = '${b.dataDirectory}'`]),
       'health_check_period = 1',
       'health_check_timeout = 1',
@@ -89,7 +101,9 @@ before(async () => {
       `wd_de_escalation_command = 'echo de-escalate ${name} >> ${escalationLog}'`,
       ...others.flatMap((other, i) => [`other_pgpool_hostname${i} = '127.0.0.1'`, `other_pgpool_port${i} = ${other.pgpool}`, `other_wd_port${i} = ${other.wd}`]),
     ];
-    instances.push(await startInstance(cluster.dir, name, own.pgpool, conf));
+    const instance = await startInstance(cluster.dir, name, own.pgpool, conf);
+    instances.push(instance);
+    pcpPorts.set(instance, own.pcp);
   }
 });
 
@@ -116,7 +130,31 @@ test('three instances elect one leader, which alone escalates', async () => {
   assert.deepEqual(rows.slice(1).map((row) => row.state), ['STANDBY', 'STANDBY']);
   const status = await queryInstance(leader, 'SHOW pool_status');
   assert.equal(status.find((row) => row.item === 'use_watchdog')?.value, 'on');
+
+  // pgpool-II's own pcp_watchdog_info, unchanged, asking a standby: a summary line (instances, alive ones, whether
+  // the one asked escalated, the leader), then one line per instance (the one asked first) of name, host, pgpool
+  // port, watchdog port, state code and state name.
+  const standby = instances.find((instance) => instance !== leader)!;
+  const info = await pcpWatchdogInfo(standby, []);
+  const [summary, ...members] = info.split('\n').filter((line) => line !== '');
+  assert.equal(summary, `3 3 NO ${leader.name} 127.0.0.1`);
+  assert.equal((await pcpWatchdogInfo(leader, [])).split('\n')[0], `3 3 YES ${leader.name} 127.0.0.1`);
+  assert.equal(members.length, 3);
+  assert.match(members[0], new RegExp(`^${standby.name} 127\\.0\\.0\\.1 ${standby.port} \\d+ 7 STANDBY`));
+  assert.ok(members.some((line) => line.startsWith(`${leader.name} 127.0.0.1 ${leader.port} `) && / 4 LEADER/.test(line)), info);
+  const verbose = await pcpWatchdogInfo(standby, ['-v']);
+  assert.match(verbose, /Quorum state\s*: QUORUM EXIST/);
+  assert.match(verbose, new RegExp(`Leader Node Name\\s*: ${leader.name}`));
+  assert.match(await pcpWatchdogInfo(standby, ['-n', '7']), /^ERROR: .*\nDETAIL:  invalid watchdog index/);
 });
+
+/** pgpool-II's pcp_watchdog_info against an instance's PCP port; its output. */
+function pcpWatchdogInfo(instance: ProxyInstance, args: string[]): Promise<string> {
+  const all = ['-h', '127.0.0.1', '-p', String(pcpPorts.get(instance)), '-U', 'postgres', '-w', ...args];
+  return new Promise((resolvePromise) => {
+    execFile('/usr/sbin/pcp_watchdog_info', all, { env: { ...process.env, PCPPASSFILE: pcpPassFile } }, (_error, stdout, stderr) => resolvePromise((stdout + stderr).trim()));
+  });
+}
 
 test('a node killed while the leader is stopped (a partition) is failed over once, by the new leader', async (t) => {
   const old = await agreedLeader(instances);
