@@ -94,7 +94,9 @@ class NodeChannel {
 
   /** Sends `inv` and resolves once no other proxy can be serving from a cache that predates it. */
   async broadcast(seq: number, tables: readonly string[] | null): Promise<void> {
-    const what = tables ? quoteLiteralText(JSON.stringify(tables)) : '*';
+    const list = tables ? JSON.stringify(tables) : '';
+    // A NOTIFY payload must stay under 8000 bytes: a longer list invalidates everything instead.
+    const what = tables && Buffer.byteLength(list) <= maxTableListBytes ? quoteLiteralText(list) : '*';
     const giveUpAt = performance.now() + this.options.connectTimeoutMs + this.leaseMs;
     while (!this.stopped) {
       const remaining = giveUpAt - performance.now();
@@ -233,6 +235,8 @@ class NodeChannel {
     }
   }
 }
+
+const maxTableListBytes = 7000;
 
 /** An `inv` message's tables (a JSON array after its third space), or null for all of the cache. */
 function invalidatedTables(payload: string): string[] | null {

@@ -64,6 +64,27 @@ test("a write through one instance empties the other's cache before the writer s
   assert.ok((await hits(b)) - hitsBefore >= 30, 'the reads were served from the cache');
 });
 
+test("a COMMIT whose table list is too long for one NOTIFY empties the other instance's cache", async () => {
+  // 200 tables of 50-character names: the COMMIT's list of them is longer than a NOTIFY payload may be.
+  const names = Array.from({ length: 200 }, (_, i) => `wide_commit_table_with_a_long_name_number_${String(i).padStart(5, '0')}`);
+  const writer = await connectTo(a);
+  const reader = await connectTo(b);
+  try {
+    for (const name of names) await writer.query(`create table ${name} (n int)`);
+    const count = async () => Number((await reader.query(`select count(*) from ${names[0]}`)).rows[0].count);
+    await writer.query('begin');
+    for (const name of names) await writer.query(`insert into ${name} values (1)`);
+    // Read before the COMMIT: the other instance caches the count that does not yet see the insert.
+    assert.equal(await count(), 0);
+    assert.equal(await count(), 0);
+    await writer.query('commit');
+    assert.equal(await count(), 1);
+  } finally {
+    await writer.end();
+    await reader.end();
+  }
+});
+
 test('concurrent writers and readers on both instances: no read is older than a write acknowledged before it began', async () => {
   // Each writer has a row of its own: two writers of one row through two proxies in replication mode may reach the
   // nodes in different orders (as with pgpool-II), with or without a cache.
