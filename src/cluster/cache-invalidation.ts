@@ -18,6 +18,7 @@ import { hostname } from 'node:os';
 import { BackendConnection, type BackendStartup } from '../backend/backend-connection';
 import { type BackendNode } from './backend-node';
 import { type ClusterState } from './cluster-state';
+import { quoteLiteral } from '../catalog/partition-rule';
 import { log } from '../log';
 
 const channelName = 'parapool_query_cache';
@@ -96,7 +97,7 @@ class NodeChannel {
   async broadcast(seq: number, tables: readonly string[] | null): Promise<void> {
     const list = tables ? JSON.stringify(tables) : '';
     // A NOTIFY payload must stay under 8000 bytes: a longer list invalidates everything instead.
-    const what = tables && Buffer.byteLength(list) <= maxTableListBytes ? quoteLiteralText(list) : '*';
+    const what = tables && Buffer.byteLength(list) <= maxTableListBytes ? list : '*';
     const giveUpAt = performance.now() + this.options.connectTimeoutMs + this.leaseMs;
     while (!this.stopped) {
       const remaining = giveUpAt - performance.now();
@@ -113,7 +114,7 @@ class NodeChannel {
       const broadcast: Broadcast = { seq, echoed: false, acks: new Set(), members: null, deadline: Infinity, done };
       this.broadcasts.set(seq, broadcast);
       try {
-        await connection.query(`SELECT pg_catalog.pg_notify('${channelName}', 'inv ${this.self} ${seq} ${what}')`);
+        await connection.query(`SELECT pg_catalog.pg_notify('${channelName}', ${quoteLiteral(`inv ${this.self} ${seq} ${what}`)})`);
       } catch {
         this.broadcasts.delete(seq);
         continue; // the connection broke before the NOTIFY was known to commit: it is sent again on the next one
@@ -249,11 +250,6 @@ function invalidatedTables(payload: string): string[] | null {
   } catch {
     return null;
   }
-}
-
-/** Text for inside a SQL string literal. */
-function quoteLiteralText(text: string): string {
-  return text.replace(/'/g, "''");
 }
 
 export class CacheInvalidation {

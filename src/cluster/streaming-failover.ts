@@ -5,6 +5,7 @@
 // WAL itself (pg_promote), points the other standbys at it and keeps synchronous replication to them. The
 // detach of a standby changes nothing here: reads go to the other nodes.
 
+import { quoteLiteral } from '../catalog/partition-rule';
 import { log } from '../log';
 import { PgError, SqlState } from '../protocol/errors';
 import { describeNode, type BackendNode } from './backend-node';
@@ -37,10 +38,6 @@ export function parseConninfo(text: string): Map<string, string> {
 
 export function conninfoText(pairs: ReadonlyMap<string, string>): string {
   return [...pairs].map(([key, value]) => `${key}='${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`).join(' ');
-}
-
-function sqlLiteral(text: string): string {
-  return `'${text.replace(/'/g, "''")}'`;
 }
 
 export class StreamingFailover {
@@ -185,7 +182,7 @@ export class StreamingFailover {
         conninfo.set('host', primary.host);
         conninfo.set('port', String(primary.port));
         if (standby.applicationName) conninfo.set('application_name', standby.applicationName);
-        await queryNode(standby, login, `ALTER SYSTEM SET primary_conninfo = ${sqlLiteral(conninfoText(conninfo))}`, 'SELECT pg_catalog.pg_reload_conf()');
+        await queryNode(standby, login, `ALTER SYSTEM SET primary_conninfo = ${quoteLiteral(conninfoText(conninfo))}`, 'SELECT pg_catalog.pg_reload_conf()');
         followers.push(standby);
         log('info', 'standby_repointed', { node: standby.id, primary: primary.id });
       } catch (error) {
@@ -197,7 +194,7 @@ export class StreamingFailover {
       if ((row?.[0] ?? '') === '') return;
       const names = followers.map((node) => node.applicationName).filter((name) => name !== '');
       const value = names.length === 0 ? '' : `ANY 1 (${names.map((name) => `"${name.replace(/"/g, '""')}"`).join(', ')})`;
-      await queryNode(primary, login, `ALTER SYSTEM SET synchronous_standby_names = ${sqlLiteral(value)}`, 'SELECT pg_catalog.pg_reload_conf()');
+      await queryNode(primary, login, `ALTER SYSTEM SET synchronous_standby_names = ${quoteLiteral(value)}`, 'SELECT pg_catalog.pg_reload_conf()');
       log('info', 'synchronous_standbys', { node: primary.id, synchronous_standby_names: value });
     } catch (error) {
       log('error', 'synchronous_standbys_failed', { node: primary.id, error: (error as Error).message, detail: `${describeNode(primary)} keeps its synchronous_standby_names` });

@@ -6,6 +6,7 @@
 
 import type { Node } from '@pgsql/types';
 import type { ProxyConfig } from '../config/config';
+import { quoteLiteral } from '../catalog/partition-rule';
 import { nodeTag } from '../planner/sql-parser';
 
 export interface QueryCacheConfig {
@@ -213,6 +214,12 @@ const immutableFunctions = new Set([
   'greatest', 'least', 'numeric', 'int4', 'int8', 'float8', 'text',
 ]);
 
+/** Whether a FuncCall node calls one of immutableFunctions (unqualified or in pg_catalog). */
+function isImmutableCall(call: unknown): boolean {
+  const names = (call as { funcname: { String: { sval: string } }[] }).funcname.map((part) => part.String.sval.toLowerCase());
+  return (names.length === 1 || names[0] === 'pg_catalog') && immutableFunctions.has(names[names.length - 1]);
+}
+
 /** Words PostgreSQL turns into the current time when a string is cast to a date or time type. */
 const timeWords = /\b(now|today|tomorrow|yesterday|current|epoch|infinity|allballs)\b/i;
 const catalogSchemas = new Set(['pg_catalog', 'information_schema', 'parapool', 'pg_toast']);
@@ -261,13 +268,9 @@ export function cacheableRead(node: Node, config: QueryCacheConfig): CacheableRe
           relations.add(range.schemaname ? `${range.schemaname}.${range.relname}` : range.relname);
           break;
         }
-        case 'FuncCall': {
-          const call = inner as { funcname: { String: { sval: string } }[] };
-          const names = call.funcname.map((part) => part.String.sval.toLowerCase());
-          const name = names[names.length - 1];
-          if ((names.length > 1 && names[0] !== 'pg_catalog') || !immutableFunctions.has(name)) ok = false;
+        case 'FuncCall':
+          if (!isImmutableCall(inner)) ok = false;
           break;
-        }
         case 'SQLValueFunction':
         case 'RangeFunction':
         case 'RangeTableFunc':
@@ -301,6 +304,10 @@ export function cacheableRead(node: Node, config: QueryCacheConfig): CacheableRe
   return { relations: [...relations].sort() };
 }
 
+/** pg_class row `c` is an ordinary table, neither partitioned nor inheriting nor inherited from. */
+const plainTableSql =
+  "c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhassubclass AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)";
+
 /**
  * The query that tells whether every relation named resolves, under the session's search_path, to a permanent
  * plain table (no view, whose body may call anything; no foreign, partitioned, inherited or system table), and
@@ -308,17 +315,13 @@ export function cacheableRead(node: Node, config: QueryCacheConfig): CacheableRe
  */
 export function relationCheckSql(relations: readonly string[]): string {
   return (
-    "SELECT pg_catalog.bool_and(COALESCE(c.relkind = 'r' AND c.relpersistence = 'p' AND NOT c.relispartition AND NOT c.relhassubclass " +
-    "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) " +
+    `SELECT pg_catalog.bool_and(COALESCE(${plainTableSql} AND c.relpersistence = 'p' ` +
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'parapool') " +
     'AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), false)) IS TRUE, ' +
     "pg_catalog.json_agg(pg_catalog.format('%I.%I', n.nspname, c.relname))::text " +
-    `FROM (SELECT pg_catalog.to_regclass(t.name) AS oid FROM pg_catalog.unnest(ARRAY[${namesArray(relations)}]::text[]) AS t(name)) AS r ` +
+    `FROM (SELECT pg_catalog.to_regclass(t.name) AS oid FROM pg_catalog.unnest(ARRAY[${relations.map(quoteLiteral).join(',')}]::text[]) AS t(name)) AS r ` +
     'LEFT JOIN pg_catalog.pg_class c ON c.oid = r.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace'
   );
-}
-
-function namesArray(relations: readonly string[]): string {
-  return relations.map((name) => `'${name.replace(/'/g, "''")}'`).join(',');
 }
 
 /**
@@ -342,10 +345,7 @@ export function containedWrite(node: Node): string | null {
     }
     for (const [key, inner] of Object.entries(value as Record<string, unknown>)) {
       if (key === 'InsertStmt' || key === 'UpdateStmt' || key === 'DeleteStmt') writes++;
-      if (key === 'FuncCall') {
-        const names = (inner as { funcname: { String: { sval: string } }[] }).funcname.map((part) => part.String.sval.toLowerCase());
-        if ((names.length > 1 && names[0] !== 'pg_catalog') || !immutableFunctions.has(names[names.length - 1])) ok = false;
-      }
+      if (key === 'FuncCall' && !isImmutableCall(inner)) ok = false;
       if (key === 'CommonTableExpr' || key === 'RangeFunction' || key === 'RangeTableFunc') ok = false;
       visit(inner);
     }
@@ -365,8 +365,7 @@ export function containedWrite(node: Node): string | null {
 export function writeTargetSql(target: string): string {
   return (
     "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " +
-    `WHERE c.oid = pg_catalog.to_regclass(${namesArray([target])}) AND c.relkind = 'r' AND NOT c.relhastriggers AND NOT c.relhasrules ` +
-    'AND NOT c.relispartition AND NOT c.relhassubclass AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) ' +
+    `WHERE c.oid = pg_catalog.to_regclass(${quoteLiteral(target)}) AND ${plainTableSql} AND NOT c.relhastriggers AND NOT c.relhasrules ` +
     "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 " +
     "AND ((d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid IN (SELECT a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid = c.oid)) " +
     "OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN (SELECT k.oid FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid))))"
